@@ -1,0 +1,143 @@
+"""The one error hierarchy of spark_kms.
+
+Every error raised on purpose by spark_kms derives from :class:`SparkKmsError`.
+Vendor errors (botocore, google.api_core, azure.core, hvac) are translated at the
+provider edge with ``raise ... from exc`` so callers only ever catch these.
+
+::
+
+    SparkKmsError
+    ├── ConfigurationError            bad option, bad URI, unsupported type; states the rule
+    │   └── MissingExtraError         (also ImportError) an optional extra is not installed
+    ├── FormatError                   bytes on disk do not follow docs/FORMAT.md
+    │   ├── UnknownFormatVersionError a cell or key table of a version this release cannot read
+    │   ├── MissingKeyTableError      a Parquet file without the spark_kms key table
+    │   └── MalformedCellError        truncated / oversized cell, unknown algorithm
+    ├── DecryptionError               authentication failed: wrong key, tampered cell, wrong column
+    ├── KeyUsageLimitError            a data key reached its cell limit; roll to a new one
+    ├── KmsError                      a KMS operation failed
+    │   ├── KeyNotFoundError          no such key, alias or version
+    │   ├── AccessDeniedError         the principal may not do this operation on this key
+    │   ├── KeyStateError             key or version disabled, pending deletion or destroyed
+    │   ├── InvalidCiphertextError    a wrapped key that does not unwrap (tampered, wrong context)
+    │   ├── ThrottlingError           the KMS kept throttling after bounded retries
+    │   ├── KmsUnavailableError       the KMS could not be reached
+    │   └── KeystoreError             the embedded keystore is corrupt or the root key is wrong
+    └── JobError                      a dataset job could not complete; the previous data is intact
+
+Messages say *what* and *where* (key id, dataset, file, column) and never carry
+plaintext, key bytes or cell values.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessDeniedError",
+    "ConfigurationError",
+    "DecryptionError",
+    "FormatError",
+    "InvalidCiphertextError",
+    "JobError",
+    "KeyNotFoundError",
+    "KeyStateError",
+    "KeyUsageLimitError",
+    "KeystoreError",
+    "KmsError",
+    "KmsUnavailableError",
+    "MalformedCellError",
+    "MissingExtraError",
+    "MissingKeyTableError",
+    "SparkKmsError",
+    "ThrottlingError",
+    "UnknownFormatVersionError",
+]
+
+
+class SparkKmsError(Exception):
+    """Root of every error spark_kms raises on purpose."""
+
+
+class ConfigurationError(SparkKmsError, ValueError):
+    """An option, URI or argument breaks a rule; the message states the rule."""
+
+
+class MissingExtraError(ConfigurationError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    def __init__(self, what: str, extra: str) -> None:
+        super().__init__(f"{what} needs the '{extra}' extra: pip install 'spark-kms[{extra}]'")
+        self.extra = extra
+
+
+class FormatError(SparkKmsError):
+    """Bytes on disk do not follow docs/FORMAT.md."""
+
+
+class UnknownFormatVersionError(FormatError):
+    """A cell or key table written by a format version this release cannot read."""
+
+
+class MissingKeyTableError(FormatError):
+    """A Parquet file has no spark_kms key table in its footer metadata."""
+
+
+class MalformedCellError(FormatError):
+    """A cell is truncated, oversized or names an unknown algorithm."""
+
+
+class DecryptionError(SparkKmsError):
+    """Authenticated decryption failed.
+
+    Deliberately flat: a wrong key, a tampered cell and a cell moved to another
+    column all look the same. The message says where (file, column, DEK id),
+    never what the cell held.
+    """
+
+
+class KeyUsageLimitError(SparkKmsError):
+    """A data key has encrypted as many cells as it may; a new data key is needed."""
+
+
+class KmsError(SparkKmsError):
+    """A KMS operation failed.
+
+    :param key_id: the key (id, ARN, alias, resource name) the operation was about, if known.
+    :param operation: the KMS operation (``GenerateDataKey``, ``Decrypt``, ...), if known.
+    """
+
+    def __init__(self, message: str, *, key_id: str | None = None, operation: str | None = None) -> None:
+        super().__init__(message)
+        self.key_id = key_id
+        self.operation = operation
+
+
+class KeyNotFoundError(KmsError):
+    """No such key, alias or key version."""
+
+
+class AccessDeniedError(KmsError):
+    """The principal is not allowed to perform the operation on the key."""
+
+
+class KeyStateError(KmsError):
+    """The key or key version is disabled, pending deletion or destroyed."""
+
+
+class InvalidCiphertextError(KmsError):
+    """A wrapped key does not unwrap: tampered, truncated, or a different encryption context."""
+
+
+class ThrottlingError(KmsError):
+    """The KMS kept throttling requests after bounded retries."""
+
+
+class KmsUnavailableError(KmsError):
+    """The KMS could not be reached."""
+
+
+class KeystoreError(KmsError):
+    """The embedded keystore is corrupt, or the root key does not open it."""
+
+
+class JobError(SparkKmsError):
+    """A dataset job could not complete; the previous data is left intact."""

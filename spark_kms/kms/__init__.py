@@ -1,0 +1,34 @@
+"""KMS providers behind one narrow protocol, chosen by key URI.
+
+>>> from spark_kms.kms import provider_from_uri
+>>> kms = provider_from_uri("local://alias/pii", keystore="/tmp/ks")  # doctest: +SKIP
+>>> with kms.generate_data_key({"dataset": "customers"}) as dek: ...  # doctest: +SKIP
+"""
+
+from spark_kms.kms.base import (
+    DataKey,
+    KeyDescription,
+    KmsProvider,
+    WrappedKey,
+    kms_call_counts,
+    reset_kms_call_counts,
+)
+from spark_kms.kms.cache import DataKeyCache, process_dek_cache
+from spark_kms.kms.registry import provider_from_uri, register_provider, registered_schemes
+from spark_kms.kms.retry import RetryPolicy, call_with_retries
+
+__all__ = [
+    "DataKey",
+    "DataKeyCache",
+    "KeyDescription",
+    "KmsProvider",
+    "RetryPolicy",
+    "WrappedKey",
+    "call_with_retries",
+    "kms_call_counts",
+    "process_dek_cache",
+    "provider_from_uri",
+    "register_provider",
+    "registered_schemes",
+    "reset_kms_call_counts",
+]

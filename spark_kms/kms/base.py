@@ -1,0 +1,274 @@
+"""The KMS provider protocol every backend implements.
+
+A provider is bound to one *key URI* (``local://alias/pii``,
+``aws-kms://arn:aws:kms:...``, ``gcp-kms://projects/...``, ``azure-kv://...``,
+``vault://...``) plus plain options. It is picklable: the vendor client is built
+lazily, per process, on first use and never pickled (Spark ships providers to
+executors by pickling them).
+
+Public methods do the shared work (validation, call metrics, retries of
+throttled calls, error context) and call the ``_``-prefixed abstract method the
+backend implements, in the manner of the AWS Encryption SDK's master keys.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from spark_kms.errors import ConfigurationError
+
+__all__ = [
+    "DataKey",
+    "KeyDescription",
+    "KmsProvider",
+    "WrappedKey",
+    "canonical_context",
+    "kms_call_counts",
+    "reset_kms_call_counts",
+]
+
+MAX_PAYLOAD_BYTES = 4096
+DATA_KEY_BYTES = 32
+
+# Process-wide counters of KMS operations, by (scheme, operation). Spark tasks
+# report their delta in commit messages; tests and benchmarks read them.
+_CALLS: Counter[tuple[str, str]] = Counter()
+_CALLS_LOCK = threading.Lock()
+
+
+def _count(scheme: str, operation: str) -> None:
+    with _CALLS_LOCK:
+        _CALLS[(scheme, operation)] += 1
+
+
+def kms_call_counts() -> dict[str, int]:
+    """KMS operations this process made, as ``{"<scheme>:<Operation>": n}``."""
+    with _CALLS_LOCK:
+        return {f"{scheme}:{op}": n for (scheme, op), n in sorted(_CALLS.items())}
+
+
+def reset_kms_call_counts() -> None:
+    with _CALLS_LOCK:
+        _CALLS.clear()
+
+
+def canonical_context(encryption_context: Mapping[str, str] | None) -> dict[str, str]:
+    """Validate an encryption context: a flat mapping of str to str (as AWS KMS requires)."""
+    if not encryption_context:
+        return {}
+    out: dict[str, str] = {}
+    for k, v in encryption_context.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise ConfigurationError("encryption context must map str to str")
+        out[k] = v
+    return dict(sorted(out.items()))
+
+
+@dataclass(frozen=True)
+class WrappedKey:
+    """A key (or small payload) encrypted under a KMS key.
+
+    :param ciphertext: the opaque bytes the KMS returned (store them).
+    :param key_id: canonical id of the wrapping key (ARN, resource name, key id...).
+    :param key_version: the version of that key that wrapped it, as a string
+        (``"1"``, ``"3"``, a GCP ``cryptoKeyVersions/N`` number, an Azure version id...).
+    """
+
+    ciphertext: bytes
+    key_id: str
+    key_version: str
+
+    def __repr__(self) -> str:  # ciphertext is not secret, but it is noise
+        return f"WrappedKey(key_id={self.key_id!r}, key_version={self.key_version!r}, {len(self.ciphertext)} bytes)"
+
+
+@dataclass(eq=False)
+class DataKey:
+    """A fresh data key: the plaintext (a wipeable buffer) and its wrapped form.
+
+    The plaintext never appears in ``repr``. Call :meth:`wipe` when done, or use
+    the object as a context manager. Python and OpenSSL may still hold copies we
+    cannot reach; see docs/ARCHITECTURE.md ("What wiping can and cannot do").
+    """
+
+    plaintext: bytearray = field(repr=False)
+    wrapped: WrappedKey
+
+    def wipe(self) -> None:
+        for i in range(len(self.plaintext)):
+            self.plaintext[i] = 0
+
+    def __enter__(self) -> DataKey:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wipe()
+
+    def __repr__(self) -> str:
+        return f"DataKey(wrapped={self.wrapped!r}, plaintext=<{len(self.plaintext)} bytes hidden>)"
+
+
+@dataclass(frozen=True)
+class KeyDescription:
+    """What a KMS says about a key.
+
+    :param key_id: canonical key id.
+    :param primary_version: the version new wraps use.
+    :param versions: every known version and its state (``enabled``, ``disabled``,
+        ``pending_deletion``, ``destroyed``), where the KMS exposes them.
+    :param enabled: whether the key may be used at all.
+    :param state: the key's overall state as the KMS names it.
+    :param extra: backend-specific facts (aliases, rotation period, tags...).
+    """
+
+    key_id: str
+    primary_version: str
+    enabled: bool
+    state: str = "enabled"
+    versions: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class KmsProvider(ABC):
+    """A KMS bound to one key, described by a key URI and options.
+
+    Backends set ``scheme`` and implement the ``_`` methods. They must not keep a
+    vendor client in ``__dict__`` under a name other than ``_client`` (dropped
+    when pickling); build it in :meth:`_make_client`.
+    """
+
+    scheme: ClassVar[str] = ""
+    #: the extra that installs this backend's SDK
+    extra: ClassVar[str] = ""
+
+    def __init__(self, key_uri: str, **options: Any) -> None:
+        if not key_uri.startswith(f"{self.scheme}://"):
+            raise ConfigurationError(f"{type(self).__name__} takes '{self.scheme}://...' key URIs, got {key_uri!r}")
+        self.key_uri = key_uri
+        self.options = dict(options)
+        self._client: Any = None
+
+    # -- pickling: config only, never clients ---------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_client"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.key_uri!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and (self.key_uri, _public(self.options)) == (
+            other.key_uri,  # type: ignore[attr-defined]
+            _public(other.options),  # type: ignore[attr-defined]
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.key_uri))
+
+    @property
+    def client(self) -> Any:
+        """The vendor client of this process, built on first use."""
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
+
+    def _make_client(self) -> Any:
+        return None
+
+    # -- the protocol ---------------------------------------------------------
+    def generate_data_key(self, encryption_context: Mapping[str, str] | None = None) -> DataKey:
+        """A new 256-bit data key, wrapped under this provider's key (GenerateDataKey)."""
+        ctx = canonical_context(encryption_context)
+        _count(self.scheme, "GenerateDataKey")
+        key = self._generate_data_key(ctx)
+        if len(key.plaintext) != DATA_KEY_BYTES:
+            raise ConfigurationError(f"{self.key_uri}: the KMS returned a data key of {len(key.plaintext)} bytes")
+        return key
+
+    def decrypt_data_key(
+        self, wrapped: WrappedKey, encryption_context: Mapping[str, str] | None = None
+    ) -> bytearray:
+        """Unwrap a data key. ``wrapped.key_id`` says which key wrapped it."""
+        ctx = canonical_context(encryption_context)
+        _count(self.scheme, "Decrypt")
+        return bytearray(self._decrypt(wrapped, ctx))
+
+    def encrypt(self, plaintext: bytes, encryption_context: Mapping[str, str] | None = None) -> WrappedKey:
+        """Encrypt a small payload (at most 4 KiB) under this provider's key."""
+        if len(plaintext) > MAX_PAYLOAD_BYTES:
+            raise ConfigurationError(f"KMS payloads are at most {MAX_PAYLOAD_BYTES} bytes, got {len(plaintext)}")
+        ctx = canonical_context(encryption_context)
+        _count(self.scheme, "Encrypt")
+        return self._encrypt(bytes(plaintext), ctx)
+
+    def decrypt(self, wrapped: WrappedKey, encryption_context: Mapping[str, str] | None = None) -> bytes:
+        """Decrypt a small payload made by :meth:`encrypt`."""
+        ctx = canonical_context(encryption_context)
+        _count(self.scheme, "Decrypt")
+        return bytes(self._decrypt(wrapped, ctx))
+
+    def reencrypt(
+        self,
+        wrapped: WrappedKey,
+        encryption_context: Mapping[str, str] | None = None,
+        *,
+        destination: KmsProvider | None = None,
+        destination_context: Mapping[str, str] | None = None,
+    ) -> WrappedKey:
+        """Re-wrap a wrapped key under the current primary version of ``destination``
+        (default: this provider's key), without the caller seeing the plaintext where
+        the KMS supports it server-side (AWS ReEncrypt, Vault rewrap)."""
+        ctx = canonical_context(encryption_context)
+        dest = destination if destination is not None else self
+        dctx = canonical_context(destination_context) if destination_context is not None else ctx
+        _count(self.scheme, "ReEncrypt")
+        return self._reencrypt(wrapped, ctx, dest, dctx)
+
+    def describe_key(self) -> KeyDescription:
+        """What the KMS says about this provider's key."""
+        _count(self.scheme, "DescribeKey")
+        return self._describe_key()
+
+    # -- what a backend implements -------------------------------------------
+    @abstractmethod
+    def _generate_data_key(self, encryption_context: dict[str, str]) -> DataKey: ...
+
+    @abstractmethod
+    def _encrypt(self, plaintext: bytes, encryption_context: dict[str, str]) -> WrappedKey: ...
+
+    @abstractmethod
+    def _decrypt(self, wrapped: WrappedKey, encryption_context: dict[str, str]) -> bytes | bytearray: ...
+
+    @abstractmethod
+    def _describe_key(self) -> KeyDescription: ...
+
+    def _reencrypt(
+        self,
+        wrapped: WrappedKey,
+        encryption_context: dict[str, str],
+        destination: KmsProvider,
+        destination_context: dict[str, str],
+    ) -> WrappedKey:
+        # Client-side fallback: unwrap here, wrap there, wipe the plaintext.
+        plaintext = bytearray(self._decrypt(wrapped, encryption_context))
+        try:
+            return destination._encrypt(bytes(plaintext), destination_context)
+        finally:
+            for i in range(len(plaintext)):
+                plaintext[i] = 0
+
+
+_SECRET_OPTION_WORDS = ("secret", "token", "password", "credential", "key_material", "root_key")
+
+
+def _public(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if not any(w in k.lower() for w in _SECRET_OPTION_WORDS)}
