@@ -1,0 +1,49 @@
+"""Shared fixtures for the whole suite.
+
+* ``spark``: the ONE session-scoped SparkSession (``local[2]``, 4 shuffle partitions,
+  no UI, ``PYSPARK_PYTHON`` = this interpreter, the ``spark_kms`` data source registered).
+  Tests that need another master (``local[2,3]`` for task retries, a standalone cluster)
+  start it in a subprocess: one SparkContext per JVM.
+* ``local_kms``: a fresh embedded keystore with the key ``alias/pii``, as
+  ``LocalKmsFixture(keystore_dir, key_uri, kms_options)``; unpacks as a 3-tuple.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+
+class LocalKmsFixture(NamedTuple):
+    keystore_dir: Path
+    key_uri: str
+    kms_options: dict[str, dict[str, Any]]
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[Any]:
+    from spark_kms.spark.session import local_session
+
+    session = local_session("local[2]", "spark_kms-tests")
+    try:
+        yield session
+    finally:
+        session.stop()
+
+
+@pytest.fixture
+def local_kms(tmp_path: Path) -> LocalKmsFixture:
+    from spark_kms.kms.local import LocalKms
+
+    keystore = tmp_path / "keystore"
+    kms = LocalKms(keystore)
+    kms.create_key(alias="alias/pii")
+    return LocalKmsFixture(keystore, "local://alias/pii", {"local": {"keystore": str(keystore)}})
