@@ -1,0 +1,81 @@
+"""Provider contract harness for the embedded local KMS (``local://``).
+
+There is no server: the harness owns a keystore directory with an injected root key,
+one symmetric key (``alias/contract``) whose policy grants principal ``tester`` every
+role and principal ``intruder`` none, and throttling injected through the keystore's
+fault file (seen by every process using that keystore).
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from spark_kms.kms.base import KmsProvider
+from spark_kms.kms.local import LocalKms, LocalKmsProvider
+from spark_kms.kms.retry import RetryPolicy
+from spark_kms.testing.harness import ProviderHarness
+
+__all__ = ["LocalKmsHarness"]
+
+# Short enough that throttle(1, 1) surfaces ThrottlingError in well under a second.
+_FAST_RETRY = RetryPolicy(max_attempts=5, base_delay=0.001, max_delay=0.01, deadline=5.0)
+
+
+class LocalKmsHarness(ProviderHarness):
+    """A throw-away local keystore with one key; see the module docstring."""
+
+    name = "local"
+    alias = "alias/contract"
+
+    def __init__(self, keystore_dir: str | Path | None = None) -> None:
+        self._own_dir = keystore_dir is None
+        self.keystore_dir = Path(keystore_dir) if keystore_dir is not None else None
+        self.root_key = b""
+        self.key_id = ""
+        self._admin: LocalKms | None = None
+
+    def start(self) -> None:
+        if self.keystore_dir is None:
+            self.keystore_dir = Path(tempfile.mkdtemp(prefix="spark_kms_local_harness_"))
+        self.root_key = secrets.token_bytes(32)
+        self._admin = LocalKms(self.keystore_dir, principal="harness-admin", root_key=self.root_key)
+        self.key_id = self._admin.create_key(alias=self.alias, description="provider contract tests")
+        self._admin.put_key_policy(
+            self.key_id, {"harness-admin": ["admin"], "tester": ["encrypt", "decrypt", "admin"]}
+        )
+
+    def stop(self) -> None:
+        if self._own_dir and self.keystore_dir is not None:
+            shutil.rmtree(self.keystore_dir, ignore_errors=True)
+            self.keystore_dir = None
+
+    @property
+    def admin(self) -> LocalKms:
+        assert self._admin is not None, "call start() first"
+        return self._admin
+
+    def _options(self, principal: str) -> dict[str, Any]:
+        return {"keystore": str(self.keystore_dir), "principal": principal, "root_key": self.root_key,
+                "_retry": _FAST_RETRY}
+
+    def provider(self) -> KmsProvider:
+        return LocalKmsProvider(f"local://{self.alias}", **self._options("tester"))
+
+    def provider_for_missing_key(self) -> KmsProvider:
+        return LocalKmsProvider("local://alias/does-not-exist", **self._options("tester"))
+
+    def provider_denied(self) -> KmsProvider:
+        return LocalKmsProvider(f"local://{self.alias}", **self._options("intruder"))
+
+    def rotate(self) -> None:
+        self.admin.rotate_key(self.key_id)
+
+    def throttle(self, failures: int, period: int) -> None:
+        self.admin._set_fault_throttle(failures, period)
+
+    def provider_options(self) -> dict[str, Any]:
+        return self._options("tester")
