@@ -1,0 +1,339 @@
+"""HashiCorp Vault Transit as a spark_kms KMS provider (``vault://`` key URIs), through hvac.
+
+Key URI: ``vault://<host>:<port>/<mount>/keys/<name>``, e.g.
+``vault://vault.internal:8200/transit/keys/pii``. The mount may be nested
+(``vault://h:8200/team/transit/keys/pii``).
+
+Options:
+
+- ``tls`` (default ``True``: https), ``verify`` (``True``, ``False`` or a CA bundle path),
+  ``namespace`` (Vault Enterprise / OpenBao namespace; default ``$VAULT_NAMESPACE``),
+  ``timeout`` (seconds, default 10).
+- ``auth_method``: ``"token"`` (default; ``token=`` or ``$VAULT_TOKEN``), ``"approle"``
+  (``role_id=``, ``secret_id=``, ``auth_mount="approle"``) or ``"kubernetes"``
+  (``role=``, ``jwt_path=`` the service-account token file, ``auth_mount="kubernetes"``).
+  Secrets (``token``, ``secret_id``) never appear in ``repr`` or equality.
+- ``derived`` (default ``False``): the Vault key was created with ``derived=true``.
+- ``retry_max_attempts`` / ``retry_base_delay`` / ``retry_deadline``: the bounded retry
+  of throttled (HTTP 429) calls; then :class:`~spark_kms.errors.ThrottlingError`.
+
+How each operation maps onto Transit:
+
+- ``generate_data_key`` -> ``POST <mount>/datakey/plaintext/<name>`` (Vault makes the key).
+- ``decrypt_data_key`` / ``decrypt`` -> ``POST <mount>/decrypt/<name>``.
+- ``encrypt`` (small payloads) -> ``POST <mount>/encrypt/<name>``.
+- ``reencrypt`` to the same Vault key -> ``POST <mount>/rewrap/<name>`` (server side, the
+  data key never leaves Vault) whenever the encryption context stays the same.
+- ``describe_key`` -> ``GET <mount>/keys/<name>`` (``latest_version`` is the primary version).
+
+The key version of a wrap is the ``N`` of Vault's ``vault:vN:`` ciphertext prefix.
+
+Binding the encryption context (the ``context`` of every spark_kms call):
+
+- **Derived keys** (``derived=True``, recommended): the canonical JSON of the context is
+  sent as Vault's base64 ``context``; Vault derives a per-context key, so Vault itself
+  refuses a wrong context. The stored ciphertext is Vault's, unchanged.
+- **Non-derived keys**: ``datakey`` and ``rewrap`` take no associated data, so a data key
+  is bound client side: the stored ciphertext is ``<vault ciphertext>|ctx-hmac-sha256:<b64 tag>``
+  with ``tag = HMAC-SHA256(HKDF-SHA256(DEK, info="spark_kms kms context binding v1"),
+  "spark_kms.encryption_context.v1\\x00" || canonical JSON)``, checked after Vault unwraps
+  the DEK; only the DEK's holder can make a tag, so a wrong context fails with
+  :class:`~spark_kms.errors.InvalidCiphertextError`. Server-side rewrap keeps the tag valid.
+  Small payloads use Vault's ``associated_data`` (GCM AAD; the server must support it) over the same JSON,
+  which Vault checks itself. A data key whose tag was stripped does not decrypt: it was
+  wrapped without AAD and is then asked for with AAD.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import os
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as crypto_hmac
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from spark_kms.errors import (
+    AccessDeniedError,
+    ConfigurationError,
+    InvalidCiphertextError,
+    KeyNotFoundError,
+    KeyStateError,
+    KmsError,
+    KmsUnavailableError,
+    MissingExtraError,
+    SparkKmsError,
+)
+from spark_kms.kms.base import DataKey, KeyDescription, KmsProvider, WrappedKey
+from spark_kms.kms.retry import RetryPolicy, call_with_retries
+
+try:
+    import hvac
+    import hvac.exceptions
+    import requests
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    raise MissingExtraError("the Vault Transit provider", "vault") from exc
+
+__all__ = ["VaultTransitProvider"]
+
+T = TypeVar("T")
+
+_URI = re.compile(r"^vault://(?P<host>[^/:]+|\[[^\]]+\]):(?P<port>\d+)/(?P<mount>.+)/keys/(?P<name>[^/]+)$")
+_VERSION = re.compile(rb"^vault:v(\d+):")
+_TAG_MARK = b"|ctx-hmac-sha256:"
+_BIND_INFO = b"spark_kms kms context binding v1"
+_BIND_PREFIX = b"spark_kms.encryption_context.v1\x00"
+_AUTH_METHODS = ("token", "approle", "kubernetes")
+_DEFAULT_JWT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path, not a secret
+
+
+def _context_bytes(encryption_context: dict[str, str]) -> bytes:
+    # canonical_context() already sorted the keys; JSON makes the encoding unambiguous.
+    return json.dumps(encryption_context, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _binding_tag(data_key: bytes | bytearray, encryption_context: dict[str, str]) -> bytes:
+    bind_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_BIND_INFO).derive(bytes(data_key))
+    mac = crypto_hmac.HMAC(bind_key, hashes.SHA256())
+    mac.update(_BIND_PREFIX + _context_bytes(encryption_context))
+    return mac.finalize()
+
+
+def _wipe(buf: bytearray) -> None:
+    for i in range(len(buf)):
+        buf[i] = 0
+
+
+class VaultTransitProvider(KmsProvider):
+    """A Vault Transit key (aes256-gcm96) as a spark_kms KMS key. See the module docstring."""
+
+    scheme = "vault"
+    extra = "vault"
+
+    def __init__(self, key_uri: str, **options: Any) -> None:
+        super().__init__(key_uri, **options)
+        match = _URI.match(key_uri)
+        if match is None:
+            raise ConfigurationError(
+                f"a Vault Transit key URI looks like 'vault://<host>:<port>/<mount>/keys/<name>', got {key_uri!r}"
+            )
+        self.host = match["host"]
+        self.port = int(match["port"])
+        self.mount = match["mount"].strip("/")
+        self.name = match["name"]
+        unknown = set(options) - {
+            "tls", "verify", "namespace", "timeout", "token", "auth_method", "role_id", "secret_id", "role",
+            "jwt_path", "auth_mount", "derived", "retry_max_attempts", "retry_base_delay", "retry_deadline",
+        }
+        if unknown:
+            raise ConfigurationError(f"{key_uri}: unknown Vault option(s) {sorted(unknown)}")
+        self.auth_method = str(options.get("auth_method", "token"))
+        if self.auth_method not in _AUTH_METHODS:
+            raise ConfigurationError(f"{key_uri}: auth_method must be one of {_AUTH_METHODS}, got {self.auth_method!r}")
+        if self.auth_method == "approle" and not options.get("role_id"):
+            raise ConfigurationError(f"{key_uri}: auth_method 'approle' needs role_id= (and usually secret_id=)")
+        if self.auth_method == "kubernetes" and not options.get("role"):
+            raise ConfigurationError(f"{key_uri}: auth_method 'kubernetes' needs role=")
+        self.namespace = str(options.get("namespace") or os.environ.get("VAULT_NAMESPACE", "")).strip("/")
+        self.derived = bool(options.get("derived", False))
+        self.retry_policy = RetryPolicy(
+            max_attempts=int(options.get("retry_max_attempts", 6)),
+            base_delay=float(options.get("retry_base_delay", 0.05)),
+            deadline=float(options.get("retry_deadline", 20.0)),
+        )
+        ns = f"{self.namespace}/" if self.namespace else ""
+        #: the key's canonical id: namespace, mount and name (not the address, which may change)
+        self.key_id = f"{ns}{self.mount}/keys/{self.name}"
+
+    # -- the client ---------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.options.get('tls', True) else 'http'}://{self.host}:{self.port}"
+
+    def _make_client(self) -> Any:
+        token = self.options.get("token") if self.auth_method == "token" else None
+        if self.auth_method == "token" and not token:
+            token = os.environ.get("VAULT_TOKEN")
+            if not token:
+                raise ConfigurationError(f"{self.key_uri}: no Vault token: pass token= or set VAULT_TOKEN")
+        client = hvac.Client(
+            url=self.url,
+            token=token,
+            verify=self.options.get("verify", True),
+            namespace=self.namespace or None,
+            timeout=float(self.options.get("timeout", 10)),
+        )
+        if self.auth_method == "approle":
+            mount = str(self.options.get("auth_mount", "approle"))
+            self._call("Login", lambda: client.auth.approle.login(
+                role_id=self.options["role_id"], secret_id=self.options.get("secret_id"), mount_point=mount))
+        elif self.auth_method == "kubernetes":
+            jwt_path = str(self.options.get("jwt_path", _DEFAULT_JWT_PATH))
+            try:
+                with open(jwt_path, encoding="utf-8") as fh:
+                    jwt = fh.read().strip()
+            except OSError as exc:
+                raise ConfigurationError(f"{self.key_uri}: cannot read the Kubernetes service-account token "
+                                         f"at {jwt_path!r}: {exc.strerror}") from exc
+            mount = str(self.options.get("auth_mount", "kubernetes"))
+            self._call("Login", lambda: client.auth.kubernetes.login(
+                role=self.options["role"], jwt=jwt, mount_point=mount))
+        return client
+
+    def _call(self, operation: str, fn: Callable[[], T]) -> T:
+        """Run one Vault request: retry 429s, translate hvac/requests errors at the edge."""
+        try:
+            return call_with_retries(
+                fn,
+                is_throttle=lambda exc: isinstance(exc, hvac.exceptions.RateLimitExceeded),
+                policy=self.retry_policy,
+                what=f"Vault {operation}",
+                key_id=self.key_id,
+            )
+        except SparkKmsError:
+            raise
+        except hvac.exceptions.VaultError as exc:
+            raise self._translate(exc, operation) from exc
+        except requests.exceptions.RequestException as exc:
+            raise KmsUnavailableError(
+                f"Vault at {self.url} could not be reached for {operation} on {self.key_id}: {type(exc).__name__}",
+                key_id=self.key_id, operation=operation,
+            ) from exc
+
+    def _translate(self, exc: Exception, operation: str) -> KmsError | ConfigurationError:
+        errors = "; ".join(str(e) for e in (getattr(exc, "errors", None) or []))
+        where = f"Vault {operation} on {self.key_id} at {self.url}"
+        low = errors.lower()
+        kw = {"key_id": self.key_id, "operation": operation}
+        if operation == "Login" and isinstance(exc, (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden)):
+            return AccessDeniedError(f"Vault {self.auth_method} login at {self.url} was refused", **kw)
+        if isinstance(exc, (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized)):
+            return AccessDeniedError(f"{where}: permission denied (check the token's policy)", **kw)
+        if isinstance(exc, hvac.exceptions.InvalidPath):
+            return KeyNotFoundError(f"{where}: no such key or mount", **kw)
+        if "encryption key not found" in low or "policy not found" in low:
+            return KeyNotFoundError(f"{where}: encryption key not found", **kw)
+        if "too old" in low or "disallowed by policy" in low:
+            return KeyStateError(f"{where}: that key version is below min_decryption_version", **kw)
+        if "missing 'context'" in low:
+            return ConfigurationError(f"{where}: the key is a derived key; pass derived=True")
+        if "authentication failed" in low or "invalid ciphertext" in low or "decode" in low:
+            return InvalidCiphertextError(
+                f"{where}: the wrapped key does not decrypt (tampered, or another encryption context)", **kw)
+        if isinstance(exc, (hvac.exceptions.VaultDown, hvac.exceptions.BadGateway,
+                            hvac.exceptions.InternalServerError, hvac.exceptions.VaultNotInitialized)):
+            return KmsUnavailableError(f"{where}: Vault is unavailable ({type(exc).__name__})", **kw)
+        return KmsError(f"{where} failed: {errors or type(exc).__name__}", **kw)
+
+    @property
+    def _transit(self) -> Any:
+        return self.client.secrets.transit
+
+    def _context_param(self, encryption_context: dict[str, str]) -> str | None:
+        return base64.b64encode(_context_bytes(encryption_context)).decode() if self.derived else None
+
+    def _wrapped(self, vault_ciphertext: bytes) -> WrappedKey:
+        match = _VERSION.match(vault_ciphertext)
+        if match is None:
+            raise KmsError(f"Vault returned a ciphertext without a 'vault:vN:' prefix for {self.key_id}",
+                           key_id=self.key_id)
+        return WrappedKey(vault_ciphertext, self.key_id, match.group(1).decode())
+
+    # -- the protocol -------------------------------------------------------------
+    def _generate_data_key(self, encryption_context: dict[str, str]) -> DataKey:
+        response = self._call("GenerateDataKey", lambda: self._transit.generate_data_key(
+            name=self.name, key_type="plaintext", context=self._context_param(encryption_context),
+            bits=256, mount_point=self.mount))
+        data = response["data"]
+        plaintext = bytearray(base64.b64decode(data["plaintext"]))
+        ciphertext = str(data["ciphertext"]).encode()
+        if not self.derived:
+            ciphertext += _TAG_MARK + base64.b64encode(_binding_tag(plaintext, encryption_context))
+        wrapped = self._wrapped(ciphertext)
+        return DataKey(plaintext=plaintext, wrapped=wrapped)
+
+    def _encrypt(self, plaintext: bytes, encryption_context: dict[str, str]) -> WrappedKey:
+        aad = None if self.derived else base64.b64encode(_context_bytes(encryption_context)).decode()
+        response = self._call("Encrypt", lambda: self._transit.encrypt_data(
+            name=self.name, plaintext=base64.b64encode(plaintext).decode(),
+            context=self._context_param(encryption_context), associated_data=aad, mount_point=self.mount))
+        return self._wrapped(str(response["data"]["ciphertext"]).encode())
+
+    def _split(self, wrapped: WrappedKey) -> tuple[str, bytes | None]:
+        body, mark, tag_b64 = wrapped.ciphertext.partition(_TAG_MARK)
+        if not _VERSION.match(body):
+            raise InvalidCiphertextError(
+                f"{self.key_id}: a Vault wrapped key starts with 'vault:vN:'; this one does not",
+                key_id=self.key_id, operation="Decrypt")
+        if not mark:
+            return body.decode("ascii", "replace"), None
+        try:
+            tag = base64.b64decode(tag_b64, validate=True)
+        except ValueError:
+            tag = b""
+        if len(tag) != 32:
+            raise InvalidCiphertextError(f"{self.key_id}: the context tag of a Vault wrapped key is malformed",
+                                         key_id=self.key_id, operation="Decrypt")
+        return body.decode("ascii", "replace"), tag
+
+    def _decrypt(self, wrapped: WrappedKey, encryption_context: dict[str, str]) -> bytearray:
+        vault_ciphertext, tag = self._split(wrapped)
+        if tag is None:
+            context, aad = self._context_param(encryption_context), None
+            if not self.derived:
+                aad = base64.b64encode(_context_bytes(encryption_context)).decode()
+        else:
+            context, aad = None, None
+        response = self._call("Decrypt", lambda: self._transit.decrypt_data(
+            name=self.name, ciphertext=vault_ciphertext, context=context, associated_data=aad,
+            mount_point=self.mount))
+        plaintext = bytearray(base64.b64decode(response["data"]["plaintext"]))
+        if tag is not None and not hmac.compare_digest(_binding_tag(plaintext, encryption_context), tag):
+            _wipe(plaintext)
+            raise InvalidCiphertextError(
+                f"{self.key_id}: the wrapped key was made for another encryption context (version "
+                f"{wrapped.key_version})", key_id=self.key_id, operation="Decrypt")
+        return plaintext
+
+    def _same_key(self, other: KmsProvider) -> bool:
+        return (isinstance(other, VaultTransitProvider) and (other.url, other.key_id, other.derived)
+                == (self.url, self.key_id, self.derived))
+
+    def _reencrypt(self, wrapped: WrappedKey, encryption_context: dict[str, str], destination: KmsProvider,
+                   destination_context: dict[str, str]) -> WrappedKey:
+        vault_ciphertext, tag = self._split(wrapped)
+        # Server-side rewrap needs the same key and context on both sides, and no AAD
+        # (rewrap takes none): a derived-key wrap or a tagged data key qualifies.
+        if not (self._same_key(destination) and destination_context == encryption_context
+                and (tag is not None or self.derived)):
+            return super()._reencrypt(wrapped, encryption_context, destination, destination_context)
+        # The tag travels unchanged (it binds the DEK, which rewrap does not change); a wrong
+        # context is caught on the next decrypt, never by seeing the DEK here.
+        response = self._call("ReEncrypt", lambda: self._transit.rewrap_data(
+            name=self.name, ciphertext=vault_ciphertext, context=self._context_param(encryption_context),
+            mount_point=self.mount))
+        ciphertext = str(response["data"]["ciphertext"]).encode()
+        if tag is not None:
+            ciphertext += _TAG_MARK + base64.b64encode(tag)
+        return self._wrapped(ciphertext)
+
+    def _describe_key(self) -> KeyDescription:
+        response = self._call("DescribeKey", lambda: self._transit.read_key(name=self.name, mount_point=self.mount))
+        data = response["data"]
+        min_dec = int(data.get("min_decryption_version") or 1)
+        versions = {str(v): ("enabled" if int(v) >= min_dec else "disabled")
+                    for v in sorted(data.get("keys", {}), key=int)}
+        return KeyDescription(
+            key_id=self.key_id,
+            primary_version=str(data["latest_version"]),
+            enabled=True,
+            state="enabled",
+            versions=versions,
+            extra={k: data.get(k) for k in ("type", "derived", "min_decryption_version", "min_encryption_version",
+                                            "deletion_allowed", "exportable", "auto_rotate_period")},
+        )
