@@ -45,17 +45,13 @@ Small payloads (``encrypt``) are enveloped the same way::
 from __future__ import annotations
 
 import hmac
-import json
 import os
 import struct
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from spark_kms.errors import (
     AccessDeniedError,
@@ -69,6 +65,9 @@ from spark_kms.errors import (
     SparkKmsError,
     ThrottlingError,
 )
+from spark_kms.kms._binding import binding_tag as _binding_tag
+from spark_kms.kms._binding import context_bytes as _context_bytes
+from spark_kms.kms._binding import wipe as _wipe
 from spark_kms.kms.base import DATA_KEY_BYTES, DataKey, KeyDescription, KmsProvider, WrappedKey
 
 try:
@@ -91,29 +90,11 @@ T = TypeVar("T")
 _FORMAT_KEY = 0x01
 _FORMAT_PAYLOAD = 0x02
 _TAG_BYTES = 32
-_BIND_INFO = b"spark_kms kms context binding v1"
-_BIND_PREFIX = b"spark_kms.encryption_context.v1\x00"
 _ALGORITHMS = {"RSA-OAEP-256": KeyWrapAlgorithm.rsa_oaep_256, "RSA-OAEP": KeyWrapAlgorithm.rsa_oaep,
                "A256KW": KeyWrapAlgorithm.aes_256}
 _OPTIONS = {"vault_url", "credential", "tenant_id", "client_id", "client_secret", "algorithm",
             "verify_challenge_resource", "connection_verify", "api_version", "retry_total",
             "retry_backoff_factor", "retry_backoff_max"}
-
-
-def _context_bytes(encryption_context: dict[str, str]) -> bytes:
-    return json.dumps(encryption_context, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _binding_tag(data_key: bytes | bytearray, encryption_context: dict[str, str]) -> bytes:
-    bind_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_BIND_INFO).derive(bytes(data_key))
-    mac = crypto_hmac.HMAC(bind_key, hashes.SHA256())
-    mac.update(_BIND_PREFIX + _context_bytes(encryption_context))
-    return mac.finalize()
-
-
-def _wipe(buf: bytearray) -> None:
-    for i in range(len(buf)):
-        buf[i] = 0
 
 
 class _Clients:

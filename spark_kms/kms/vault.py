@@ -48,15 +48,10 @@ from __future__ import annotations
 
 import base64
 import hmac
-import json
 import os
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
-
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives import hmac as crypto_hmac
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from spark_kms.errors import (
     AccessDeniedError,
@@ -69,6 +64,9 @@ from spark_kms.errors import (
     MissingExtraError,
     SparkKmsError,
 )
+from spark_kms.kms._binding import binding_tag as _binding_tag
+from spark_kms.kms._binding import context_bytes as _context_bytes
+from spark_kms.kms._binding import wipe as _wipe
 from spark_kms.kms.base import DataKey, KeyDescription, KmsProvider, WrappedKey
 from spark_kms.kms.retry import RetryPolicy, call_with_retries
 
@@ -86,27 +84,8 @@ T = TypeVar("T")
 _URI = re.compile(r"^vault://(?P<host>[^/:]+|\[[^\]]+\]):(?P<port>\d+)/(?P<mount>.+)/keys/(?P<name>[^/]+)$")
 _VERSION = re.compile(rb"^vault:v(\d+):")
 _TAG_MARK = b"|ctx-hmac-sha256:"
-_BIND_INFO = b"spark_kms kms context binding v1"
-_BIND_PREFIX = b"spark_kms.encryption_context.v1\x00"
 _AUTH_METHODS = ("token", "approle", "kubernetes")
 _DEFAULT_JWT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path, not a secret
-
-
-def _context_bytes(encryption_context: dict[str, str]) -> bytes:
-    # canonical_context() already sorted the keys; JSON makes the encoding unambiguous.
-    return json.dumps(encryption_context, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _binding_tag(data_key: bytes | bytearray, encryption_context: dict[str, str]) -> bytes:
-    bind_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_BIND_INFO).derive(bytes(data_key))
-    mac = crypto_hmac.HMAC(bind_key, hashes.SHA256())
-    mac.update(_BIND_PREFIX + _context_bytes(encryption_context))
-    return mac.finalize()
-
-
-def _wipe(buf: bytearray) -> None:
-    for i in range(len(buf)):
-        buf[i] = 0
 
 
 class VaultTransitProvider(KmsProvider):
