@@ -1,0 +1,387 @@
+"""Encrypting Arrow record batches: what to encrypt (:class:`EncryptionSpec`) and how
+(:class:`BatchEncryptor`, one per Spark task / output file).
+
+Output layout of an encrypted batch: every column keeps its name and position;
+encrypted columns become ``binary`` (cells as in docs/FORMAT.md, nulls stay null);
+each blind-index column is appended at the end, in the order of the spec, as
+``binary`` holding HMAC blind-index cells of its source column.
+
+Keys:
+
+* Randomised columns (AES-256-GCM) share one data key per encryptor, asked from the
+  KMS (GenerateDataKey) on the first non-empty batch; after ``max_cells_per_dek``
+  non-null cells the encryptor rolls to a new data key. Empty input makes no KMS call.
+* Deterministic (AES-SIV) and blind-index columns use one dataset-level data key,
+  ``deterministic_entry`` (made once per job on the driver by
+  :func:`~spark_kms.parquet.new_deterministic_entry`) and unwrapped lazily through a
+  :class:`~spark_kms.parquet.DekResolver`, at most once per process. If the spec has
+  such columns and no entry is given, the encryptor generates one itself on the first
+  non-empty batch -- one more GenerateDataKey, and equal values are then only equal
+  within this encryptor's output, not across tasks: pass a shared entry for joins.
+
+Every data key used, wrapped only, ends up in :meth:`BatchEncryptor.key_table`,
+with a :class:`~spark_kms.crypto.ColumnSpec` for every encrypted or derived column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from spark_kms.crypto import (
+    AES_256_GCM,
+    AES_256_SIV,
+    DEFAULT_MAX_CELLS_PER_DEK,
+    HMAC_SHA256_BIDX,
+    BlindIndexer,
+    CellEncryptor,
+    ColumnSpec,
+    DekEntry,
+    DeterministicEncryptor,
+    KeyTable,
+    dek_id_from_hex,
+    new_dek_id,
+)
+from spark_kms.errors import ConfigurationError
+from spark_kms.kms import KmsProvider
+from spark_kms.kms.base import canonical_context
+from spark_kms.parquet._types import check_supported, encode_values
+from spark_kms.parquet.keys import DekResolver, KmsOptions, entry_for
+
+__all__ = ["BatchEncryptor", "EncryptionSpec"]
+
+
+def _names(value: Any, what: str) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes)):
+        raise ConfigurationError(f"{what} must be a sequence of column names, not a single string: {value!r}")
+    names = tuple(value)
+    for n in names:
+        if not isinstance(n, str) or not n:
+            raise ConfigurationError(f"{what} must hold non-empty column names, got {n!r}")
+    if len(set(names)) != len(names):
+        raise ConfigurationError(f"{what} lists a column twice: {list(names)}")
+    return names
+
+
+@dataclass(frozen=True)
+class EncryptionSpec:
+    """Which columns to encrypt and how.
+
+    :param columns: columns encrypted with AES-256-GCM (randomised: equal values give
+        different cells). A column also listed in ``deterministic`` is deterministic.
+    :param deterministic: columns encrypted with AES-SIV (equal values give equal cells
+        under the same dataset key: joins and group-bys on ciphertext work; it reveals
+        which cells are equal).
+    :param blind_index: source column -> name of a new binary column holding an HMAC
+        blind index of the source's plaintext (equality look-ups without decryption).
+    """
+
+    columns: Sequence[str] = ()
+    deterministic: Sequence[str] = ()
+    blind_index: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "columns", _names(self.columns, "columns"))
+        object.__setattr__(self, "deterministic", _names(self.deterministic, "deterministic columns"))
+        if not isinstance(self.blind_index, Mapping):
+            raise ConfigurationError("blind_index must map a source column to the name of its index column")
+        bidx = dict(self.blind_index)
+        _names(list(bidx.values()), "blind index column names")
+        _names(list(bidx), "blind index source columns")
+        clash = sorted(set(bidx.values()) & (set(self.columns) | set(self.deterministic) | set(bidx)))
+        if clash:
+            raise ConfigurationError(f"blind index column names must be new columns, but {clash} are also sources")
+        # A plain dict (a private copy): specs are pickled to Spark executors.
+        object.__setattr__(self, "blind_index", bidx)
+        if not (self.columns or self.deterministic or bidx):
+            raise ConfigurationError("an EncryptionSpec needs at least one column to encrypt or index")
+
+    def __hash__(self) -> int:
+        return hash((self.columns, self.deterministic, tuple(sorted(self.blind_index.items()))))
+
+    @property
+    def randomized(self) -> tuple[str, ...]:
+        """The AES-256-GCM columns (``columns`` minus the deterministic ones)."""
+        det = set(self.deterministic)
+        return tuple(c for c in self.columns if c not in det)  # type: ignore[attr-defined]
+
+    @property
+    def needs_deterministic_key(self) -> bool:
+        return bool(self.deterministic or self.blind_index)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "columns": list(self.columns),
+            "deterministic": list(self.deterministic),
+            "blind_index": dict(self.blind_index),
+        }
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one input schema maps to the output schema."""
+
+    input_schema: pa.Schema
+    output_schema: pa.Schema
+    # per input position: None (keep), AES_256_GCM or AES_256_SIV
+    actions: tuple[str | None, ...]
+    # (source position, source name, index column name)
+    indexes: tuple[tuple[int, str, str], ...]
+
+
+class BatchEncryptor:
+    """Encrypts the columns of a spec in a stream of Arrow record batches.
+
+    Not thread-safe: one per task or writer. Use as a context manager, or call
+    :meth:`close` to wipe the data keys it holds.
+
+    :param spec: what to encrypt.
+    :param provider: the KMS provider data keys are generated with.
+    :param encryption_context: sent to the KMS with GenerateDataKey, stored with each key.
+    :param max_cells_per_dek: non-null AES-GCM cells per data key before rolling over.
+    :param deterministic_entry: the job's dataset-level key for deterministic and
+        blind-index columns (from :func:`new_deterministic_entry`).
+    :param kms_options: provider options per key-URI scheme, to unwrap ``deterministic_entry``.
+    """
+
+    def __init__(
+        self,
+        spec: EncryptionSpec,
+        provider: KmsProvider,
+        *,
+        encryption_context: Mapping[str, str] | None = None,
+        max_cells_per_dek: int = DEFAULT_MAX_CELLS_PER_DEK,
+        deterministic_entry: DekEntry | None = None,
+        kms_options: KmsOptions | None = None,
+    ) -> None:
+        if not isinstance(spec, EncryptionSpec):
+            raise ConfigurationError(f"spec must be an EncryptionSpec, got {type(spec).__name__}")
+        if not isinstance(max_cells_per_dek, int) or not 1 <= max_cells_per_dek <= DEFAULT_MAX_CELLS_PER_DEK:
+            raise ConfigurationError(
+                f"max_cells_per_dek must be an integer from 1 to {DEFAULT_MAX_CELLS_PER_DEK}, got {max_cells_per_dek!r}"
+            )
+        if deterministic_entry is not None and deterministic_entry.algorithm != AES_256_SIV:
+            raise ConfigurationError(
+                f"deterministic_entry {deterministic_entry.dek_id} is for {deterministic_entry.algorithm}, "
+                f"expected {AES_256_SIV}"
+            )
+        self.spec = spec
+        self.provider = provider
+        self.encryption_context = canonical_context(encryption_context)
+        self.max_cells_per_dek = max_cells_per_dek
+        self._det_entry = deterministic_entry
+        self._resolver = DekResolver({}, kms_options=kms_options)
+        if deterministic_entry is not None:
+            self._resolver.add(deterministic_entry)
+        self._entries: dict[str, DekEntry] = {}
+        self._columns: dict[str, ColumnSpec] = {}
+        self._plan: _Plan | None = None
+        self._cell: CellEncryptor | None = None
+        self._det: DeterministicEncryptor | None = None
+        self._bidx: BlindIndexer | None = None
+        self._generated = 0
+        self._closed = False
+        self.rows = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"BatchEncryptor({self.provider.key_uri!r}, columns={list(self.spec.columns)}, "
+            f"deks={len(self._entries)}, kms_calls={self.kms_calls})"
+        )
+
+    def __enter__(self) -> BatchEncryptor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- public ---------------------------------------------------------------
+    @property
+    def kms_calls(self) -> int:
+        """KMS calls made by this encryptor: GenerateDataKey plus unwraps of the dataset key."""
+        return self._generated + self._resolver.kms_calls
+
+    @property
+    def dek_entries(self) -> list[DekEntry]:
+        """Every data key this encryptor used, in order of first use (wrapped only)."""
+        entries = dict(self._entries)
+        if self._det_entry is not None and self.spec.needs_deterministic_key:
+            entries.setdefault(self._det_entry.dek_id, self._det_entry)
+        return list(entries.values())
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        """The schema :meth:`encrypt_batch` produces for input ``schema``; validates the spec against it."""
+        return self._plan_for(schema).output_schema
+
+    def key_table(self) -> KeyTable:
+        """The key table of everything encrypted so far: data keys (wrapped) and column specs."""
+        return KeyTable(deks={e.dek_id: e for e in self.dek_entries}, columns=dict(self._columns))
+
+    def encrypt_batch(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Encrypt one batch (see the module docstring for the output layout)."""
+        if self._closed:
+            raise ConfigurationError("this BatchEncryptor is closed")
+        plan = self._plan_for(batch.schema)
+        if batch.num_rows == 0:
+            return pa.RecordBatch.from_arrays(
+                [pa.array([], f.type) for f in plan.output_schema], schema=plan.output_schema
+            )
+        encoded: dict[int, list[bytes | None]] = {}
+        out: list[pa.Array] = []
+        for i, action in enumerate(plan.actions):
+            column = batch.column(i)
+            if action is None:
+                out.append(column)
+                continue
+            name = plan.input_schema.names[i]
+            values = encoded[i] = encode_values(column)
+            if action == AES_256_GCM:
+                cells = self._encrypt_gcm(values, len(column) - column.null_count, name)
+            else:
+                cells = self._deterministic()[0].encrypt_many(values, name)
+            out.append(pa.array(cells, pa.binary()))
+        for pos, source, _index_name in plan.indexes:
+            values = encoded.get(pos)
+            if values is None:
+                values = encoded[pos] = encode_values(batch.column(pos))
+            # Indexed under the source column's name, so look-ups need only the source name.
+            out.append(pa.array(self._deterministic()[1].index_many(values, source), pa.binary()))
+        self.rows += batch.num_rows
+        return pa.RecordBatch.from_arrays(out, schema=plan.output_schema)
+
+    def encrypt_table(self, table: pa.Table) -> pa.Table:
+        """Encrypt a whole table, batch by batch."""
+        schema = self.output_schema(table.schema)
+        return pa.Table.from_batches([self.encrypt_batch(b) for b in table.to_batches()], schema=schema)
+
+    def close(self) -> None:
+        """Wipe the data keys held in memory. The key table stays readable."""
+        for enc in (self._cell, self._det, self._bidx):
+            wipe = getattr(enc, "wipe", None)
+            if wipe is not None:
+                wipe()
+        self._cell = self._det = self._bidx = None
+        self._closed = True
+
+    # -- internals ------------------------------------------------------------
+    def _plan_for(self, schema: pa.Schema) -> _Plan:
+        plan = self._plan
+        if plan is not None and (plan.input_schema is schema or plan.input_schema.equals(schema)):
+            return plan
+        plan = self._plan = self._make_plan(schema)
+        return plan
+
+    def _make_plan(self, schema: pa.Schema) -> _Plan:
+        spec = self.spec
+        names = schema.names
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"the data has duplicate column names: {names}")
+        wanted = list(spec.columns) + [c for c in spec.deterministic if c not in spec.columns]
+        wanted += [c for c in spec.blind_index if c not in wanted]
+        missing = [c for c in wanted if c not in names]
+        if missing:
+            raise ConfigurationError(f"columns {missing} to encrypt are not in the data; available columns: {names}")
+        taken = [idx for idx in spec.blind_index.values() if idx in names]
+        if taken:
+            raise ConfigurationError(f"blind index columns {taken} already exist in the data; choose other names")
+        det = set(spec.deterministic)
+        gcm = set(spec.columns) - det
+        actions: list[str | None] = []
+        fields: list[pa.Field] = []
+        for f in schema:
+            if f.name in gcm or f.name in det:
+                algorithm = AES_256_SIV if f.name in det else AES_256_GCM
+                plain_type = check_supported(f.name, f.type)
+                self._note_column(ColumnSpec(name=f.name, algorithm=algorithm, arrow_type=str(plain_type), source=None))
+                actions.append(algorithm)
+                fields.append(pa.field(f.name, pa.binary(), nullable=f.nullable, metadata=f.metadata))
+            else:
+                actions.append(None)
+                fields.append(f)
+        indexes: list[tuple[int, str, str]] = []
+        for source, index_name in spec.blind_index.items():
+            source_type = check_supported(source, schema.field(source).type)
+            # arrow_type of an index is its source's type: a look-up value is encoded like the source's cells.
+            self._note_column(
+                ColumnSpec(name=index_name, algorithm=HMAC_SHA256_BIDX, arrow_type=str(source_type), source=source)
+            )
+            indexes.append((names.index(source), source, index_name))
+            fields.append(pa.field(index_name, pa.binary(), nullable=True))
+        metadata = {k: v for k, v in (schema.metadata or {}).items() if k != b"pandas"} or None
+        return _Plan(schema, pa.schema(fields, metadata=metadata), tuple(actions), tuple(indexes))
+
+    def _note_column(self, column: ColumnSpec) -> None:
+        known = self._columns.get(column.name)
+        if known is not None and known != column:
+            raise ConfigurationError(
+                f"column {column.name!r} changed type within one encryptor ({known.arrow_type} -> {column.arrow_type})"
+            )
+        self._columns[column.name] = column
+
+    def _roll(self) -> CellEncryptor:
+        """A new per-partition data key (one GenerateDataKey)."""
+        if self._cell is not None:
+            self._cell.wipe()
+            self._cell = None
+        self._generated += 1
+        data_key = self.provider.generate_data_key(self.encryption_context)
+        try:
+            dek_id = new_dek_id()
+            self._cell = CellEncryptor(data_key.plaintext, dek_id, max_cells=self.max_cells_per_dek)
+            entry = entry_for(data_key, dek_id, self.provider, self.encryption_context, AES_256_GCM)
+        finally:
+            data_key.wipe()
+        self._entries[entry.dek_id] = entry
+        return self._cell
+
+    def _encrypt_gcm(self, values: list[bytes | None], non_null: int, column: str) -> list[bytes | None]:
+        enc = self._cell
+        if enc is None or enc.cells_left == 0:
+            enc = self._roll()
+        if non_null <= enc.cells_left:
+            return enc.encrypt_many(values, column)
+        # Roll-over inside the batch: cut it where the current key's cells run out.
+        out: list[bytes | None] = []
+        start, n = 0, len(values)
+        while start < n:
+            enc = self._cell
+            if enc is None or enc.cells_left == 0:
+                enc = self._roll()
+            left, end = enc.cells_left, start
+            while end < n:
+                if values[end] is not None:
+                    if left == 0:
+                        break
+                    left -= 1
+                end += 1
+            out.extend(enc.encrypt_many(values[start:end], column))
+            start = end
+        return out
+
+    def _deterministic(self) -> tuple[DeterministicEncryptor, BlindIndexer]:
+        """The SIV encryptor and blind indexer under the dataset-level key, built on first use."""
+        if self._det is not None and self._bidx is not None:
+            return self._det, self._bidx
+        entry = self._det_entry
+        if entry is None:
+            # No job-level key was given: make one for this encryptor (see the module docstring).
+            self._generated += 1
+            data_key = self.provider.generate_data_key(self.encryption_context)
+            try:
+                dek_id = new_dek_id()
+                self._det = DeterministicEncryptor(data_key.plaintext, dek_id)
+                self._bidx = BlindIndexer(data_key.plaintext, dek_id)
+                entry = entry_for(data_key, dek_id, self.provider, self.encryption_context, AES_256_SIV)
+            finally:
+                data_key.wipe()
+            self._det_entry = entry
+            self._resolver.add(entry)
+            return self._det, self._bidx
+        dek_id = dek_id_from_hex(entry.dek_id)
+        key = self._resolver.lookup(dek_id, where=f"deterministic data key of {self.provider.key_uri}")
+        self._det = DeterministicEncryptor(key, dek_id)
+        self._bidx = BlindIndexer(key, dek_id)
+        return self._det, self._bidx
