@@ -379,7 +379,14 @@ class AwsKmsHarness(ProviderHarness):
     def throttled_requests(self) -> int:
         """KMS requests answered with ThrottlingException since the last :meth:`throttle`."""
         assert self.proxy is not None
-        return self.proxy.state.throttled
+        with self.proxy.state.lock:
+            return self.proxy.state.throttled
+
+    def max_throttled_requests(self) -> int:
+        """``max_attempts`` (default 3): botocore's ``total_max_attempts`` counts the first
+        request too, and standard mode's retry quota (500 tokens, 5 per retry) per client is
+        far from empty in a test."""
+        return self.max_attempts
 
     def set_key_state(self, state: str) -> None:
         """``"enabled"``, ``"disabled"`` or ``"pending_deletion"``, in moto and in the proxy."""

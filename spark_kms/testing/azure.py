@@ -166,6 +166,7 @@ class AzureKeyVaultServer:
         self._lock = threading.Lock()
         self._throttle = (0, 1)
         self._throttle_count = 0
+        self._throttled = 0
         self.requests: list[tuple[str, str]] = []  # (method, path), for tests
         self.api_versions: set[str] = set()
         self._dir = ""
@@ -237,6 +238,13 @@ class AzureKeyVaultServer:
         with self._lock:
             self._throttle = (failures, period)
             self._throttle_count = 0
+            self._throttled = 0
+
+    def throttled_requests(self) -> int:
+        """Requests answered 429 since the last :meth:`throttle` (authenticated ones only:
+        the throttle pattern counts requests that got past the token check)."""
+        with self._lock:
+            return self._throttled
 
     # -- requests -----------------------------------------------------------------
     def handle(self, method: str, target: str, headers: Any, raw: bytes) -> tuple[int, dict[str, str], Any]:
@@ -269,7 +277,9 @@ class AzureKeyVaultServer:
             failures, period = self._throttle
             n = self._throttle_count
             self._throttle_count += 1
-        if n % period < failures:
+            throttled = n % period < failures
+            self._throttled += throttled
+        if throttled:
             raise _KvError(429, "Throttled", "Request was not processed because too many requests were received.",
                            {"Retry-After": "0"})
         try:
@@ -444,3 +454,11 @@ class AzureKeyVaultHarness(ProviderHarness):
 
     def throttle(self, failures: int, period: int) -> None:
         self.server.throttle(failures, period)
+
+    def throttled_requests(self) -> int:
+        return self.server.throttled_requests()
+
+    def max_throttled_requests(self) -> int:
+        """``retry_total`` + 1 (4): azure-core's RetryPolicy retries a 429 ``retry_total``
+        times after the first request, sleeping the server's ``Retry-After: 0``."""
+        return int(self.options()["retry_total"]) + 1

@@ -23,6 +23,7 @@ makes responses carry wrong checksums (or unverified request checksums).
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import threading
@@ -321,6 +322,8 @@ class GcpKmsHarness(ProviderHarness):
     through the real client too (with an admin token, never throttled)."""
 
     name = "gcp"
+    #: google.api_core's Retry has no attempt limit, only a deadline
+    throttle_bound_is_exact = False
 
     def __init__(self, *, project: str = "spark-kms-test", location: str = "global",
                  key_ring: str = "spark-kms", crypto_key: str = "pii", retry_deadline: float = 3.0) -> None:
@@ -411,6 +414,16 @@ class GcpKmsHarness(ProviderHarness):
         """Calls answered with RESOURCE_EXHAUSTED since the last :meth:`throttle`."""
         with self.server.lock:
             return self.server.throttled
+
+    def max_throttled_requests(self) -> int:
+        """A ceiling of 20 requests per second of ``retry_deadline`` (60 at the default 3 s).
+
+        google.api_core retries until the next backoff would pass the deadline, sleeping
+        ``uniform(0, d)`` with ``d`` = 0.05 s doubling up to 0.5 s. Each retry after the
+        fourth sleeps ``uniform(0, 0.5)``, so more than 60 requests in 3 s needs 55 such
+        sleeps summing under 3 s: probability below ``6**55 / 55!`` (about 1e-30).
+        """
+        return math.ceil(20 * self.retry_deadline)
 
     def corrupt(self, *faults: str) -> None:
         """Inject checksum faults (see :attr:`CloudKmsServer.corruptions`); no arguments = none."""

@@ -18,6 +18,10 @@ __all__ = ["ProviderHarness"]
 class ProviderHarness(ABC):
     #: short name used as the pytest id: "local", "aws", "gcp", "azure", "vault"
     name: str = ""
+    #: True when the provider's retries are counted (a permanently throttled call then
+    #: sends exactly :meth:`max_throttled_requests` requests); False when they are bounded
+    #: by a deadline instead and :meth:`max_throttled_requests` is a documented ceiling.
+    throttle_bound_is_exact: bool = True
 
     @abstractmethod
     def start(self) -> None:
@@ -47,7 +51,18 @@ class ProviderHarness(ABC):
     def throttle(self, failures: int, period: int) -> None:
         """From now on, answer ``failures`` of every ``period`` KMS calls with the
         vendor's throttling error (``throttle(2, 3)``; ``throttle(1, 1)`` = always;
-        ``throttle(0, 1)`` = off)."""
+        ``throttle(0, 1)`` = off). Resets :meth:`throttled_requests` to 0."""
+
+    @abstractmethod
+    def throttled_requests(self) -> int:
+        """How many requests the server answered with its throttling error since the
+        last :meth:`throttle` call (every client, every process using the server)."""
+
+    @abstractmethod
+    def max_throttled_requests(self) -> int:
+        """The most requests one provider call sends before it raises ThrottlingError
+        when every request is throttled, from the retry settings this harness gives
+        :meth:`provider`. Exactly this many when :attr:`throttle_bound_is_exact`."""
 
     def provider_options(self) -> dict[str, Any]:
         """Options that, with the key URI, rebuild :meth:`provider` in another process."""

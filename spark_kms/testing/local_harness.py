@@ -3,17 +3,21 @@
 There is no server: the harness owns a keystore directory with an injected root key,
 one symmetric key (``alias/contract``) whose policy grants principal ``tester`` every
 role and principal ``intruder`` none, and throttling injected through the keystore's
-fault file (seen by every process using that keystore).
+fault file (seen by every process using that keystore). The fault file also counts the
+data-plane calls since it was written, which is what :meth:`LocalKmsHarness.throttled_requests`
+reads back.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from spark_kms.kms import _local_store
 from spark_kms.kms.base import KmsProvider
 from spark_kms.kms.local import LocalKms, LocalKmsProvider
 from spark_kms.kms.retry import RetryPolicy
@@ -76,6 +80,29 @@ class LocalKmsHarness(ProviderHarness):
 
     def throttle(self, failures: int, period: int) -> None:
         self.admin._set_fault_throttle(failures, period)
+
+    def throttled_requests(self) -> int:
+        """Calls the keystore throttled since the last :meth:`throttle`.
+
+        The fault file ``{"throttle": [failures, period], "count": n}`` holds how many
+        data-plane calls checked it (every process, counted under the keystore lock);
+        call ``i`` (from 0) was throttled iff ``i % period < failures``, so the throttled
+        ones among the first ``n`` follow in closed form. No file = throttling is off.
+        """
+        path = self.admin.keystore_dir / _local_store.FAULTS_FILE
+        with self.admin._locked():  # the same lock the KMS holds while it bumps the count
+            try:
+                faults = json.loads(path.read_text())
+            except FileNotFoundError:
+                return 0
+        failures, period = faults["throttle"]
+        count = int(faults["count"])
+        return (count // period) * failures + min(count % period, failures)
+
+    def max_throttled_requests(self) -> int:
+        """``_FAST_RETRY.max_attempts`` (5): the provider retries in spark_kms.kms.retry,
+        which counts attempts (its 5 s deadline is never reached with 10 ms backoffs)."""
+        return _FAST_RETRY.max_attempts
 
     def provider_options(self) -> dict[str, Any]:
         return self._options("tester")

@@ -104,6 +104,7 @@ class VaultTransitServer:
         self._lock = threading.Lock()
         self._throttle = (0, 1)
         self._throttle_count = 0
+        self._throttled = 0
         self.requests: list[tuple[str, str]] = []  # (method, path) seen, for tests
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -177,6 +178,12 @@ class VaultTransitServer:
         with self._lock:
             self._throttle = (failures, period)
             self._throttle_count = 0
+            self._throttled = 0
+
+    def throttled_requests(self) -> int:
+        """Transit calls answered 429 since the last :meth:`throttle`."""
+        with self._lock:
+            return self._throttled
 
     # -- request handling (called from handler threads) --------------------------
     def handle(self, method: str, path: str, headers: Any, body: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
@@ -214,7 +221,9 @@ class VaultTransitServer:
             failures, period = self._throttle
             n = self._throttle_count
             self._throttle_count += 1
-        if n % period < failures:
+            throttled = n % period < failures
+            self._throttled += throttled
+        if throttled:
             raise _VaultError(429, f'request path "{mount}/{op_path}": rate limit quota exceeded')
         with self._lock:
             return self._transit(method, namespace, mount, op_path, body, root=(kind == "root"))
@@ -484,3 +493,11 @@ class VaultTransitHarness(ProviderHarness):
 
     def throttle(self, failures: int, period: int) -> None:
         self.server.throttle(failures, period)
+
+    def throttled_requests(self) -> int:
+        return self.server.throttled_requests()
+
+    def max_throttled_requests(self) -> int:
+        """``retry_max_attempts`` (4): the provider retries 429s in spark_kms.kms.retry, which
+        counts attempts (its 5 s deadline is never reached with backoffs of at most 0.08 s)."""
+        return int(self._options("")["retry_max_attempts"])

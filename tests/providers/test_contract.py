@@ -148,27 +148,44 @@ def test_denied_credentials_are_access_denied(harness: ProviderHarness) -> None:
 
 def test_throttled_calls_are_retried(harness: ProviderHarness) -> None:
     kms = harness.provider()
-    kms.describe_key()  # build the client (and any token) before the faults start
+    # Build the clients (and any token, key metadata) before the faults start: a
+    # provider's first decrypt may fetch the key version once (Azure does).
+    warm = kms.generate_data_key(CTX)
+    kms.decrypt_data_key(warm.wrapped, CTX)
     harness.throttle(2, 3)
     try:
+        assert harness.throttled_requests() == 0
+        # Warm, each call is one request once let through, so with 2 of every 3
+        # throttled each call is throttled exactly twice and its third attempt succeeds.
         dek = kms.generate_data_key(CTX)
+        assert harness.throttled_requests() == 2
         assert kms.decrypt_data_key(dek.wrapped, CTX) == dek.plaintext
+        assert harness.throttled_requests() == 4
     finally:
         harness.throttle(0, 1)
+    assert harness.throttled_requests() == 0
 
 
 def test_throttling_that_never_stops_is_bounded(harness: ProviderHarness) -> None:
     kms = harness.provider()
     kms.describe_key()
+    bound = harness.max_throttled_requests()
+    assert bound > 1, "the harness must configure retries for this test to mean anything"
     harness.throttle(1, 1)
     start = time.monotonic()
     try:
         with pytest.raises(ThrottlingError):
             kms.generate_data_key(CTX)
+        throttled = harness.throttled_requests()
     finally:
         harness.throttle(0, 1)
     assert time.monotonic() - start < 30
+    # Retried (more than one request), but only as often as the retry settings allow.
+    assert 1 < throttled <= bound
+    if harness.throttle_bound_is_exact:
+        assert throttled == bound
     assert kms.generate_data_key(CTX).wrapped.key_version  # recovers once throttling stops
+    assert harness.throttled_requests() == 0
 
 
 def test_provider_pickles_into_another_process(harness: ProviderHarness) -> None:
