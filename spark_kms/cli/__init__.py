@@ -13,6 +13,11 @@ __all__ = ["cli", "main"]
 _COMMANDS: dict[str, str] = {
     "keys": "spark_kms.cli.keys:keys",
     "demo": "spark_kms.cli.demo:demo",
+    "encrypt": "spark_kms.cli.jobs:encrypt",
+    "decrypt": "spark_kms.cli.jobs:decrypt",
+    "rewrap": "spark_kms.cli.jobs:rewrap",
+    "reencrypt": "spark_kms.cli.jobs:reencrypt",
+    "inspect": "spark_kms.cli.jobs:inspect",
 }
 
 

@@ -220,8 +220,12 @@ class LocalKms:
         principal: str | None = None,
         root_key: bytes | None = None,
         clock: Callable[[], datetime] | None = None,
+        request_tag: str | None = None,
     ) -> None:
         self.keystore_dir = Path(keystore_dir).expanduser().absolute()
+        # Written into every audit line this object makes (e.g. a job's run id), so the
+        # audit log ties a call to the job even where the encryption context cannot change.
+        self.request_tag = request_tag
         self.principal = resolve_principal(principal)
         if root_key is not None and (not isinstance(root_key, (bytes, bytearray)) or len(root_key) != 32):
             raise ConfigurationError("root_key must be 32 bytes (AES-256)")
@@ -686,6 +690,8 @@ class LocalKms:
             "outcome": outcome,
             "request_id": request_id,
         }
+        if self.request_tag:
+            event["request_tag"] = self.request_tag
         for extra in ("destination_key_id", "destination_key_version", "result", "detail"):
             if rec.get(extra) is not None:
                 event[extra] = str(rec[extra])
@@ -1047,7 +1053,7 @@ class LocalKmsProvider(KmsProvider):
 
     def __init__(self, key_uri: str, **options: Any) -> None:
         super().__init__(key_uri, **options)
-        known = {"keystore", "principal", "root_key", "_retry"}
+        known = {"keystore", "principal", "root_key", "request_tag", "_retry"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ConfigurationError(f"unknown local KMS option(s) {unknown}: expected some of {sorted(known)}")
@@ -1061,7 +1067,12 @@ class LocalKmsProvider(KmsProvider):
         self.retry_policy: RetryPolicy = options.get("_retry") or RetryPolicy()
 
     def _make_client(self) -> LocalKms:
-        return LocalKms(self.keystore, principal=self.principal, root_key=self.options.get("root_key"))
+        return LocalKms(
+            self.keystore,
+            principal=self.principal,
+            root_key=self.options.get("root_key"),
+            request_tag=self.options.get("request_tag"),
+        )
 
     @property
     def kms(self) -> LocalKms:

@@ -1,0 +1,3 @@
+from spark_kms.cli import main
+
+main()

@@ -1,0 +1,47 @@
+"""Dataset jobs: encrypt, decrypt, rewrap, re-encrypt, inspect. Plain functions used by the
+CLI, the Airflow operators and notebooks; each job returns a :class:`RunSummary` and writes
+it to ``<dataset>/_spark_kms_runs/<run_id>.json``.
+
+>>> from spark_kms.jobs import rewrap_dataset, inspect_dataset
+>>> opts = {"local": {"keystore": "/tmp/ks"}}
+>>> rewrap_dataset("/data/customers", kms_options=opts).kms_calls  # doctest: +SKIP
+{'local:DescribeKey': 1, 'local:ReEncrypt': 12}
+>>> inspect_dataset("/data/customers", kms_options=opts).behind_files  # doctest: +SKIP
+[]
+
+Rotation strategies and their trade-offs: docs/ROTATION.md.
+"""
+
+from spark_kms.jobs._summary import RUN_ID_CONTEXT_KEY, RUNS_DIR_NAME, RunSummary, new_run_id
+from spark_kms.jobs.inspect import (
+    ColumnInspection,
+    DatasetInspection,
+    DekInspection,
+    FileInspection,
+    KeyInspection,
+    inspect_dataset,
+    needs_rotation,
+    render_inspection,
+)
+from spark_kms.jobs.reencrypt import reencrypt_dataset
+from spark_kms.jobs.rewrap import rewrap_dataset
+from spark_kms.jobs.transfer import decrypt_dataset, encrypt_dataset
+
+__all__ = [
+    "RUNS_DIR_NAME",
+    "RUN_ID_CONTEXT_KEY",
+    "ColumnInspection",
+    "DatasetInspection",
+    "DekInspection",
+    "FileInspection",
+    "KeyInspection",
+    "RunSummary",
+    "decrypt_dataset",
+    "encrypt_dataset",
+    "inspect_dataset",
+    "needs_rotation",
+    "new_run_id",
+    "reencrypt_dataset",
+    "render_inspection",
+    "rewrap_dataset",
+]

@@ -1,0 +1,176 @@
+"""Encrypt a plain dataset, decrypt an encrypted one: thin orchestration over the Spark layer.
+
+* :func:`encrypt_dataset` reads ``source`` (Parquet, CSV with a header row, or JSON lines)
+  with Spark and writes it through :func:`spark_kms.spark.write_encrypted` (one DEK per
+  task, atomic commit). The run id goes into the encryption context of every new DEK
+  (``spark_kms.job_id``), so the KMS audit log ties each GenerateDataKey to the run.
+* :func:`decrypt_dataset` reads ``source`` with :func:`spark_kms.spark.read_encrypted`
+  (native Parquet scan, lazy per-process unwrap) and writes *plaintext* to an explicit
+  ``destination`` that must be neither the source nor inside it (nor contain it): a
+  decrypt never overwrites the encrypted data. The destination is overwritten, so a
+  retried task (Airflow) gives the same result.
+
+Run summaries go to ``<destination>/_spark_kms_runs/`` for encrypt and to
+``<source>/_spark_kms_runs/`` for decrypt (the audit trail stays with the encrypted data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from spark_kms.errors import ConfigurationError
+from spark_kms.jobs._common import KmsOptions, require_dataset_dir, with_run_tag
+from spark_kms.jobs._dataset import DatasetKeys
+from spark_kms.jobs._summary import RunRecorder, RunSummary, key_versions_of
+
+__all__ = ["SOURCE_FORMATS", "decrypt_dataset", "encrypt_dataset"]
+
+SOURCE_FORMATS = ("parquet", "csv", "json")
+_MODES = ("overwrite", "append")
+
+
+def _session(spark: Any) -> Any:
+    if spark is not None:
+        return spark
+    from spark_kms.spark.session import local_session
+
+    return local_session()
+
+
+def _check_format(value: str, what: str) -> str:
+    if value not in SOURCE_FORMATS:
+        raise ConfigurationError(f"{what} must be one of {list(SOURCE_FORMATS)}, got {value!r}")
+    return value
+
+
+def _reader(spark: Any, fmt: str) -> Any:
+    reader = spark.read.format(fmt)
+    if fmt == "csv":
+        # A CSV source is expected to carry a header row; types are inferred so numbers stay numbers.
+        reader = reader.option("header", "true").option("inferSchema", "true")
+    return reader
+
+
+def _separate(source: Path, destination: Path, job: str) -> None:
+    if source == destination or source in destination.parents or destination in source.parents:
+        raise ConfigurationError(
+            f"{job}: the destination {str(destination)!r} must be a different directory from the source "
+            f"{str(source)!r} and neither may contain the other"
+        )
+
+
+def encrypt_dataset(
+    source: str | Path,
+    destination: str | Path,
+    *,
+    key_uri: str,
+    columns: Sequence[str],
+    deterministic_columns: Sequence[str] = (),
+    blind_index: Mapping[str, str] | None = None,
+    partition_by: Sequence[str] = (),
+    source_format: str = "parquet",
+    mode: str = "overwrite",
+    encryption_context: Mapping[str, str] | None = None,
+    kms_options: KmsOptions | None = None,
+    spark: Any = None,
+    run_id: str | None = None,
+) -> RunSummary:
+    """Encrypt the PII ``columns`` of the dataset at ``source`` into ``destination``.
+
+    :param key_uri: the KMS key the data keys are generated under.
+    :param columns: columns encrypted with AES-256-GCM (randomised).
+    :param deterministic_columns: columns encrypted with AES-SIV (joinable; reveals equality).
+    :param blind_index: source column -> new index column (HMAC, equality look-ups).
+    :param partition_by: hive partition columns of the output (stay plaintext).
+    :param source_format: ``parquet``, ``csv`` (header row) or ``json`` (JSON lines).
+    :param mode: ``overwrite`` or ``append``.
+    :param encryption_context: extra context sent to the KMS with every GenerateDataKey.
+    :param kms_options: provider options per key-URI scheme.
+    :param spark: a SparkSession (default: a local one).
+    :param run_id: the run id (default: new); recorded in each DEK's encryption context.
+    """
+    _check_format(source_format, "source_format")
+    if mode not in _MODES:
+        raise ConfigurationError(f"mode must be one of {list(_MODES)}, got {mode!r}")
+    if not key_uri:
+        raise ConfigurationError("encrypt needs key_uri, the KMS key to generate data keys under")
+    if not (list(columns) or list(deterministic_columns) or dict(blind_index or {})):
+        raise ConfigurationError("encrypt needs at least one column to encrypt (columns=...)")
+    src = require_dataset_dir(source, "encrypt") if Path(source).is_dir() else Path(source).resolve()
+    if not src.exists():
+        raise ConfigurationError(f"encrypt: source {str(source)!r} does not exist")
+    dst = Path(destination).resolve()
+    _separate(src, dst, "encrypt")
+    from spark_kms.spark import write_encrypted
+
+    session = _session(spark)
+    with RunRecorder("encrypt", dst, run_id) as recorder:
+        # The Spark write reports KMS calls over driver and tasks; do not add this process's twice.
+        recorder.count_local_calls = False
+        df = _reader(session, source_format).load(str(src))
+        result = write_encrypted(
+            df, str(dst), key_uri=key_uri, columns=list(columns), deterministic_columns=list(deterministic_columns),
+            blind_index=dict(blind_index or {}), partition_by=list(partition_by), mode=mode,
+            encryption_context=encryption_context, kms_options=with_run_tag(kms_options, recorder.run_id),
+            run_id=recorder.run_id,
+        )
+        s = recorder.summary
+        s.rows, s.files, s.deks = result.rows, len(result.files), len(result.deks)
+        s.kms_calls = dict(result.kms_calls)
+        s.key_versions = {k: list(v) for k, v in result.key_versions.items()}
+        s.details.update({"source": str(src), "source_format": source_format, "mode": mode, "key_uri": key_uri,
+                          "columns": list(columns), "deterministic_columns": list(deterministic_columns),
+                          "blind_index": dict(blind_index or {}), "partition_by": list(partition_by)})
+        return s
+
+
+def decrypt_dataset(
+    source: str | Path,
+    destination: str | Path,
+    *,
+    columns: Sequence[str] | None = None,
+    output_format: str = "parquet",
+    kms_options: KmsOptions | None = None,
+    spark: Any = None,
+    run_id: str | None = None,
+) -> RunSummary:
+    """Decrypt the encrypted dataset at ``source`` into plaintext at ``destination``.
+
+    :param columns: keep only these columns (default all; blind-index columns stay binary).
+    :param output_format: ``parquet``, ``csv`` (with a header row) or ``json`` (JSON lines).
+    :param kms_options: provider options per key-URI scheme (used by Spark's Python workers).
+    :param spark: a SparkSession (default: a local one).
+    :param run_id: the run id (default: new). Existing DEKs keep their encryption context, so the
+        run id reaches the KMS only as the embedded KMS's audit ``request_tag``; see docs/ROTATION.md.
+
+    ``kms_calls`` in the summary counts this (driver) process only: Decrypt calls happen in
+    Spark's Python workers and show in the KMS audit log.
+    """
+    _check_format(output_format, "output_format")
+    src = require_dataset_dir(source, "decrypt")
+    dst = Path(destination).resolve()
+    _separate(src, dst, "decrypt")
+    from spark_kms.spark import read_encrypted
+
+    session = _session(spark)
+    with RunRecorder("decrypt", src, run_id) as recorder:
+        keys = DatasetKeys.read(src, job="decrypt")
+        effective = keys.effective_deks()
+        df = read_encrypted(session, str(src), columns=list(columns) if columns is not None else None,
+                            kms_options=with_run_tag(kms_options, recorder.run_id))
+        writer = df.write.mode("overwrite").format(output_format)
+        if output_format == "csv":
+            writer = writer.option("header", "true")
+        writer.save(str(dst))
+        s = recorder.summary
+        s.rows = _reader(session, output_format).load(str(dst)).count()
+        s.files = len(keys.files)
+        s.deks = len(effective)
+        s.key_versions = s.key_versions_before = key_versions_of(
+            (e.key_id, e.key_version) for e in effective.values()
+        )
+        s.details.update({"destination": str(dst), "output_format": output_format,
+                          "columns": list(columns) if columns is not None else None})
+        return s
