@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spark_kms._atomic import atomic_write_bytes
 from spark_kms.crypto import (
     DATASET_MANIFEST_NAME,
     ColumnSpec,
@@ -18,7 +19,6 @@ from spark_kms.crypto import (
     encode_manifest,
 )
 from spark_kms.errors import JobError
-from spark_kms.jobs._atomic import atomic_write_bytes
 from spark_kms.parquet import list_data_files, read_key_table
 
 __all__ = ["DatasetKeys", "load_manifest", "manifest_path", "write_manifest"]

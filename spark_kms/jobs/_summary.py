@@ -28,8 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from spark_kms._atomic import atomic_write_json
 from spark_kms.errors import ConfigurationError
-from spark_kms.jobs._atomic import atomic_write_json
 from spark_kms.kms.base import kms_call_counts
 
 __all__ = [

@@ -42,6 +42,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from spark_kms._atomic import atomic_write_json, replace_atomically, sibling_temp_path
 from spark_kms.crypto import (
     AES_256_GCM,
     AES_256_SIV,
@@ -51,7 +52,6 @@ from spark_kms.crypto import (
     KeyTable,
 )
 from spark_kms.errors import ConfigurationError, JobError
-from spark_kms.jobs._atomic import atomic_write_json, replace_atomically, sibling_temp_path
 from spark_kms.jobs._common import KmsOptions, Providers, require_dataset_dir, with_run_tag
 from spark_kms.jobs._dataset import DatasetKeys, write_manifest
 from spark_kms.jobs._lock import dataset_lock

@@ -56,6 +56,7 @@ import filelock
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from spark_kms._atomic import atomic_write_bytes
 from spark_kms.errors import (
     AccessDeniedError,
     ConfigurationError,
@@ -751,7 +752,7 @@ class LocalKms:
             data["root_check"] = _ls.make_root_check(store.root_key)
         data["generation"] = int(data.get("generation", 0)) + 1
         raw = json.dumps(data, indent=1, sort_keys=True).encode()
-        _ls.write_atomic(store.path, raw)
+        atomic_write_bytes(store.path, raw)  # temp files are 0600 (mkstemp)
         with _CACHE_LOCK:
             _PARSED[str(store.path)] = (raw, _root_digest(store.root_key), data)
 
