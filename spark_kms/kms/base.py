@@ -13,6 +13,7 @@ backend implements, in the manner of the AWS Encryption SDK's master keys.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -173,6 +174,26 @@ class KmsProvider(ABC):
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self.key_uri))
+
+    def cache_identity(self) -> str:
+        """Who asks, and through which key: part of the cache key of unwrapped data keys, so the
+        same wrapped key read in one process through another principal or other credentials goes
+        back to the KMS (its policy decides, its audit log records) instead of hitting the cache.
+
+        A digest of the backend, key URI, options (secrets included, never stored in clear) and
+        :meth:`_identity_extra`. Ambient credentials a vendor SDK finds on its own (environment,
+        instance metadata) are not part of it.
+        """
+        digest = hashlib.sha256()
+        for part in (type(self).__qualname__, self.key_uri, repr(self._identity_extra())):
+            digest.update(part.encode() + b"\0")
+        for name, value in sorted(self.options.items()):
+            digest.update(f"{name}={value!r}".encode() + b"\0")
+        return digest.hexdigest()
+
+    def _identity_extra(self) -> Any:
+        """What identifies the caller beyond the options (e.g. a principal read from the environment)."""
+        return None
 
     @property
     def client(self) -> Any:

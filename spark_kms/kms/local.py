@@ -1067,6 +1067,9 @@ class LocalKmsProvider(KmsProvider):
         self.principal = resolve_principal(options.get("principal"))
         self.retry_policy: RetryPolicy = options.get("_retry") or RetryPolicy()
 
+    def _identity_extra(self) -> Any:
+        return (str(self.keystore), self.principal)
+
     def _make_client(self) -> LocalKms:
         return LocalKms(
             self.keystore,

@@ -124,8 +124,10 @@ class DekResolver:
         cache = self._cache if self._cache is not None else process_dek_cache()
         # The wrapped bytes identify the key material; the same DEK rewrapped under a
         # new key version is a different entry, costing one more Decrypt, never a wrong key.
+        # The provider identity keeps principals apart: a key one principal unwrapped is
+        # never served from the cache to another (the KMS policy and audit log see each).
         return cache.get_or_load(
-            ("spark_kms.dek", entry.dek_id, entry.wrapped_dek),
+            ("spark_kms.dek", entry.dek_id, entry.wrapped_dek, self._provider(entry.key_uri).cache_identity()),
             lambda: self._unwrap(entry, self.where if where is None else where),
         )
 

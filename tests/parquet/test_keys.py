@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from spark_kms.crypto import AES_256_GCM, AES_256_SIV, HMAC_SHA256_BIDX, dek_id_from_hex, parse_cell_header
-from spark_kms.errors import ConfigurationError, KeyStateError
-from spark_kms.kms import kms_call_counts, process_dek_cache
+from spark_kms.errors import AccessDeniedError, ConfigurationError, KeyStateError
+from spark_kms.kms import kms_call_counts, process_dek_cache, provider_from_uri
 from spark_kms.parquet import (
     BatchDecryptor,
     BatchEncryptor,
@@ -222,3 +222,22 @@ def test_spec_pickles_and_hashes() -> None:
     assert again == spec and hash(again) == hash(spec)
     assert spec.randomized == ("ssn",) and spec.needs_deterministic_key
     assert EncryptionSpec(**spec.to_dict()) == spec
+
+
+def test_cached_data_key_is_not_served_to_another_principal(kms: Kms, tmp_path: Path) -> None:
+    # One principal's unwrap must not let another read from the same process's cache: the
+    # KMS policy decides for each principal, and its audit log records the denial.
+    kms.admin.put_key_policy("alias/pii", {"etl": ["encrypt", "decrypt", "admin"], "intern": ["encrypt"]})
+    schema = pa.schema([("ssn", pa.string())])
+    path = tmp_path / "f.parquet"
+    etl = {"local": {"keystore": str(kms.keystore), "principal": "etl"}}
+    intern = {"local": {"keystore": str(kms.keystore), "principal": "intern"}}
+    with EncryptedParquetWriter(path, schema, EncryptionSpec(columns=["ssn"]),
+                                provider_from_uri("local://alias/pii", **etl["local"])) as w:
+        w.write_batch(pa.record_batch({"ssn": ["123-45-6789"]}, schema=schema))
+    assert read_decrypted_table(path, kms_options=etl).column("ssn").to_pylist() == ["123-45-6789"]
+    with pytest.raises(AccessDeniedError) as err:
+        read_decrypted_table(path, kms_options=intern)
+    assert "123-45-6789" not in str(err.value)
+    denied = [e for e in _ops(kms, "Decrypt") if e["principal"] == "intern"]
+    assert [e["outcome"] for e in denied] == ["AccessDeniedError"]
