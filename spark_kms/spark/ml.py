@@ -1,0 +1,397 @@
+"""pyspark.ml Transformers that encrypt and decrypt PII columns: :class:`ColumnEncryptor`
+and :class:`ColumnDecryptor`.
+
+Both are pure-Python Transformers with ``DefaultParamsReadable/Writable`` (``save``/``load``,
+usable as :class:`pyspark.ml.Pipeline` stages). Every Param is a plain string, list or
+int, so a saved stage holds configuration only -- never key material.
+
+Layout of :class:`ColumnEncryptor`'s output
+    * ``inputCols`` (AES-256-GCM) and ``deterministicCols`` (AES-SIV) keep their names and
+      positions and become ``binary`` (cells as in docs/FORMAT.md; nulls stay null);
+    * each ``blindIndexCols`` entry appends a ``binary`` blind-index column
+      (``"email"`` -> ``email_bidx``, or ``"email=email_idx"`` to name it);
+    * :data:`KEYS_COLUMN` (``_spark_kms_keys``, string) is appended last: the KeyTable JSON
+      of the row's partition -- the wrapped data keys and column specs. It repeats on
+      every row of a partition, which Parquet dictionary-encodes to almost nothing, so the
+      wrapped keys travel with the rows: the ``spark_kms`` data source moves them into the
+      file footer, and a dataset written by Spark's own Parquet writer stays decryptable.
+
+Keys
+    Each partition (one ``mapInArrow`` task) runs one
+    :class:`~spark_kms.parquet.BatchEncryptor`: one GenerateDataKey on its first non-empty
+    batch, a new data key only after ``maxCellsPerDek`` cells. ``mapInArrow`` emits batches
+    before the partition ends while the key table still grows on roll-over, so each batch
+    carries the key table *as of that batch*: it always holds the keys of its own cells.
+    Deterministic and blind-index columns share one data key made once per ``transform``
+    call on the driver, so equal values give equal cells across partitions.
+
+    Spark may evaluate a transformed DataFrame more than once (each action re-runs the
+    plan): each evaluation encrypts with new data keys, and each row carries its own key
+    table, so any evaluation decrypts -- but write (or ``cache``) it once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+from pyspark import keyword_only
+from pyspark.ml import Transformer
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasInputCols
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+
+from spark_kms.crypto import (
+    AES_256_GCM,
+    AES_256_SIV,
+    DEFAULT_MAX_CELLS_PER_DEK,
+    KeyTable,
+)
+from spark_kms.errors import ConfigurationError
+from spark_kms.parquet.encryptor import BatchEncryptor, EncryptionSpec
+from spark_kms.parquet.keys import new_deterministic_entry, provider_for_uri
+from spark_kms.spark.functions import decrypt_udf
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import DataFrame
+
+__all__ = ["KEYS_COLUMN", "ColumnDecryptor", "ColumnEncryptor", "merge_key_tables"]
+
+#: the string column holding each partition's KeyTable JSON
+KEYS_COLUMN = "_spark_kms_keys"
+
+
+def _json_object(value: Any) -> str:
+    """Param converter: a mapping (or its JSON text) -> canonical JSON text of an object."""
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise TypeError(f"expected a JSON object, got text that is not JSON ({exc.msg})") from None
+    elif isinstance(value, Mapping):
+        parsed = dict(value)
+    else:
+        raise TypeError(f"expected a mapping or its JSON text, got {type(value).__name__}")
+    if not isinstance(parsed, dict):
+        raise TypeError("expected a JSON object")
+    return json.dumps(parsed, sort_keys=True, separators=(",", ":"))
+
+
+def _key_table_json(value: Any) -> str:
+    """Param converter: a KeyTable (or its JSON text/bytes) -> its JSON text, validated."""
+    if isinstance(value, KeyTable):
+        return value.to_json().decode("utf-8")
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    if not isinstance(value, str):
+        raise TypeError(f"expected a KeyTable or its JSON, got {type(value).__name__}")
+    KeyTable.from_json(value, where="ColumnDecryptor keyTable param")
+    return value
+
+
+class _KmsParams(Params):
+    """Params shared by both transformers."""
+
+    kmsOptions: Param[str] = Param(
+        Params._dummy(),
+        "kmsOptions",
+        'provider options per key-URI scheme, as JSON, e.g. {"local": {"keystore": "/tmp/ks"}}',
+        typeConverter=_json_object,
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._setDefault(kmsOptions="{}")
+
+    def getKmsOptions(self) -> dict[str, dict[str, Any]]:
+        return json.loads(self.getOrDefault(self.kmsOptions))
+
+    def setKmsOptions(self, value: Mapping[str, Mapping[str, Any]] | str) -> Any:
+        return self._set(kmsOptions=value)
+
+
+class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadable, DefaultParamsWritable):
+    """Encrypts PII columns with one data key per partition (layout in the module docstring).
+
+    :param inputCols: columns to encrypt with AES-256-GCM (randomised).
+    :param keyUri: the KMS key wrapping the data keys (``local://alias/pii``, ``aws-kms://...``).
+    :param deterministicCols: columns to encrypt with AES-SIV (joinable, reveals equality).
+    :param blindIndexCols: source columns to blind-index (``"email"`` or ``"email=email_idx"``).
+    :param encryptionContext: JSON object of str -> str sent to the KMS (audit trail).
+    :param kmsOptions: JSON object of provider options per key-URI scheme.
+    :param maxCellsPerDek: non-null cells per data key before rolling to a new one.
+    """
+
+    keyUri: Param[str] = Param(
+        Params._dummy(), "keyUri", "KMS key URI that wraps the data keys", typeConverter=TypeConverters.toString
+    )
+    deterministicCols: Param[list[str]] = Param(
+        Params._dummy(),
+        "deterministicCols",
+        "columns encrypted with AES-SIV (equal values give equal cells)",
+        typeConverter=TypeConverters.toListString,
+    )
+    blindIndexCols: Param[list[str]] = Param(
+        Params._dummy(),
+        "blindIndexCols",
+        "source columns to blind-index: 'email' (-> email_bidx) or 'email=index_name'",
+        typeConverter=TypeConverters.toListString,
+    )
+    encryptionContext: Param[str] = Param(
+        Params._dummy(),
+        "encryptionContext",
+        "JSON object of str -> str sent to the KMS with every data-key request",
+        typeConverter=_json_object,
+    )
+    maxCellsPerDek: Param[int] = Param(
+        Params._dummy(),
+        "maxCellsPerDek",
+        "non-null AES-GCM cells per data key before rolling to a new data key",
+        typeConverter=TypeConverters.toInt,
+    )
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        inputCols: list[str] | None = None,
+        keyUri: str | None = None,
+        deterministicCols: list[str] | None = None,
+        blindIndexCols: list[str] | None = None,
+        encryptionContext: Mapping[str, str] | str | None = None,
+        kmsOptions: Mapping[str, Mapping[str, Any]] | str | None = None,
+        maxCellsPerDek: int | None = None,
+    ) -> None:
+        super().__init__()
+        self._setDefault(
+            inputCols=[],
+            deterministicCols=[],
+            blindIndexCols=[],
+            encryptionContext="{}",
+            maxCellsPerDek=DEFAULT_MAX_CELLS_PER_DEK,
+        )
+        kwargs = self._input_kwargs
+        self._set(**{k: v for k, v in kwargs.items() if v is not None})
+
+    @keyword_only
+    def setParams(
+        self,
+        *,
+        inputCols: list[str] | None = None,
+        keyUri: str | None = None,
+        deterministicCols: list[str] | None = None,
+        blindIndexCols: list[str] | None = None,
+        encryptionContext: Mapping[str, str] | str | None = None,
+        kmsOptions: Mapping[str, Mapping[str, Any]] | str | None = None,
+        maxCellsPerDek: int | None = None,
+    ) -> ColumnEncryptor:
+        kwargs = self._input_kwargs
+        return self._set(**{k: v for k, v in kwargs.items() if v is not None})
+
+    def setInputCols(self, value: list[str]) -> ColumnEncryptor:
+        return self._set(inputCols=value)
+
+    def setKeyUri(self, value: str) -> ColumnEncryptor:
+        return self._set(keyUri=value)
+
+    def getKeyUri(self) -> str:
+        return self.getOrDefault(self.keyUri)
+
+    def setDeterministicCols(self, value: list[str]) -> ColumnEncryptor:
+        return self._set(deterministicCols=value)
+
+    def getDeterministicCols(self) -> list[str]:
+        return list(self.getOrDefault(self.deterministicCols))
+
+    def setBlindIndexCols(self, value: list[str]) -> ColumnEncryptor:
+        return self._set(blindIndexCols=value)
+
+    def getBlindIndexCols(self) -> list[str]:
+        return list(self.getOrDefault(self.blindIndexCols))
+
+    def setEncryptionContext(self, value: Mapping[str, str] | str) -> ColumnEncryptor:
+        return self._set(encryptionContext=value)
+
+    def getEncryptionContext(self) -> dict[str, str]:
+        return json.loads(self.getOrDefault(self.encryptionContext))
+
+    def setMaxCellsPerDek(self, value: int) -> ColumnEncryptor:
+        return self._set(maxCellsPerDek=value)
+
+    def getMaxCellsPerDek(self) -> int:
+        return int(self.getOrDefault(self.maxCellsPerDek))
+
+    def encryption_spec(self) -> EncryptionSpec:
+        """The :class:`~spark_kms.parquet.EncryptionSpec` these Params describe."""
+        blind_index: dict[str, str] = {}
+        for item in self.getBlindIndexCols():
+            source, _, index_name = item.partition("=")
+            blind_index[source.strip()] = index_name.strip() or f"{source.strip()}_bidx"
+        return EncryptionSpec(
+            columns=list(self.getOrDefault(self.inputCols)),
+            deterministic=self.getDeterministicCols(),
+            blind_index=blind_index,
+        )
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        from pyspark.sql.pandas.types import to_arrow_schema
+        from pyspark.sql.types import BinaryType, StringType, StructField, StructType
+
+        if not self.isDefined(self.keyUri):
+            raise ConfigurationError("ColumnEncryptor needs keyUri (e.g. 'local://alias/pii')")
+        if KEYS_COLUMN in dataset.columns:
+            raise ConfigurationError(
+                f"the DataFrame already has a {KEYS_COLUMN!r} column: it is encrypted already "
+                "(decrypt it first, or drop the column)"
+            )
+        spec = self.encryption_spec()
+        key_uri = self.getKeyUri()
+        options = self.getKmsOptions()
+        context = self.getEncryptionContext()
+        max_cells = self.getMaxCellsPerDek()
+        provider = provider_for_uri(key_uri, options)
+        # Validates the spec against the schema on the driver (missing columns, unsupported types).
+        BatchEncryptor(spec, provider, max_cells_per_dek=max_cells).output_schema(
+            to_arrow_schema(dataset.schema, timezone="UTC")
+        )
+        deterministic_entry = (
+            new_deterministic_entry(provider, context) if spec.needs_deterministic_key else None
+        )
+        encrypted = set(spec.columns) | set(spec.deterministic)
+        fields = [
+            StructField(f.name, BinaryType(), f.nullable) if f.name in encrypted else f
+            for f in dataset.schema.fields
+        ]
+        fields += [StructField(name, BinaryType(), True) for name in spec.blind_index.values()]
+        fields.append(StructField(KEYS_COLUMN, StringType(), False))
+
+        def encrypt_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            encryptor = BatchEncryptor(
+                spec,
+                provider,
+                encryption_context=context,
+                max_cells_per_dek=max_cells,
+                deterministic_entry=deterministic_entry,
+                kms_options=options,
+            )
+            try:
+                for batch in batches:
+                    out = encryptor.encrypt_batch(batch)
+                    keys = encryptor.key_table().to_json().decode("utf-8")
+                    yield out.append_column(KEYS_COLUMN, _repeat(keys, out.num_rows))
+            finally:
+                encryptor.close()
+
+        return dataset.mapInArrow(encrypt_partition, StructType(fields))
+
+
+def _repeat(text: str, n: int) -> pa.Array:
+    """``n`` copies of ``text`` as a string array, built in C (one dictionary entry, decoded)."""
+    indices = pa.array([0] * n, pa.int32()) if n else pa.array([], pa.int32())
+    return pa.DictionaryArray.from_arrays(indices, pa.array([text], pa.string())).dictionary_decode()
+
+
+def merge_key_tables(documents: list[str | bytes | None], *, where: str = KEYS_COLUMN) -> KeyTable:
+    """Merge the KeyTable JSON documents of a :data:`KEYS_COLUMN` column into one table.
+
+    Partition tables of one encryption never disagree; two that do mean mixed datasets
+    with clashing columns, refused with a FormatError naming the column or DEK.
+    """
+    table = KeyTable(deks={}, columns={})
+    for doc in documents:
+        if doc is None:
+            continue
+        table = table.merge(KeyTable.from_json(doc, where=where), where=where)
+    return table
+
+
+class ColumnDecryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadable, DefaultParamsWritable):
+    """Decrypts the columns a :class:`ColumnEncryptor` encrypted, back to their original types.
+
+    :param inputCols: columns to decrypt; default every decryptable column of the key table
+        present in the DataFrame (blind indexes are one-way and stay as they are).
+    :param keyTable: the KeyTable JSON to use; default: the distinct values of
+        :data:`KEYS_COLUMN`, gathered with one small Spark job.
+    :param kmsOptions: JSON object of provider options per key-URI scheme.
+
+    The output drops :data:`KEYS_COLUMN`. Data keys are unwrapped lazily on the executors,
+    at most once per data key per worker process (:func:`~spark_kms.spark.functions.decrypt_udf`).
+    """
+
+    keyTable: Param[str] = Param(
+        Params._dummy(),
+        "keyTable",
+        f"KeyTable JSON; default: gathered from the {KEYS_COLUMN} column",
+        typeConverter=_key_table_json,
+    )
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        inputCols: list[str] | None = None,
+        keyTable: KeyTable | str | None = None,
+        kmsOptions: Mapping[str, Mapping[str, Any]] | str | None = None,
+    ) -> None:
+        super().__init__()
+        kwargs = self._input_kwargs
+        self._set(**{k: v for k, v in kwargs.items() if v is not None})
+
+    @keyword_only
+    def setParams(
+        self,
+        *,
+        inputCols: list[str] | None = None,
+        keyTable: KeyTable | str | None = None,
+        kmsOptions: Mapping[str, Mapping[str, Any]] | str | None = None,
+    ) -> ColumnDecryptor:
+        kwargs = self._input_kwargs
+        return self._set(**{k: v for k, v in kwargs.items() if v is not None})
+
+    def setInputCols(self, value: list[str]) -> ColumnDecryptor:
+        return self._set(inputCols=value)
+
+    def setKeyTable(self, value: KeyTable | str) -> ColumnDecryptor:
+        return self._set(keyTable=value)
+
+    def key_table_for(self, dataset: DataFrame) -> KeyTable:
+        """The key table used for ``dataset``: the ``keyTable`` Param, else gathered from the rows."""
+        if self.isDefined(self.keyTable):
+            return KeyTable.from_json(self.getOrDefault(self.keyTable), where="ColumnDecryptor keyTable param")
+        if KEYS_COLUMN not in dataset.columns:
+            raise ConfigurationError(
+                f"ColumnDecryptor: the DataFrame has no {KEYS_COLUMN!r} column and no keyTable Param is set; "
+                "pass keyTable= (e.g. spark_kms.parquet.read_dataset_key_table(path))"
+            )
+        rows = dataset.select(KEYS_COLUMN).distinct().collect()
+        return merge_key_tables([row[0] for row in rows])
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        table = self.key_table_for(dataset)
+        decryptable = [
+            name for name, spec in table.columns.items() if spec.algorithm in (AES_256_GCM, AES_256_SIV)
+        ]
+        if self.isDefined(self.inputCols):
+            columns = list(self.getOrDefault(self.inputCols))
+            unknown = [c for c in columns if c not in decryptable]
+            if unknown:
+                raise ConfigurationError(
+                    f"ColumnDecryptor: columns {unknown} are not decryptable according to the key table; "
+                    f"decryptable columns: {decryptable}"
+                )
+            absent = [c for c in columns if c not in dataset.columns]
+            if absent:
+                raise ConfigurationError(
+                    f"ColumnDecryptor: columns {absent} are not in the DataFrame; columns: {dataset.columns}"
+                )
+        else:
+            columns = [c for c in decryptable if c in dataset.columns]
+        options = self.getKmsOptions()
+        for column in columns:
+            udf = decrypt_udf(column, table.columns[column].arrow_type, table.deks, options)
+            dataset = dataset.withColumn(column, udf(dataset[column]))
+        if KEYS_COLUMN in dataset.columns:
+            dataset = dataset.drop(KEYS_COLUMN)
+        return dataset
