@@ -99,7 +99,8 @@ class RunSummary:
     :param run_id: the run id (also in the encryption context of DEKs the run made).
     :param dataset: absolute path of the dataset the run is recorded in.
     :param status: ``running``, ``succeeded`` or ``failed``.
-    :param rows: rows the job read or wrote (0 for rewrap: it touches no rows).
+    :param rows: rows the job read or wrote; for rewrap, the rows of the files whose keys it
+        rewrapped (from the Parquet footers: it reads no row).
     :param files: data files the job wrote or rewrote (for rewrap: files whose DEKs it rewrapped).
     :param deks: data keys the job created (encrypt, re-encrypt) or rewrapped (rewrap) or used (decrypt).
     :param kms_calls: KMS operations this process made for the job, ``{"<scheme>:<Operation>": n}``.
