@@ -36,6 +36,7 @@ Rules:
 
 from __future__ import annotations
 
+import base64
 import copy
 import getpass
 import hashlib
@@ -208,7 +209,7 @@ class LocalKms:
 
     :param keystore_dir: the keystore directory (created on the first key creation).
     :param principal: who is calling; default ``$SPARK_KMS_PRINCIPAL``, else the OS user.
-    :param root_key: 32 bytes; default ``$SPARK_KMS_ROOT_KEY`` (base64), else
+    :param root_key: 32 bytes (or their base64); default ``$SPARK_KMS_ROOT_KEY`` (base64), else
         ``<keystore>/root.key`` (created 0600 on first use -- a convenience that puts the
         root key next to the store; production should inject it).
     :param clock: returns the current time as an aware UTC datetime (tests inject one).
@@ -219,7 +220,7 @@ class LocalKms:
         keystore_dir: str | os.PathLike[str],
         *,
         principal: str | None = None,
-        root_key: bytes | None = None,
+        root_key: bytes | str | None = None,
         clock: Callable[[], datetime] | None = None,
         request_tag: str | None = None,
     ) -> None:
@@ -228,8 +229,13 @@ class LocalKms:
         # audit log ties a call to the job even where the encryption context cannot change.
         self.request_tag = request_tag
         self.principal = resolve_principal(principal)
+        if isinstance(root_key, str):  # base64, as in $SPARK_KMS_ROOT_KEY (JSON-able job options)
+            try:
+                root_key = base64.b64decode(root_key, validate=True)
+            except ValueError:
+                raise ConfigurationError("root_key must be 32 bytes, or their base64") from None
         if root_key is not None and (not isinstance(root_key, (bytes, bytearray)) or len(root_key) != 32):
-            raise ConfigurationError("root_key must be 32 bytes (AES-256)")
+            raise ConfigurationError("root_key must be 32 bytes (AES-256), or their base64")
         self._root_key_option = bytes(root_key) if root_key is not None else None
         self._clock = clock or _utcnow
         self._lock = filelock.FileLock(

@@ -1,0 +1,363 @@
+"""Operators that run the spark_kms dataset jobs: encrypt, decrypt, rewrap / re-encrypt.
+
+Each operator only renders its templated fields, turns a Connection into ``kms_options``
+(:class:`~airflow_plugins.hooks.spark_kms.SparkKmsHook`), picks a SparkSession where
+the job needs one, and calls :mod:`spark_kms.jobs`. ``execute()`` returns the job's
+``RunSummary.to_dict()`` (rows, files, DEKs, KMS calls, key versions), which Airflow
+pushes to XCom. spark_kms errors propagate unchanged, so the task fails with the job's
+own message (what and where, never key bytes or cell values).
+
+Shared rules:
+
+* KMS configuration: ``kms_conn_id`` (a ``spark_kms_*`` connection) and/or ``kms_options``
+  (``{scheme: options}``, templated); ``kms_options`` entries are laid over the
+  connection's. The key URI of new data keys is ``key_uri`` if given, else the
+  connection's.
+* Spark (encrypt, decrypt): in-process ``local[2]`` by default; with ``spark_conn_id``
+  the master comes from that Airflow connection (type ``spark``: host
+  ``spark://127.0.0.1`` and port ``7077``, or the whole master URL in host). A JVM holds
+  one SparkContext: if one is already running in the process it is reused (and a
+  differing master is logged).
+* Run ids: ``job_run_id`` if given, else ``af-<dag_id>-<task_id>[-<map index>]-<Airflow run id>``
+  made file-name safe. A retry of the same Airflow run reuses it, which is what lets a
+  re-encrypt resume its journal, and it lands in the KMS audit log through the
+  encryption context of new data keys.
+* Lineage: the dataset an operator writes is its outlet Asset (``file://<abs path>``) when
+  the path is known when the DAG is parsed; for a templated path pass ``asset_alias=`` and
+  the rendered path is attached to that AssetAlias at run time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import Asset, AssetAlias, BaseOperator
+
+from spark_kms.errors import ConfigurationError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from airflow.sdk import Connection, Context
+
+__all__ = [
+    "DecryptDatasetOperator",
+    "EncryptDatasetOperator",
+    "ReencryptDatasetOperator",
+    "SparkKmsBaseOperator",
+    "job_run_id_for",
+    "spark_master_from_connection",
+]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_RUN_ID = 128
+DEFAULT_MASTER = "local[2]"
+
+
+def job_run_id_for(dag_id: str, task_id: str, airflow_run_id: str, map_index: int = -1) -> str:
+    """A spark_kms run id (``[A-Za-z0-9][A-Za-z0-9._-]{0,127}``) naming one Airflow task run.
+
+    Deterministic, so a retry reuses it; long ids keep a prefix and a hash of the whole.
+    """
+    parts = ["af", dag_id, task_id] + ([str(map_index)] if map_index >= 0 else []) + [airflow_run_id]
+    text = _UNSAFE.sub("_", "-".join(parts))
+    if len(text) > _MAX_RUN_ID:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+        text = f"{text[: _MAX_RUN_ID - 13]}-{digest}"
+    return text
+
+
+def spark_master_from_connection(conn: Connection) -> str:
+    """The Spark master URL an Airflow ``spark`` connection describes.
+
+    ``host`` may hold a whole master (``spark://h:7077``, ``local[2]``, ``yarn``, ``k8s://...``);
+    a bare host name means a standalone master, on ``port`` (default 7077).
+    """
+    host = (conn.host or "").strip()
+    if not host:
+        raise ConfigurationError(f"Spark connection {conn.conn_id!r} has no host: set it to the master URL, "
+                                 "e.g. spark://127.0.0.1 with port 7077, or local[2]")
+    if host.startswith(("local", "yarn", "k8s://")):
+        return host
+    if host.startswith("spark://"):
+        if conn.port and ":" not in host[len("spark://"):]:
+            return f"{host}:{conn.port}"
+        return host
+    if "://" in host:
+        raise ConfigurationError(f"Spark connection {conn.conn_id!r}: unsupported master {host!r}; expected "
+                                 "spark://host:port, local[N], yarn or k8s://...")
+    return f"spark://{host}:{conn.port or 7077}"
+
+
+def _is_templated(value: Any) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+def _asset_of(path: str) -> Asset:
+    return Asset(uri=Path(path).absolute().as_uri())
+
+
+class SparkKmsBaseOperator(BaseOperator):
+    """What the spark_kms operators share: KMS options, the Spark session, the run id.
+
+    :param kms_conn_id: a ``spark_kms_*`` connection (optional when ``kms_options`` and
+        ``key_uri`` say everything).
+    :param kms_options: ``{scheme: provider options}`` laid over the connection's (templated).
+    :param spark_conn_id: an Airflow ``spark`` connection naming the master (default: in-process ``local[2]``).
+    :param spark_conf: extra Spark settings for a session this operator starts.
+    :param job_run_id: the spark_kms run id (templated; default: derived from the Airflow task run).
+    :param asset_alias: name of an AssetAlias to attach a templated output path to at run time.
+    """
+
+    template_fields: Sequence[str] = ("kms_options", "job_run_id")
+    ui_color = "#e8f0d8"
+
+    def __init__(
+        self,
+        *,
+        kms_conn_id: str | None = None,
+        kms_options: Mapping[str, Mapping[str, Any]] | None = None,
+        spark_conn_id: str | None = None,
+        spark_conf: Mapping[str, Any] | None = None,
+        job_run_id: str | None = None,
+        asset_alias: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._output_path_for_lineage = kwargs.pop("_output_path", None)
+        if "outlets" not in kwargs:
+            outlet = self._output_path_for_lineage
+            if asset_alias:
+                kwargs["outlets"] = [AssetAlias(name=asset_alias)]
+            elif isinstance(outlet, str) and outlet and not _is_templated(outlet):
+                kwargs["outlets"] = [_asset_of(outlet)]
+        super().__init__(**kwargs)
+        self.kms_conn_id = kms_conn_id
+        self.kms_options = kms_options
+        self.spark_conn_id = spark_conn_id
+        self.spark_conf = dict(spark_conf or {})
+        self.job_run_id = job_run_id
+        self.asset_alias = asset_alias
+
+    # -- shared plumbing -----------------------------------------------------------------
+    def _hook(self, key_uri: str | None = None) -> Any:
+        from airflow_plugins.hooks.spark_kms import SparkKmsHook
+
+        return SparkKmsHook(self.kms_conn_id, key_uri=key_uri)
+
+    def resolve_kms(self, key_uri: str | None = None, *, need_key: bool = False) -> tuple[str | None, dict[str, Any]]:
+        """``(key_uri, kms_options)`` from the connection and the ``kms_options`` parameter."""
+        options: dict[str, dict[str, Any]] = {}
+        if self.kms_conn_id:
+            hook = self._hook(key_uri)
+            options = hook.get_kms_options()
+            if need_key:
+                key_uri = hook.get_key_uri()
+        for scheme, extra in (self.kms_options or {}).items():
+            if not isinstance(extra, Mapping):
+                raise ConfigurationError(
+                    f"task {self.task_id!r}: kms_options maps a key-URI scheme to an options mapping; "
+                    f"{scheme!r} maps to {type(extra).__name__}"
+                )
+            options.setdefault(scheme, {}).update(extra)
+        if need_key and not key_uri:
+            raise ConfigurationError(f"task {self.task_id!r} needs a key: pass key_uri= or kms_conn_id= "
+                                     "(a connection with a key_uri)")
+        return key_uri, options
+
+    def spark_session(self) -> Any:
+        """The SparkSession the job runs on (see the module docstring)."""
+        from spark_kms.spark.session import local_session
+
+        master = DEFAULT_MASTER
+        if self.spark_conn_id:
+            master = spark_master_from_connection(self.get_connection(self.spark_conn_id))
+        spark = local_session(master, f"spark_kms-{self.task_id}", conf=self.spark_conf)
+        running = spark.sparkContext.master
+        if running != master:
+            self.log.warning("reusing this process's SparkSession on %s (asked for %s)", running, master)
+        return spark
+
+    def run_id_for(self, context: Context) -> str:
+        if self.job_run_id:
+            return str(self.job_run_id)
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", None)
+        return job_run_id_for(ti.dag_id, ti.task_id, ti.run_id, -1 if map_index is None else int(map_index))
+
+    def record_lineage(self, context: Context, path: str | os.PathLike[str]) -> None:
+        if self.asset_alias:
+            context["outlet_events"][AssetAlias(name=self.asset_alias)].add(_asset_of(str(path)))
+
+    @staticmethod
+    def report(summary: Any) -> dict[str, Any]:
+        return summary.to_dict()  # type: ignore[no-any-return]
+
+
+class EncryptDatasetOperator(SparkKmsBaseOperator):
+    """Encrypt the PII columns of a plain dataset into encrypted Parquet
+    (:func:`spark_kms.jobs.encrypt_dataset`).
+
+    :param source: the plain dataset: a Parquet directory, a CSV file/directory with a header
+        row, or JSON lines (templated).
+    :param destination: the encrypted dataset directory (templated).
+    :param columns: columns encrypted with AES-256-GCM (templated).
+    :param key_uri: the KMS key (templated; default: the connection's).
+    :param deterministic_columns: columns encrypted with AES-SIV, joinable (templated).
+    :param blind_index: source column -> new HMAC index column (templated).
+    :param partition_by: hive partition columns, kept plaintext (templated).
+    :param source_format: ``parquet``, ``csv`` or ``json`` (templated).
+    :param mode: ``overwrite`` or ``append`` (templated).
+    :param encryption_context: extra context for every GenerateDataKey (templated).
+    """
+
+    template_fields: Sequence[str] = (
+        "source", "destination", "columns", "key_uri", "deterministic_columns", "blind_index", "partition_by",
+        "source_format", "mode", "encryption_context", *SparkKmsBaseOperator.template_fields,
+    )
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        destination: str,
+        columns: Sequence[str],
+        key_uri: str | None = None,
+        deterministic_columns: Sequence[str] = (),
+        blind_index: Mapping[str, str] | None = None,
+        partition_by: Sequence[str] = (),
+        source_format: str = "parquet",
+        mode: str = "overwrite",
+        encryption_context: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(_output_path=destination, **kwargs)
+        self.source = source
+        self.destination = destination
+        self.columns = list(columns)
+        self.key_uri = key_uri
+        self.deterministic_columns = list(deterministic_columns)
+        self.blind_index = dict(blind_index or {})
+        self.partition_by = list(partition_by)
+        self.source_format = source_format
+        self.mode = mode
+        self.encryption_context = dict(encryption_context or {})
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from spark_kms.jobs import encrypt_dataset
+
+        key_uri, kms_options = self.resolve_kms(self.key_uri, need_key=True)
+        assert key_uri is not None  # resolve_kms(need_key=True) raised otherwise
+        summary = encrypt_dataset(
+            self.source, self.destination, key_uri=key_uri, columns=self.columns,
+            deterministic_columns=self.deterministic_columns, blind_index=self.blind_index,
+            partition_by=self.partition_by, source_format=self.source_format, mode=self.mode,
+            encryption_context=self.encryption_context, kms_options=kms_options, spark=self.spark_session(),
+            run_id=self.run_id_for(context),
+        )
+        self.log.info("encrypted %s rows into %s files under %s (%s data keys, KMS calls %s)",
+                      summary.rows, summary.files, key_uri, summary.deks, summary.kms_calls)
+        self.record_lineage(context, self.destination)
+        return self.report(summary)
+
+
+class DecryptDatasetOperator(SparkKmsBaseOperator):
+    """Decrypt an encrypted dataset into a *plaintext* copy (:func:`spark_kms.jobs.decrypt_dataset`).
+
+    The destination must be outside the source; it is overwritten, so a retry gives the
+    same result.
+
+    :param source: the encrypted dataset directory (templated).
+    :param destination: where the plaintext goes (templated).
+    :param columns: keep only these columns (templated; default all).
+    :param output_format: ``parquet``, ``csv`` or ``json`` (templated).
+    """
+
+    template_fields: Sequence[str] = (
+        "source", "destination", "columns", "output_format", *SparkKmsBaseOperator.template_fields,
+    )
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        destination: str,
+        columns: Sequence[str] | None = None,
+        output_format: str = "parquet",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(_output_path=destination, **kwargs)
+        self.source = source
+        self.destination = destination
+        self.columns = list(columns) if columns is not None else None
+        self.output_format = output_format
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from spark_kms.jobs import decrypt_dataset
+
+        _, kms_options = self.resolve_kms()
+        summary = decrypt_dataset(
+            self.source, self.destination, columns=self.columns, output_format=self.output_format,
+            kms_options=kms_options, spark=self.spark_session(), run_id=self.run_id_for(context),
+        )
+        self.log.info("decrypted %s rows from %s into %s", summary.rows, self.source, self.destination)
+        self.record_lineage(context, self.destination)
+        return self.report(summary)
+
+
+class ReencryptDatasetOperator(SparkKmsBaseOperator):
+    """Bring an encrypted dataset onto the key's current version after a rotation.
+
+    * ``mode="rewrap"`` (:func:`spark_kms.jobs.rewrap_dataset`): each data key is re-wrapped by
+      the key's primary version; no cell is touched; KMS work grows with the number of data keys.
+    * ``mode="reencrypt"`` (:func:`spark_kms.jobs.reencrypt_dataset`): new data keys, every cell
+      re-encrypted, files swapped atomically; for a suspected data-key or key-version compromise.
+
+    Both are resumable and idempotent: a retry of the same Airflow run continues the same job.
+
+    :param path: the encrypted dataset directory (templated).
+    :param mode: ``rewrap`` or ``reencrypt`` (templated).
+    :param key_uri: a target key other than the one the data keys are wrapped by (templated).
+    :param force: ``reencrypt`` only: rewrite files already on the target's primary version too.
+    """
+
+    template_fields: Sequence[str] = ("path", "mode", "key_uri", *SparkKmsBaseOperator.template_fields)
+    MODES = ("rewrap", "reencrypt")
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        mode: str = "rewrap",
+        key_uri: str | None = None,
+        force: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if not _is_templated(mode) and mode not in self.MODES:
+            raise ConfigurationError(f"mode must be one of {list(self.MODES)}, got {mode!r}")
+        super().__init__(_output_path=path, **kwargs)
+        self.path = path
+        self.mode = mode
+        self.key_uri = key_uri
+        self.force = force
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from spark_kms.jobs import reencrypt_dataset, rewrap_dataset
+
+        if self.mode not in self.MODES:
+            raise ConfigurationError(f"task {self.task_id!r}: mode must be one of {list(self.MODES)}, "
+                                     f"got {self.mode!r}")
+        _, kms_options = self.resolve_kms()
+        run_id = self.run_id_for(context)
+        if self.mode == "rewrap":
+            summary = rewrap_dataset(self.path, key_uri=self.key_uri, kms_options=kms_options, run_id=run_id)
+        else:
+            # reencrypt_dataset rewrites files with pyarrow in this process: no SparkSession needed.
+            summary = reencrypt_dataset(self.path, key_uri=self.key_uri, kms_options=kms_options, run_id=run_id,
+                                        force=self.force)
+        self.log.info("%s of %s: %s data keys, %s files, key versions %s -> %s", self.mode, self.path,
+                      summary.deks, summary.files, summary.key_versions_before, summary.key_versions)
+        self.record_lineage(context, self.path)
+        return self.report(summary)
