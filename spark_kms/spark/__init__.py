@@ -1,50 +1,46 @@
 """Spark adapters: the ``spark_kms`` data source (encrypted writes with a commit
-protocol), the native-scan decrypting reader, UDFs and ML transformers.
+protocol), the native-scan decrypting reader, Arrow UDFs and SQL functions, and the
+pyspark.ml column-encryption transformers.
 
-Importing this package does not import pyspark; the functions below do, when called.
+Importing this package does not import pyspark (Airflow DAG files import it at parse
+time); each name below is loaded from its module on first use.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import importlib
+from typing import Any
 
-__all__ = ["WriteResult", "local_session", "read_encrypted", "register", "write_encrypted"]
+# public name -> module under spark_kms.spark that defines it
+_EXPORTS: dict[str, str] = {
+    "register": "datasource",
+    "write_encrypted": "datasource",
+    "WriteResult": "datasource",
+    "recover_interrupted_commits": "datasource",
+    "read_encrypted": "reader",
+    "local_session": "session",
+    "decrypt_udf": "functions",
+    "encrypt_udf": "functions",
+    "deterministic_udf": "functions",
+    "blind_index_udf": "functions",
+    "register_functions": "functions",
+    "read_key_registry": "functions",
+    "ColumnEncryptor": "ml",
+    "ColumnDecryptor": "ml",
+    "KEYS_COLUMN": "ml",
+}
 
-if TYPE_CHECKING:  # pragma: no cover
-    from spark_kms.spark.datasource import WriteResult
-
-
-def register(spark: Any) -> None:
-    """Register the ``spark_kms`` data source with ``spark``."""
-    from spark_kms.spark.datasource import register as _register
-
-    _register(spark)
-
-
-def write_encrypted(df: Any, path: str, **kwargs: Any) -> WriteResult:
-    """See :func:`spark_kms.spark.datasource.write_encrypted`."""
-    from spark_kms.spark.datasource import write_encrypted as _write
-
-    return _write(df, path, **kwargs)
-
-
-def read_encrypted(spark: Any, path: str, **kwargs: Any) -> Any:
-    """See :func:`spark_kms.spark.reader.read_encrypted`."""
-    from spark_kms.spark.reader import read_encrypted as _read
-
-    return _read(spark, path, **kwargs)
-
-
-def local_session(*args: Any, **kwargs: Any) -> Any:
-    """See :func:`spark_kms.spark.session.local_session`."""
-    from spark_kms.spark.session import local_session as _local_session
-
-    return _local_session(*args, **kwargs)
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "WriteResult":
-        from spark_kms.spark.datasource import WriteResult
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'spark_kms.spark' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"spark_kms.spark.{module}"), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
 
-        return WriteResult
-    raise AttributeError(name)
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
