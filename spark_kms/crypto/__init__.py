@@ -1,9 +1,12 @@
 """The pure crypto core of spark_kms: cell format, AES-256-GCM / AES-SIV / blind index, key table codec.
 
 Imports only ``cryptography``, the standard library and :mod:`spark_kms.errors`. The byte layouts are
-specified in docs/FORMAT.md and pinned by the vectors in tests/vectors/.
+specified in docs/FORMAT.md and pinned by the vectors in tests/vectors/. The batched GCM hot loop runs in an
+optional C extension when it is built (:func:`native_available`; ``SPARK_KMS_PURE_PYTHON=1`` forces the
+``cryptography`` path), see :mod:`spark_kms.crypto._native`.
 """
 
+from spark_kms.crypto._native import BinaryBuffers, native_available
 from spark_kms.crypto.cell import (
     AES_256_GCM,
     AES_256_SIV,
@@ -66,6 +69,7 @@ __all__ = [
     "KEY_TABLE_METADATA_KEY",
     "MAX_CELLS_PER_DEK_LIMIT",
     "SIV_OVERHEAD",
+    "BinaryBuffers",
     "BlindIndexer",
     "CellDecryptor",
     "CellEncryptor",
@@ -83,6 +87,7 @@ __all__ = [
     "dek_id_from_hex",
     "dek_id_hex",
     "encode_manifest",
+    "native_available",
     "new_dek_id",
     "parse_cell_header",
     "utc_now_iso",

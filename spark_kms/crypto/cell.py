@@ -28,7 +28,8 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,11 +38,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from spark_kms.crypto import _native
+from spark_kms.crypto._native import BinaryBuffers
 from spark_kms.errors import (
     ConfigurationError,
     DecryptionError,
     KeyUsageLimitError,
     MalformedCellError,
+    SparkKmsError,
     UnknownFormatVersionError,
 )
 
@@ -366,6 +370,41 @@ class CellEncryptor:
         nxt = it.__next__
         return [None if v is None else _seal(prefix, salt, nxt(), enc, v, aad) for v in values]
 
+    def encrypt_buffers(
+        self, values: BinaryBuffers, column: str, context: bytes = b"", *, out_width: int = 4
+    ) -> BinaryBuffers:
+        """Encrypt a whole Arrow-style ``binary`` array at once; same cells as :meth:`encrypt_many`.
+
+        ``values`` are the raw buffers of the plaintext array (layout in :mod:`spark_kms.crypto._native`); the
+        result is a new ``binary`` (``out_width=4``) or ``large_binary`` (8) array of cells at offset 0, nulls at
+        the same rows. Counters for every non-null value are reserved before any is encrypted. Runs in the
+        native extension when it is built (no Python object per cell), else through ``cryptography``.
+
+        :raises KeyUsageLimitError: the array would pass ``max_cells`` (nothing is encrypted).
+        :raises ConfigurationError: corrupt offsets, or cells that do not fit ``out_width`` offsets.
+        """
+        self._live()
+        aad = self._aad(column, context)
+        with _buffer_arguments(column):
+            start = self._reserve(_native.count_valid(values))
+            status, index, validity, offsets, data = _native.backend().encrypt(
+                self._dek, self._prefix, aad, start, self._counter - start, values.offsets, values.data,
+                values.validity, values.length, values.offset, values.width, out_width,
+            )
+        if status != _native.ST_OK:
+            at = _at("", column, index)
+            if status == _native.ST_BAD_OFFSETS:
+                raise ConfigurationError(f"the Arrow offsets at {at} are out of order or past the data (a corrupt array)")
+            if status == _native.ST_TOO_LARGE:
+                raise ConfigurationError(
+                    f"the cells up to {at} do not fit a binary array with {8 * out_width}-bit offsets "
+                    f"(one cell is at most {MAX_CELL_BYTES} bytes); encrypt smaller batches"
+                )
+            if status == _native.ST_COUNT_MISMATCH:
+                raise ConfigurationError(f"the validity bitmap of column '{column}' changed while it was encrypted")
+            raise SparkKmsError(f"OpenSSL refused to encrypt {at} (status {status})")
+        return BinaryBuffers(values.length, validity, offsets, data, 0, out_width)
+
     def _encrypt_with_nonce(self, value: bytes, column: str, context: bytes, nonce: bytes) -> bytes:
         """Deterministic seam for test vectors: encrypt with an explicit 12-byte nonce; no counter is used."""
         if len(nonce) != GCM_NONCE_BYTES:
@@ -379,6 +418,17 @@ class CellEncryptor:
             self._dek[i] = 0
         self._aead = None
         self._aad_cache.clear()
+
+
+@contextmanager
+def _buffer_arguments(column: str, where: str = "") -> Iterator[None]:
+    """Buffers that do not match the length and offset given are a caller's mistake: say so as spark_kms does."""
+    try:
+        yield
+    except ConfigurationError:
+        raise
+    except ValueError as exc:  # the messages state sizes only, never buffer contents
+        raise ConfigurationError(f"{_at(where, column)}: inconsistent Arrow buffers: {exc}") from None
 
 
 def _seal(
@@ -630,6 +680,57 @@ class CellDecryptor:
             except InvalidTag:
                 raise _auth_failed(bytes(cell[1:HEADER_BYTES]), _at(where, column, row)) from None
         return out
+
+    def decrypt_buffers(
+        self,
+        cells: BinaryBuffers,
+        column: str,
+        context: bytes = b"",
+        *,
+        where: str = "",
+        out_width: int | None = None,
+    ) -> BinaryBuffers:
+        """Decrypt a whole Arrow-style ``binary`` array of cells; same plaintext and errors as :meth:`decrypt_many`.
+
+        The result is a new ``binary`` / ``large_binary`` array (``out_width``, default the input's) at offset
+        0, nulls at the same rows. GCM cells run in the native extension when it is built: the DEKs named by
+        the array are looked up first, then every cell is decrypted in one call. An array holding anything
+        else (SIV or blind-index cells, malformed cells, DEK ids the lookup does not know) goes through
+        :meth:`decrypt_many`, which raises the same errors at the same rows as for a list of cells.
+
+        :raises DecryptionError: a cell fails to authenticate (message names where, column, row and DEK id).
+        :raises MalformedCellError: corrupt offsets, or a malformed cell (via :meth:`decrypt_many`).
+        """
+        tail = _column_aad_part(column) + _check_context(context)
+        width = cells.width if out_width is None else out_width
+        impl = _native.backend()
+        with _buffer_arguments(column, where):
+            status, index, dek_ids = impl.dek_ids(
+                cells.offsets, cells.data, cells.validity, cells.length, cells.offset, cells.width
+            )
+        keys: list[tuple[bytes, bytearray]] = []
+        if status == _native.ST_OK:
+            try:
+                keys = [(dek_id, self._for(dek_id, _at(where, column)).dek) for dek_id in dek_ids]
+            except DecryptionError:
+                status = _native.ST_UNKNOWN_DEK  # decrypt_many below raises it at the first row concerned
+        if status == _native.ST_OK:
+            with _buffer_arguments(column, where):
+                status, index, validity, offsets, data = impl.decrypt(
+                    keys, tail, cells.offsets, cells.data, cells.validity, cells.length, cells.offset, cells.width, width
+                )
+            if status == _native.ST_OK:
+                return BinaryBuffers(cells.length, validity, offsets, data, 0, width)
+            if status == _native.ST_AUTH_FAILED:
+                raise _auth_failed(_native.dek_id_at(cells, index), _at(where, column, index))
+        if status == _native.ST_BAD_OFFSETS:
+            raise MalformedCellError(
+                f"the Arrow offsets at {_at(where, column, index)} are out of order or past the data (a corrupt array)"
+            )
+        status, index, values = _native.values_from_buffers(cells)
+        if status != _native.ST_OK:  # unreachable after dek_ids, kept so no path reads past a buffer
+            raise MalformedCellError(f"the Arrow offsets at {_at(where, column, index)} are corrupt")
+        return _native.buffers_from_values(self.decrypt_many(values, column, context, where=where), width)
 
     def _decrypt_one(self, cell: bytes, tail: bytes, column: str, where: str, row: int | None) -> bytes:
         at = _at(where, column, row)

@@ -10,6 +10,11 @@ exact for the supported types (floats print their shortest round-trip form,
 timestamps keep their unit and zone offset, decimals their scale), which the
 test suite checks type by type. Nulls stay nulls and are never encrypted.
 
+The hot path works on whole arrays: :func:`encode_binary` / :func:`binary_buffers` hand the encoded
+column to the batched cell functions as raw Arrow buffers and :func:`array_from_buffers` wraps their
+output without creating a Python object per cell; :func:`encode_values` / :func:`decode_values` are the
+per-value forms (Python lists) used by the other cell algorithms and the pure-Python fallback.
+
 Types whose string form loses information (``date64`` drops the milliseconds),
 or that have no string form (lists, structs, maps), are refused.
 """
@@ -21,11 +26,16 @@ import re
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from spark_kms.crypto import BinaryBuffers
 from spark_kms.errors import ConfigurationError, FormatError
 
 __all__ = [
+    "array_from_buffers",
+    "binary_buffers",
     "check_supported",
+    "decode_array",
     "decode_values",
+    "encode_binary",
     "encode_values",
     "parse_arrow_type",
 ]
@@ -68,8 +78,11 @@ def check_supported(column: str, t: pa.DataType) -> pa.DataType:
     return vt
 
 
-def encode_values(array: pa.Array | pa.ChunkedArray) -> list[bytes | None]:
-    """The column's cells as plaintext bytes (None for nulls), following the module rule."""
+def encode_binary(array: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The column's plaintext bytes as one ``binary`` / ``large_binary`` array, following the module rule.
+
+    Zero-copy for string and binary columns (a cast of string to binary only relabels the buffers).
+    """
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
     t = array.type
@@ -77,17 +90,51 @@ def encode_values(array: pa.Array | pa.ChunkedArray) -> list[bytes | None]:
         array = array.dictionary_decode()
         t = array.type
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
-        return array.to_pylist()
+        return array
     if pa.types.is_string(t):
-        return pc.cast(array, pa.binary()).to_pylist()
+        return pc.cast(array, pa.binary())
     if pa.types.is_large_string(t):
-        return pc.cast(array, pa.large_binary()).to_pylist()
-    return pc.cast(pc.cast(array, pa.string()), pa.binary()).to_pylist()
+        return pc.cast(array, pa.large_binary())
+    return pc.cast(pc.cast(array, pa.string()), pa.binary())
+
+
+def encode_values(array: pa.Array | pa.ChunkedArray) -> list[bytes | None]:
+    """The column's cells as plaintext bytes (None for nulls), following the module rule."""
+    return encode_binary(array).to_pylist()
+
+
+def binary_buffers(array: pa.Array) -> BinaryBuffers:
+    """The raw buffers of a ``binary`` / ``large_binary`` array (no copy), for the batched cell functions."""
+    t = array.type
+    if not (pa.types.is_binary(t) or pa.types.is_large_binary(t)):
+        raise ConfigurationError(f"expected a binary array, got {t}")
+    width = 8 if pa.types.is_large_binary(t) else 4
+    validity, offsets, data = array.buffers()
+    if offsets is None:  # Arrow may omit the buffers of an empty array
+        offsets = bytes(width * (array.offset + len(array) + 1))
+    return BinaryBuffers(
+        len(array), validity if array.null_count else None, offsets, b"" if data is None else data, array.offset, width
+    )
+
+
+def array_from_buffers(buffers: BinaryBuffers) -> pa.Array:
+    """Wrap the output of a batched cell function as a ``binary`` / ``large_binary`` array (no copy)."""
+    t = pa.large_binary() if buffers.width == 8 else pa.binary()
+    validity = None if buffers.validity is None else pa.py_buffer(buffers.validity)
+    return pa.Array.from_buffers(
+        t, buffers.length, [validity, pa.py_buffer(buffers.offsets), pa.py_buffer(buffers.data)], offset=buffers.offset
+    )
 
 
 def decode_values(values: list[bytes | None], arrow_type: pa.DataType, *, column: str, where: str = "") -> pa.Array:
     """Plaintext bytes back to an Arrow array of ``arrow_type`` (the inverse of :func:`encode_values`)."""
-    binary = pa.array(values, pa.binary())
+    return decode_array(pa.array(values, pa.binary()), arrow_type, column=column, where=where)
+
+
+def decode_array(binary: pa.Array, arrow_type: pa.DataType, *, column: str, where: str = "") -> pa.Array:
+    """A ``binary`` array of plaintexts back to an Arrow array of ``arrow_type`` (inverse of :func:`encode_binary`)."""
+    if pa.types.is_large_binary(binary.type):
+        binary = binary.cast(pa.binary())
     if pa.types.is_binary(arrow_type):
         return binary
     if pa.types.is_large_binary(arrow_type):

@@ -1,0 +1,23 @@
+"""Build of the optional native extension ``spark_kms.crypto._fastgcm``; all other metadata is in pyproject.toml.
+
+Why a setup.py: ``[tool.setuptools] ext-modules`` in pyproject.toml only exists from setuptools 74.1 on (and is
+marked experimental), while dev installs with ``--no-build-isolation`` use the venv's setuptools (65.x here).
+
+The extension is ``optional=True``: without a C compiler or the OpenSSL 3 headers (Debian: libssl-dev) the
+build warns and installs the pure-Python package, which then runs the ``cryptography`` path
+(``spark_kms.crypto.native_available()`` is False).
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "spark_kms.crypto._fastgcm",
+            sources=["spark_kms/crypto/_fastgcm.c"],
+            libraries=["crypto"],
+            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+            optional=True,
+        )
+    ],
+)
