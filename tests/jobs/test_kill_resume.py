@@ -1,9 +1,9 @@
 """A real ``spark-kms reencrypt`` process is SIGKILLed midway; the dataset stays whole and a re-run
 finishes only the files left.
 
-Determinism without timing: once the journal shows a finished file, the test takes the local
-KMS's keystore lock (the cross-process file lock every KMS call holds), so the job blocks at its
-next KMS call -- it can finish at most the file it is in -- and is killed there.
+Determinism without timing: the test looks at the journal only while holding the local KMS's
+keystore lock (the cross-process file lock every KMS call holds), so the job is blocked at a KMS
+call whenever the test decides, and is killed as soon as one file is done.
 """
 
 from __future__ import annotations
@@ -37,18 +37,27 @@ def _done_files(root: Path, run_id: str) -> list[str]:
     return out
 
 
-def _wait_for_first_done(journal: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+def _kill_after_first_done(journal: Path, proc: subprocess.Popen, lock_path: Path, timeout: float = 60.0) -> None:
+    """SIGKILL the job once its journal shows a finished file. The test holds the keystore lock
+    all the time except for short windows, and looks at the journal only while holding it: the
+    job needs the lock for every KMS call (at least one per file), so between two looks it can
+    make about one call and cannot run through the remaining files unseen."""
+    lock = filelock.FileLock(str(lock_path), timeout=30, poll_interval=0.0005)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if journal.exists():
-            try:
-                if "done" in json.loads(journal.read_text())["files"].values():
-                    return
-            except ValueError:
-                pass  # cannot happen with atomic replace, but never fail the poll on it
-        assert proc.poll() is None, f"reencrypt exited early: {proc.communicate()}"
-        time.sleep(0.005)
-    raise AssertionError("reencrypt never finished a file")
+    lock.acquire()
+    try:
+        while time.monotonic() < deadline:
+            if journal.exists() and "done" in json.loads(journal.read_text())["files"].values():
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+                return
+            assert proc.poll() is None, f"reencrypt exited early: {proc.communicate()}"
+            lock.release()
+            time.sleep(0.002)  # the job's lock polls every 1 ms: room for about one KMS call
+            lock.acquire()
+        raise AssertionError("reencrypt never finished a file")
+    finally:
+        lock.release(force=True)
 
 
 def test_sigkill_midway_then_rerun_finishes_only_the_remaining_files(dataset, local_kms):
@@ -60,10 +69,7 @@ def test_sigkill_midway_then_rerun_finishes_only_the_remaining_files(dataset, lo
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     try:
-        _wait_for_first_done(journal, proc)
-        with filelock.FileLock(str(local_kms.keystore_dir / LOCK_FILE), timeout=30):
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        _kill_after_first_done(journal, proc, local_kms.keystore_dir / LOCK_FILE)
     finally:
         if proc.poll() is None:
             proc.kill()
