@@ -8,7 +8,7 @@ export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 
 .PHONY: install demo test lint format bench clean java
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py spark_kms/crypto/_fastgcm.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[all,test]'
