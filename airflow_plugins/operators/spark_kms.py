@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Asset, AssetAlias, BaseOperator
+from airflow.sdk import Asset, AssetAlias, BaseHook, BaseOperator
 
 from spark_kms.errors import ConfigurationError
 
@@ -173,7 +173,7 @@ class SparkKmsBaseOperator(BaseOperator):
 
         master = DEFAULT_MASTER
         if self.spark_conn_id:
-            master = spark_master_from_connection(self.get_connection(self.spark_conn_id))
+            master = spark_master_from_connection(BaseHook.get_connection(self.spark_conn_id))
         spark = local_session(master, f"spark_kms-{self.task_id}", conf=self.spark_conf)
         running = spark.sparkContext.master
         if running != master:

@@ -45,12 +45,20 @@ def _check_format(value: str, what: str) -> str:
     return value
 
 
-def _reader(spark: Any, fmt: str) -> Any:
-    reader = spark.read.format(fmt)
-    if fmt == "csv":
-        # A CSV source is expected to carry a header row; types are inferred so numbers stay numbers.
-        reader = reader.option("header", "true").option("inferSchema", "true")
-    return reader
+def _read_source(spark: Any, fmt: str, path: str, text_columns: Sequence[str] = ()) -> Any:
+    """The source as a DataFrame. A CSV source carries a header row; its types are inferred so
+    numbers stay numbers -- except ``text_columns`` (the PII being encrypted or indexed), read as
+    text exactly as written: inference would turn an SSN, ZIP code or card number into a number
+    and lose its leading zeros before it is ever encrypted."""
+    if fmt != "csv":
+        return spark.read.format(fmt).load(path)
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    csv = spark.read.format("csv").option("header", "true")
+    inferred = csv.option("inferSchema", "true").load(path).schema
+    text = set(text_columns)
+    schema = StructType([StructField(f.name, StringType(), True) if f.name in text else f for f in inferred.fields])
+    return csv.schema(schema).load(path)
 
 
 def _separate(source: Path, destination: Path, job: str) -> None:
@@ -84,7 +92,8 @@ def encrypt_dataset(
     :param deterministic_columns: columns encrypted with AES-SIV (joinable; reveals equality).
     :param blind_index: source column -> new index column (HMAC, equality look-ups).
     :param partition_by: hive partition columns of the output (stay plaintext).
-    :param source_format: ``parquet``, ``csv`` (header row) or ``json`` (JSON lines).
+    :param source_format: ``parquet``, ``csv`` (header row; types inferred, but the columns to encrypt
+        or index are read as text as written, keeping leading zeros) or ``json`` (JSON lines).
     :param mode: ``overwrite`` or ``append``.
     :param encryption_context: extra context sent to the KMS with every GenerateDataKey.
     :param kms_options: provider options per key-URI scheme.
@@ -109,7 +118,8 @@ def encrypt_dataset(
     with RunRecorder("encrypt", dst, run_id) as recorder:
         # The Spark write reports KMS calls over driver and tasks; do not add this process's twice.
         recorder.count_local_calls = False
-        df = _reader(session, source_format).load(str(src))
+        pii = [*columns, *deterministic_columns, *(blind_index or {})]
+        df = _read_source(session, source_format, str(src), pii)
         result = write_encrypted(
             df, str(dst), key_uri=key_uri, columns=list(columns), deterministic_columns=list(deterministic_columns),
             blind_index=dict(blind_index or {}), partition_by=list(partition_by), mode=mode,
@@ -165,7 +175,7 @@ def decrypt_dataset(
             writer = writer.option("header", "true")
         writer.save(str(dst))
         s = recorder.summary
-        s.rows = _reader(session, output_format).load(str(dst)).count()
+        s.rows = session.read.format(output_format).option("header", "true").load(str(dst)).count()
         s.files = len(keys.files)
         s.deks = len(effective)
         s.key_versions = s.key_versions_before = key_versions_of(

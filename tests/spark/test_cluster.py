@@ -18,6 +18,7 @@ pytestmark = [pytest.mark.spark, pytest.mark.cluster, pytest.mark.slow]
 
 SPARK_HOME = Path(pyspark.__file__).parent
 JOB = Path(__file__).with_name("_cluster_job.py")
+AIRFLOW_JOB = Path(__file__).with_name("_cluster_airflow_job.py")
 
 
 def _free_port() -> int:
@@ -47,8 +48,10 @@ def _wait_for_log(path: Path, text: str, timeout: float = 60) -> None:
     raise TimeoutError(f"{text!r} not in {path}")
 
 
-@pytest.fixture
-def cluster(tmp_path):
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    # One master and two workers for the module: starting JVMs is the slow part.
+    tmp_path = tmp_path_factory.mktemp("cluster")
     env = {**os.environ, "SPARK_HOME": str(SPARK_HOME), "SPARK_LOCAL_IP": "127.0.0.1",
            "PYSPARK_PYTHON": sys.executable, "SPARK_WORKER_DIR": str(tmp_path / "work")}
     spark_class = str(SPARK_HOME / "bin" / "spark-class")
@@ -95,3 +98,18 @@ def test_round_trip_on_standalone_cluster(cluster, tmp_path):
     assert report["diff"] == 0 and report["count"] == 3000
     assert report["result"]["kms_calls"] == {"local:GenerateDataKey": 4}
     assert report["decrypted_sample"] == {"id": 42, "email": "user42@example.org", "ssn": "000000042"}
+
+
+def test_airflow_operator_runs_on_the_master_of_its_spark_connection(cluster, tmp_path):
+    url, env = cluster
+    workdir = tmp_path / "airflow_job"
+    workdir.mkdir()
+    proc = subprocess.run([sys.executable, str(AIRFLOW_JOB), url, str(workdir)], capture_output=True, text=True,
+                          timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((workdir / "report.json").read_text())
+    assert report["master"] == url  # from the Airflow connection, not the local default
+    assert report["executor_hosts"] >= 1
+    assert report["equal"] is True
+    assert report["summary"]["rows"] == 500 and report["summary"]["status"] == "succeeded"
+    assert report["summary"]["run_id"] == "cluster-run"
