@@ -11,6 +11,7 @@ Measures (wall clock, driver side):
   write_spark_kms  spark_kms data source (one data key per partition, AES-256-GCM per cell)
   read_plain       spark.read.parquet + count + checksum of the 3 PII columns
   read_spark_kms   read_encrypted (native scan + decrypt UDFs) + count + the same checksum
+  read_ds_scan     spark.read.format('spark_kms') (decrypt in the Python reader) + count + the same checksum
 Also: ratios, KMS calls, dataset sizes, and the peak RSS of the whole process tree (driver,
 JVM, Python workers) sampled from /proc every 50 ms.
 """
@@ -18,10 +19,12 @@ JVM, Python workers) sampled from /proc every 50 ms.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import shutil
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -29,7 +32,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-PII = ("name", "email", "ssn")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _data import PII, benchmark_frame  # noqa: E402
 
 
 def _tree_rss_bytes(root_pid: int) -> int:
@@ -98,6 +103,7 @@ def main() -> None:
 
     from pyspark.sql import functions as F
 
+    from spark_kms.crypto import native_available
     from spark_kms.kms.local import LocalKms
     from spark_kms.spark import read_encrypted, write_encrypted
     from spark_kms.spark.session import local_session
@@ -111,13 +117,7 @@ def main() -> None:
 
     with PeakRss() as rss:
         spark = local_session(args.master, "spark_kms-bench", conf={"spark.driver.memory": "4g"})
-        df = spark.range(0, args.rows, numPartitions=args.partitions).selectExpr(
-            "id",
-            "cast(pmod(xxhash64(id), 1000000) / 100 as double) as amount",
-            "concat('Name ', id, ' Surname') as name",
-            "concat('user', id, '@example.org') as email",
-            "format_string('%03d-%02d-%04d', pmod(id, 899) + 100, pmod(id, 99) + 1, pmod(id, 9999)) as ssn",
-        )
+        df = benchmark_frame(spark, args.rows, args.partitions)
         paths = {k: workdir / k for k in ("plain", "aes", "spark_kms")}
         aes_key = secrets.token_hex(32)
         checksum = F.sum(F.xxhash64(*PII).cast("decimal(38,0)")).cast("string")
@@ -140,26 +140,35 @@ def main() -> None:
             return tuple(read_encrypted(spark, str(paths["spark_kms"]), kms_options=opts).agg(F.count("*"), checksum)
                          .first())
 
+        def read_ds_scan() -> Any:
+            scan = (spark.read.format("spark_kms").option("kms_options", json.dumps(opts))
+                    .load(str(paths["spark_kms"])))
+            return tuple(scan.agg(F.count("*"), checksum).first())
+
         results: dict[str, float] = {}
         results["write_plain"], _ = _timed(write_plain, args.repeat)
         results["write_aes"], _ = _timed(write_aes, args.repeat)
         results["write_spark_kms"], last_write = _timed(write_kms, args.repeat)
         results["read_plain"], plain_sum = _timed(read_plain, args.repeat)
         results["read_spark_kms"], kms_sum = _timed(read_kms, args.repeat)
+        results["read_ds_scan"], scan_sum = _timed(read_ds_scan, args.repeat)
         spark.stop()
 
     assert plain_sum == kms_sum, "decrypted checksum differs from plaintext"
+    assert plain_sum == scan_sum, "data source scan checksum differs from plaintext"
     print(f"rows={args.rows:,} partitions={args.partitions} repeat={args.repeat} master={args.master}")
     for k, v in results.items():
         print(f"  {k:<16} {v:8.2f} s (median)")
     print(f"  encrypted write / plaintext write : {results['write_spark_kms'] / results['write_plain']:.2f}x")
     print(f"  aes_encrypt write / spark_kms write: {results['write_aes'] / results['write_spark_kms']:.2f}x")
     print(f"  decrypting read / plaintext read  : {results['read_spark_kms'] / results['read_plain']:.2f}x")
+    print(f"  format('spark_kms') scan / plain  : {results['read_ds_scan'] / results['read_plain']:.2f}x")
     print(f"  KMS calls (last encrypted write)  : {last_write.kms_calls} for {len(last_write.files)} files")
     for k, p in paths.items():
         print(f"  size {k:<10} {_size(p) / 1e6:8.1f} MB")
     print(f"  peak RSS (process tree)           : {rss.peak / 1e9:.2f} GB")
-    print(f"  checksum ok: {plain_sum == kms_sum}")
+    print(f"  checksum ok: {plain_sum == kms_sum == scan_sum}")
+    print(f"  native crypto path active         : {native_available()}")
 
 
 if __name__ == "__main__":
