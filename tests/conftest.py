@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -20,6 +21,9 @@ import pytest
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+# py4j logs "Closing down clientserver connection" from __del__ at interpreter exit, after
+# pytest has closed the captured streams; that INFO line only turns into a "Logging error".
+logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
 class LocalKmsFixture(NamedTuple):
