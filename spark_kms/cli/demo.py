@@ -86,6 +86,7 @@ def run_demo(rows: int, workdir: Path, console: Console) -> dict[str, Any]:
         key_id = kms.create_key(alias=KEY_ALIAS, description="spark-kms demo")
         key_uri, opts = f"local://{KEY_ALIAS}", {"local": {"keystore": str(keystore)}}
         progress.advance(job)
+        console.print(f"created key {KEY_ALIAS} ({key_id}) in the embedded KMS at {keystore}")
 
         step("starting Spark (local[2])")
         spark = local_session("local[2]", "spark-kms-demo")
@@ -107,10 +108,12 @@ def run_demo(rows: int, workdir: Path, console: Console) -> dict[str, Any]:
         if diff:
             raise JobError(f"dataset {dataset}: {diff} rows differ after decryption")
         progress.advance(job)
+        console.print(f"decrypted batch 1 with Spark's Parquet scan: all {first.rows:,} rows equal the source")
 
         step("rotating the key")
         facts["new_version"] = kms.rotate_key(KEY_ALIAS)
         progress.advance(job)
+        console.print(f"rotated {KEY_ALIAS} to version {facts['new_version']}")
 
         step("appending batch 2 under the rotated key")
         batch2 = generate_customers(spark, max(rows // 10, 1), start=rows, seed=11)
@@ -118,6 +121,7 @@ def run_demo(rows: int, workdir: Path, console: Console) -> dict[str, Any]:
                                  mode="append", encryption_context={"purpose": "demo"})
         facts["second"] = second.to_dict()
         progress.advance(job)
+        console.print(f"appended {second.rows:,} rows in {len(second.files)} files; KMS calls: {second.kms_calls}")
 
         step("verifying old and new data")
         everything = read_encrypted(spark, str(dataset), kms_options=opts)
