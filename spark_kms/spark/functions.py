@@ -46,13 +46,13 @@ from __future__ import annotations
 
 import glob
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from spark_kms._atomic import atomic_write_bytes
 from spark_kms.crypto import (
     AES_256_GCM,
     AES_256_SIV,
@@ -151,28 +151,13 @@ def publish_key_table(key_registry: str | os.PathLike[str], table: KeyTable) -> 
             one = KeyTable(deks={dek_id: entry}, columns=dict(table.columns))
             if os.path.exists(path):
                 one = _read_registry_file(path).merge(one)
-            _write_atomic(path, _as_bytes(one.to_json()))
+            atomic_write_bytes(path, _as_bytes(one.to_json()))
             written.append(path)
     return written
 
 
 def _as_bytes(data: str | bytes) -> bytes:
     return data.encode("utf-8") if isinstance(data, str) else data
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _read_registry_file(path: str) -> KeyTable:

@@ -26,7 +26,7 @@ from typing import Any
 
 from spark_kms.crypto import HMAC_SHA256_BIDX, KeyTable
 from spark_kms.errors import ConfigurationError
-from spark_kms.spark.datasource import KEYS_COLUMN, _local_path
+from spark_kms.spark._options import KEYS_COLUMN, _local_path
 
 __all__ = ["dataset_key_table", "read_encrypted"]
 

@@ -1,0 +1,566 @@
+"""The reading half of the ``spark_kms`` data source: ``spark.read.format("spark_kms")``, a
+full-scan reader that decrypts in the Python worker (see "Reading" in :mod:`spark_kms.spark.datasource`)."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+from pyspark.sql.datasource import (
+    DataSourceReader,
+    InputPartition,
+)
+
+from spark_kms.errors import ConfigurationError, FormatError
+from spark_kms.spark._options import (
+    _HIVE_NULL,
+    _local_path,
+    _parse_json_object,
+)
+
+# -- reading: spark.read.format("spark_kms") ---------------------------------------------
+
+_DEFAULT_READ_BATCH_ROWS = 65_536
+_DEFAULT_MAX_PARTITION_BYTES = 128 * 1024 * 1024  # Spark's spark.sql.files.maxPartitionBytes default
+_INT_RE = re.compile(r"^[+-]?\d+$")
+_FLOAT_RE = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_INT32 = (-(2**31), 2**31 - 1)
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+@dataclass(frozen=True)
+class _ScanOptions:
+    """The read options, parsed once (driver side); picklable."""
+
+    path: str
+    kms_options: dict[str, dict[str, Any]]
+    batch_size: int
+    max_partition_bytes: int
+    filter_pushdown: bool
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, str]) -> _ScanOptions:
+        opts = {k.lower(): v for k, v in options.items()}
+        if not opts.get("path"):
+            raise ConfigurationError("the spark_kms data source needs a path: .load(path)")
+        pushdown = (opts.get("filter_pushdown") or "false").strip().lower()
+        if pushdown not in ("true", "false"):
+            raise ConfigurationError(f"option filter_pushdown must be 'true' or 'false', got {pushdown!r}")
+        return cls(
+            path=_local_path(opts["path"]),
+            kms_options=_parse_json_object("kms_options", opts.get("kms_options")),
+            batch_size=_positive_int(opts, "batch_size", _DEFAULT_READ_BATCH_ROWS),
+            max_partition_bytes=_positive_int(opts, "max_partition_bytes", _DEFAULT_MAX_PARTITION_BYTES),
+            filter_pushdown=pushdown == "true",
+        )
+
+    def plan(self) -> _DatasetPlan:
+        return _DatasetPlan.build(self.path)
+
+
+def _positive_int(opts: Mapping[str, str], name: str, default: int) -> int:
+    text = opts.get(name)
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigurationError(f"option {name} must be a positive integer, got {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class _DataFile:
+    """One data file as the driver saw its footer: wrapped keys only, no cell."""
+
+    path: str
+    key_table: bytes  # the footer's key table (JSON), dataset manifest entries applied
+    partition_values: tuple[str | None, ...]  # raw hive values, unescaped; None = null
+    row_group_bytes: tuple[int, ...]
+    arrow_schema: pa.Schema
+
+
+@dataclass(frozen=True)
+class _DatasetPlan:
+    """A dataset's data files, stored schema, encrypted column types and hive partition columns.
+
+    Built from footers only (pyarrow reads the footer, never a data page): no KMS call.
+    """
+
+    root: str
+    files: tuple[_DataFile, ...]
+    stored_schema: pa.Schema  # the first file's schema, as stored (encrypted columns binary)
+    plaintext_types: dict[str, pa.DataType]  # encrypted (decryptable) column -> plaintext Arrow type
+    partition_columns: tuple[str, ...]
+    partition_types: tuple[Any, ...]  # Spark DataTypes, inferred like Spark's partition discovery
+
+    @classmethod
+    def build(cls, root: str) -> _DatasetPlan:
+        from spark_kms.crypto import AES_256_GCM, AES_256_SIV, KeyTable
+        from spark_kms.parquet import dataset_root_of, list_data_files, parse_arrow_type, read_manifest
+        from spark_kms.parquet.reader import _parquet_file, _table_from_metadata
+
+        if not os.path.exists(root):
+            raise ConfigurationError(f"no such dataset: {root}")
+        paths = list_data_files(root)
+        if not paths:
+            raise ConfigurationError(
+                f"dataset {root} has no data files, so its schema cannot be inferred: pass .schema(...)"
+            )
+        base = root if os.path.isdir(root) else dataset_root_of(root)
+        overrides = read_manifest(dataset_root_of(root))
+        files: list[_DataFile] = []
+        merged = KeyTable(deks={}, columns={})
+        partition_columns: tuple[str, ...] | None = None
+        for path in paths:
+            pf = _parquet_file(path)
+            table = _table_from_metadata(pf.metadata.metadata, path)
+            if overrides:
+                table = table.with_overrides(overrides)
+            merged = merged.merge(table, where=f"dataset {root}")
+            names, values = _hive_values(os.path.relpath(os.path.dirname(path), base), path)
+            if partition_columns is None:
+                partition_columns = names
+            elif names != partition_columns:
+                raise FormatError(
+                    f"dataset {root}: file {path} sits in partition directories {list(names)}, "
+                    f"other files in {list(partition_columns)}"
+                )
+            meta = pf.metadata
+            files.append(
+                _DataFile(
+                    path=path,
+                    key_table=table.to_json(),
+                    partition_values=values,
+                    row_group_bytes=tuple(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)),
+                    arrow_schema=pf.schema_arrow,
+                )
+            )
+        stored = files[0].arrow_schema
+        clash = [c for c in partition_columns or () if c in stored.names]
+        if clash:
+            raise FormatError(f"dataset {root}: partition columns {clash} are also stored in the data files")
+        plaintext = {
+            name: parse_arrow_type(spec.arrow_type, column=name, where=f"dataset {root}")
+            for name, spec in merged.columns.items()
+            if spec.algorithm in (AES_256_GCM, AES_256_SIV)
+        }
+        partition_columns = partition_columns or ()
+        types = tuple(
+            _infer_partition_type([f.partition_values[i] for f in files]) for i in range(len(partition_columns))
+        )
+        return cls(root, tuple(files), stored, plaintext, partition_columns, types)
+
+    def spark_schema(self) -> Any:
+        """The default schema: stored columns (encrypted ones at their plaintext types, blind
+        indexes binary), then the hive partition columns, as Spark orders them."""
+        from pyspark.sql import types as T
+        from pyspark.sql.pandas.types import from_arrow_type
+
+        fields = []
+        for f in self.stored_schema:
+            t = self.plaintext_types.get(f.name, f.type)
+            if pa.types.is_dictionary(t):
+                t = t.value_type
+            try:
+                spark_type = from_arrow_type(t)
+            except TypeError:  # PySparkTypeError: e.g. unsigned integers
+                raise ConfigurationError(
+                    f"dataset {self.root}: column {f.name!r} has Arrow type {t}, which has no Spark type"
+                ) from None
+            fields.append(T.StructField(f.name, spark_type, True))
+        fields.extend(T.StructField(n, t, True) for n, t in zip(self.partition_columns, self.partition_types, strict=True))
+        return T.StructType(fields)
+
+
+def _unescape_hive(text: str) -> str:
+    # The inverse of _hive_value's escaping (Spark's ExternalCatalogUtils.unescapePathName).
+    return re.sub(r"%([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), text)
+
+
+def _hive_values(rel_dir: str, path: str) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
+    if rel_dir in ("", "."):
+        return (), ()
+    names: list[str] = []
+    values: list[str | None] = []
+    for part in rel_dir.split(os.sep):
+        name, sep, value = part.partition("=")
+        if not sep or not name:
+            raise FormatError(f"file {path}: directory {part!r} is not a hive partition directory (name=value)")
+        names.append(_unescape_hive(name))
+        raw = _unescape_hive(value)
+        values.append(None if raw in (_HIVE_NULL, "") else raw)
+    return tuple(names), tuple(values)
+
+
+def _value_type(raw: str) -> Any:
+    from pyspark.sql import types as T
+
+    if _INT_RE.match(raw):
+        n = int(raw)
+        if _INT32[0] <= n <= _INT32[1]:
+            return T.IntegerType()
+        if _INT64[0] <= n <= _INT64[1]:
+            return T.LongType()
+        digits = len(raw.lstrip("+-"))
+        return T.DecimalType(digits, 0) if digits <= 38 else T.StringType()
+    if _FLOAT_RE.match(raw):
+        return T.DoubleType()
+    if _DATE_RE.match(raw):
+        try:
+            datetime.date.fromisoformat(raw)
+        except ValueError:
+            return T.StringType()
+        return T.DateType()
+    return T.StringType()
+
+
+def _infer_partition_type(raws: Sequence[str | None]) -> Any:
+    """Spark's partition value inference, restricted to what the writer produces: int, then
+    long, then decimal(n, 0), then double, then date, else string; mixed numbers widen
+    (int < long < decimal < double), any other mix is string. Timestamps stay strings."""
+    from pyspark.sql import types as T
+
+    kinds = {_value_type(r) for r in raws if r is not None}
+    if not kinds:
+        return T.StringType()
+    if len(kinds) == 1:
+        return kinds.pop()
+    order = (T.IntegerType, T.LongType, T.DecimalType, T.DoubleType)
+    if all(isinstance(k, order) for k in kinds):
+        if any(isinstance(k, T.DoubleType) for k in kinds):
+            return T.DoubleType()
+        decimals = [k for k in kinds if isinstance(k, T.DecimalType)]
+        if decimals:
+            return T.DecimalType(max(d.precision for d in decimals), 0)
+        return T.LongType()
+    return T.StringType()
+
+
+def _partition_scalar(raw: str | None, arrow_type: pa.DataType) -> pa.Scalar:
+    if raw is None:
+        return pa.scalar(None, type=arrow_type)
+    if pa.types.is_date32(arrow_type):
+        return pa.scalar(datetime.date.fromisoformat(raw), type=arrow_type)
+    if pa.types.is_decimal(arrow_type):
+        return pa.scalar(decimal.Decimal(raw), type=arrow_type)
+    return pa.scalar(raw, type=pa.string()).cast(arrow_type)
+
+
+@dataclass
+class SparkKmsInputPartition(InputPartition):
+    """One read task: a data file, or a run of its row groups (``None`` = all of them).
+
+    Holds only the file's *wrapped* key table; the worker unwraps each data key on first use.
+    """
+
+    path: str
+    key_table: bytes
+    partition_values: tuple[str | None, ...]
+    row_groups: list[int] | None = None
+
+
+class SparkKmsReader(DataSourceReader):
+    """Full-scan reader: each task reads its file with ``pq.ParquetFile.iter_batches``, decrypts
+    with :class:`spark_kms.parquet.BatchDecryptor` and yields plaintext Arrow batches.
+
+    Planned on the driver side from footers (wrapped keys only, no KMS call). Partitions: one
+    per data file, or runs of row groups of at most ``max_partition_bytes`` (uncompressed) for
+    larger files. Spark 4.3 gives Python data sources no column pruning: every column of the
+    schema is read and decrypted. A ``.schema(...)`` naming only some columns is the way to read
+    less (only those columns are read from disk, only their keys unwrapped).
+    """
+
+    def __init__(self, scan: _ScanOptions, schema: Any) -> None:
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        self.scan = scan
+        plan = scan.plan()
+        self.root = plan.root
+        self.files = plan.files
+        self.partition_columns = plan.partition_columns
+        names = list(schema.fieldNames())
+        known = [*plan.stored_schema.names, *plan.partition_columns]
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise ConfigurationError(f"dataset {self.root} has no columns {missing} (columns: {known})")
+        # The exact Arrow schema Spark checks the batches against.
+        self.output_schema: pa.Schema = to_arrow_schema(schema, timezone="UTC")
+        self.partition_arrow_types = {
+            n: self.output_schema.field(n).type for n in names if n in plan.partition_columns
+        }
+        self.stored_columns = [n for n in names if n not in plan.partition_columns]
+        self.encrypted_columns = [n for n in self.stored_columns if n in plan.plaintext_types]
+        self.row_filters: list[Any] = []  # pyarrow expressions on stored plain columns (pushdown)
+        self.row_filter_columns: set[str] = set()
+        self.partition_filters: list[Any] = []  # pyarrow expressions on hive partition columns
+
+    # -- planning (driver side) -----------------------------------------------
+    def partitions(self) -> list[InputPartition]:
+        out: list[InputPartition] = []
+        row_filter = _and_all(self.row_filters)
+        for f in self.files:
+            if self.partition_filters and not self._partition_matches(f):
+                continue
+            groups = list(range(len(f.row_group_bytes)))
+            if row_filter is not None:
+                groups = _row_groups_matching(f.path, row_filter, groups)
+                if not groups:
+                    continue
+            for run in _runs(groups, f.row_group_bytes, self.scan.max_partition_bytes):
+                whole = row_filter is None and len(run) == len(f.row_group_bytes)
+                out.append(SparkKmsInputPartition(f.path, f.key_table, f.partition_values, None if whole else run))
+        return out
+
+    def _partition_matches(self, f: _DataFile) -> bool:
+        # Evaluate the filters on a one-row table of the file's partition values: pyarrow
+        # applies SQL's null semantics for us.
+        arrays = {}
+        for i, name in enumerate(self.partition_columns):
+            t = self._partition_filter_type(name)
+            arrays[name] = pa.array([_partition_scalar(f.partition_values[i], t).as_py()], type=t)
+        return pa.table(arrays).filter(_and_all(self.partition_filters)).num_rows == 1
+
+    def _partition_filter_type(self, name: str) -> pa.DataType:
+        if name in self.partition_arrow_types:
+            return self.partition_arrow_types[name]
+        return pa.string()
+
+    # -- reading (executor side) ------------------------------------------------
+    def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
+        if not isinstance(partition, SparkKmsInputPartition):
+            return iter(())  # Spark sends InputPartition(None) when there is no file
+        return self._read_file(partition)
+
+    def _read_file(self, part: SparkKmsInputPartition) -> Iterator[pa.RecordBatch]:
+        from spark_kms.crypto import KeyTable
+        from spark_kms.parquet import BatchDecryptor
+        from spark_kms.parquet.reader import _parquet_file
+
+        where = f"file {part.path}"
+        pf = _parquet_file(part.path)
+        stored_names = pf.schema_arrow.names
+        row_filter = _and_all(self.row_filters)
+        filter_columns = sorted(self.row_filter_columns - set(self.stored_columns))
+        needed = [*self.stored_columns, *filter_columns]
+        absent = [c for c in needed if c not in stored_names]
+        if absent:
+            raise FormatError(f"{where} has no columns {absent} (dataset {self.root})")
+        decryptor = BatchDecryptor(KeyTable.from_json(part.key_table, where=where), kms_options=self.scan.kms_options)
+        constants = self._partition_constants(part)
+        offset = 0
+        for batch in pf.iter_batches(batch_size=self.scan.batch_size, row_groups=part.row_groups, columns=needed):
+            read_rows = batch.num_rows
+            if row_filter is not None:
+                batch = batch.filter(row_filter)
+            if batch.num_rows:
+                # Row offsets are only meaningful for an unfiltered whole file.
+                at = where if offset == 0 or row_filter is not None or part.row_groups else f"{where} (batch from row {offset})"
+                batch = decryptor.decrypt_batch(batch, self.encrypted_columns, where=at)
+                yield self._output(batch, constants, where)
+            offset += read_rows
+
+    def _partition_constants(self, part: SparkKmsInputPartition) -> dict[str, pa.Scalar]:
+        out = {}
+        for name, t in self.partition_arrow_types.items():
+            raw = part.partition_values[self.partition_columns.index(name)]
+            try:
+                out[name] = _partition_scalar(raw, t)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, decimal.InvalidOperation):
+                raise ConfigurationError(
+                    f"file {part.path}: partition directory value of column {name!r} does not convert to {t}"
+                ) from None
+        return out
+
+    def _output(self, batch: pa.RecordBatch, constants: Mapping[str, pa.Scalar], where: str) -> pa.RecordBatch:
+        arrays = []
+        n = batch.num_rows
+        for field_ in self.output_schema:
+            if field_.name in constants:
+                arrays.append(pa.repeat(constants[field_.name], n))
+                continue
+            arr = batch.column(batch.schema.get_field_index(field_.name))
+            if not arr.type.equals(field_.type):
+                try:
+                    arr = arr.cast(field_.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    # Arrow's message may quote a value: say only where and which types.
+                    raise ConfigurationError(
+                        f"{where}: column {field_.name!r} of type {arr.type} does not convert to {field_.type} "
+                        "(the schema passed to .schema(...))"
+                    ) from None
+            arrays.append(arr)
+        return pa.RecordBatch.from_arrays(arrays, schema=self.output_schema)
+
+
+class SparkKmsFilteringReader(SparkKmsReader):
+    """:class:`SparkKmsReader` with filter pushdown (option ``filter_pushdown=true``; Spark also
+    needs ``spark.sql.python.filterPushdown.enabled=true``, else it refuses the reader).
+
+    Pushed: comparisons, ``IN``, ``IS [NOT] NULL``, ``<=>``, ``NOT`` and string prefix/suffix/
+    contains on *plain* stored columns of integer, floating, string, binary, boolean, date or
+    decimal type, and on hive partition columns. Partition-column filters drop whole files at
+    planning; the others drop row groups whose statistics cannot match (planning) and then
+    rows (in the task, before decryption: filtered-out cells are never decrypted). Spark does
+    not re-check pushed filters, so each is applied exactly, with SQL's null semantics.
+    Encrypted columns (only ciphertext is stored) and timestamps are left to Spark.
+
+    **Spark 4.3 caveat: one query per DataFrame.** Spark keeps the reader of a query whose
+    filters were pushed on the DataFrame (``PythonDataSourceV2.setReadInfo``), and a later query
+    on the *same* DataFrame that has no pushable filter (no filter, or only ORs) reuses it:
+    its rows are silently filtered by the earlier query's filters. Call ``.load()`` again for
+    each query (planning reads footers only, no KMS call). The default reader, without
+    ``filter_pushdown``, has nothing query-specific and is safe to reuse.
+    """
+
+    def pushFilters(self, filters: list[Any]) -> list[Any]:  # noqa: N802 (Spark's name)
+        left = []
+        for f in filters:
+            target = self._classify(f)
+            if target is None:
+                left.append(f)
+                continue
+            expr, column, is_partition = target
+            if is_partition:
+                self.partition_filters.append(expr)
+            else:
+                self.row_filters.append(expr)
+                self.row_filter_columns.add(column)
+        return left
+
+    def _classify(self, f: Any) -> tuple[Any, str, bool] | None:
+        from pyspark.sql.datasource import Not
+
+        inner = f.child if isinstance(f, Not) else f
+        attribute = getattr(inner, "attribute", None)
+        if not isinstance(attribute, tuple) or len(attribute) != 1:
+            return None
+        column = attribute[0]
+        if column in self.partition_columns:
+            t, is_partition = self._partition_filter_type(column), True
+        elif column in self.files[0].arrow_schema.names and column not in self._not_plain():
+            t, is_partition = self.files[0].arrow_schema.field(column).type, False
+        else:
+            return None
+        expr = _filter_expression(f, t)
+        return None if expr is None else (expr, column, is_partition)
+
+    def _not_plain(self) -> set[str]:
+        from spark_kms.crypto import KeyTable
+
+        # Encrypted and blind-index columns: their stored cells say nothing about the plaintext.
+        out: set[str] = set()
+        for f in self.files:
+            out.update(KeyTable.from_json(f.key_table, where=f"file {f.path}").columns)
+        return out
+
+
+def _pushable_type(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_date32(t)
+        or pa.types.is_decimal(t)
+    )
+
+
+def _filter_expression(f: Any, t: pa.DataType) -> Any:
+    """The pyarrow expression of one Spark filter on a column of type ``t``, or None if it is
+    not pushable. Null semantics follow SQL: a comparison with a null cell is null (the row is
+    dropped, also under NOT), ``<=>`` and ``IS [NOT] NULL`` are never null."""
+    import pyarrow.compute as pc
+    from pyspark.sql import datasource as sds
+
+    if not _pushable_type(t):
+        return None
+    col = pc.field(f.child.attribute[0] if isinstance(f, sds.Not) else f.attribute[0])
+
+    def lit(value: Any) -> Any:
+        if value is None:
+            raise ValueError("null literal")
+        if isinstance(value, bytearray):
+            value = bytes(value)
+        return pa.scalar(value, type=t)
+
+    def positive(g: Any) -> Any:
+        if isinstance(g, sds.IsNull):
+            return col.is_null()
+        if isinstance(g, sds.IsNotNull):
+            return col.is_valid()
+        if isinstance(g, sds.EqualNullSafe):
+            return col.is_null() if g.value is None else (col == lit(g.value)) & col.is_valid()
+        if isinstance(g, sds.EqualTo):
+            return col == lit(g.value)
+        if isinstance(g, sds.GreaterThan):
+            return col > lit(g.value)
+        if isinstance(g, sds.GreaterThanOrEqual):
+            return col >= lit(g.value)
+        if isinstance(g, sds.LessThan):
+            return col < lit(g.value)
+        if isinstance(g, sds.LessThanOrEqual):
+            return col <= lit(g.value)
+        if isinstance(g, sds.In):
+            values = [lit(v) for v in g.value]
+            # is_in answers false for a null cell; SQL answers null: keep the null.
+            return pc.if_else(col.is_valid(), pc.is_in(col, value_set=pa.array(values, type=t)), pa.scalar(None, pa.bool_()))
+        if isinstance(g, (sds.StringStartsWith, sds.StringEndsWith, sds.StringContains)):
+            if not (pa.types.is_string(t) or pa.types.is_large_string(t)) or not isinstance(g.value, str):
+                return None
+            fn = {sds.StringStartsWith: pc.starts_with, sds.StringEndsWith: pc.ends_with,
+                  sds.StringContains: pc.match_substring}[type(g)]
+            return fn(col, pattern=g.value)
+        return None
+
+    try:
+        if isinstance(f, sds.Not):
+            inner = positive(f.child)
+            return None if inner is None else ~inner
+        return positive(f)
+    except (ValueError, TypeError, OverflowError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None  # a literal that does not fit the column's type: Spark evaluates it
+
+
+def _and_all(exprs: Sequence[Any]) -> Any:
+    out = None
+    for e in exprs:
+        out = e if out is None else out & e
+    return out
+
+
+def _row_groups_matching(path: str, expr: Any, groups: list[int]) -> list[int]:
+    """Row groups whose statistics may satisfy ``expr`` (pyarrow's own row-group pruning)."""
+    import pyarrow.dataset as pds
+    import pyarrow.fs as pafs
+
+    fragment = pds.ParquetFileFormat().make_fragment(path, filesystem=pafs.LocalFileSystem())
+    kept = {rg.id for rg in fragment.subset(filter=expr).row_groups}
+    return [g for g in groups if g in kept]
+
+
+def _runs(groups: list[int], sizes: Sequence[int], limit: int) -> Iterator[list[int]]:
+    """Consecutive row groups cut into runs of at most ``limit`` bytes (at least one group each)."""
+    run: list[int] = []
+    total = 0
+    for g in groups:
+        if run and total + sizes[g] > limit:
+            yield run
+            run, total = [], 0
+        run.append(g)
+        total += sizes[g]
+    if run or not groups:
+        yield run
+
