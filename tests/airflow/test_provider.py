@@ -117,6 +117,35 @@ def test_aws_hook_reuses_an_aws_connection_without_logging_secrets(
     assert secret not in text and "sess-token-value" not in text
 
 
+def test_gcp_hook_reuses_a_google_connection_and_talks_to_cloud_kms(
+    airflow_db: object, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from airflow_plugins.hooks.spark_kms import SparkKmsHook
+    from spark_kms.testing.gcp import ALLOWED_TOKEN, GcpKmsHarness
+
+    key_file = tmp_path / "sa.json"
+    _conn(monkeypatch, "google_test", conn_type="google_cloud_platform", extra={"key_path": str(key_file)})
+    _conn(monkeypatch, "kms_gcp_reuse", conn_type="spark_kms_gcp",
+          extra={"key_uri": "gcp-kms://projects/p/locations/l/keyRings/r/cryptoKeys/k", "gcp_conn_id": "google_test"})
+    assert SparkKmsHook("kms_gcp_reuse").get_kms_options() == {"gcp-kms": {"credentials_file": str(key_file)}}
+    _conn(monkeypatch, "google_dict", conn_type="google_cloud_platform", extra={"keyfile_dict": "{}"})
+    _conn(monkeypatch, "kms_gcp_dict", conn_type="spark_kms_gcp",
+          extra={"key_uri": "gcp-kms://projects/p/locations/l/keyRings/r/cryptoKeys/k", "gcp_conn_id": "google_dict"})
+    with pytest.raises(ConfigurationError, match="key_path"):
+        SparkKmsHook("kms_gcp_dict").get_kms_options()
+
+    # A connection with an endpoint and a token drives the real client over gRPC to the test server.
+    caplog.set_level(logging.DEBUG)
+    with GcpKmsHarness() as harness:
+        _conn(monkeypatch, "kms_gcp", conn_type="spark_kms_gcp", password=ALLOWED_TOKEN,
+              extra={"key_uri": f"gcp-kms://{harness.key_name}", "endpoint": harness.endpoint})
+        provider = SparkKmsHook("kms_gcp").get_conn()
+        with provider.generate_data_key({"dataset": "customers"}) as dek:
+            assert provider.decrypt_data_key(dek.wrapped, {"dataset": "customers"}) == dek.plaintext
+            assert dek.wrapped.key_version == "1"
+    assert ALLOWED_TOKEN not in caplog.text + repr(provider)
+
+
 def test_vault_hook_options_and_a_key_of_the_wrong_backend(airflow_db: object, monkeypatch) -> None:
     from airflow_plugins.hooks.spark_kms import SparkKmsHook
 
