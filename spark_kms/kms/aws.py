@@ -218,6 +218,17 @@ class AwsKmsProvider(KmsProvider):
             raise AccessDeniedError(
                 f"no AWS credentials found for {operation} on key {key_id}", key_id=key_id, operation=operation
             ) from exc
+        except (botocore.exceptions.ProfileNotFound, botocore.exceptions.PartialCredentialsError) as exc:
+            # Raised while the client is built (lazily, inside fn): the options, not the KMS, are wrong.
+            raise ConfigurationError(
+                f"{self.key_uri}: the AWS credential options are unusable ({type(exc).__name__}): name an "
+                "existing profile, or give aws_access_key_id and aws_secret_access_key together"
+            ) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            # Every other botocore failure still surfaces as a spark_kms error, never a vendor one.
+            raise KmsError(
+                f"AWS KMS {operation} on key {key_id} failed ({type(exc).__name__})", key_id=key_id, operation=operation
+            ) from exc
 
     # -- key version ---------------------------------------------------------------
     def _current_version(self, key_id: str) -> str:

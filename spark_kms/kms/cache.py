@@ -60,6 +60,8 @@ class DataKeyCache:
         plaintext = bytearray(load())
         with self._lock:
             self.misses += 1
+            if cache_key in self._entries:  # a racing loader stored it first: wipe its copy, keep ours
+                self._evict(cache_key)
             self._entries[cache_key] = _Entry(plaintext, now, 1)
             while len(self._entries) > self.max_entries:
                 self._evict(next(iter(self._entries)))

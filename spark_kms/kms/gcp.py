@@ -63,6 +63,7 @@ from spark_kms.errors import (
 from spark_kms.kms.base import DATA_KEY_BYTES, DataKey, KeyDescription, KmsProvider, WrappedKey
 
 try:
+    import google.auth.exceptions
     import grpc
     from google.api_core import exceptions as gexc
     from google.api_core import retry as gretry
@@ -231,6 +232,13 @@ class GcpKmsProvider(KmsProvider):
             ) from exc
         except gexc.GoogleAPICallError as exc:
             raise _translate(exc, operation, key_id) from exc
+        except google.auth.exceptions.GoogleAuthError as exc:
+            # Credentials are found or refreshed lazily (client build, first RPC): no usable ones is a denial.
+            raise AccessDeniedError(
+                f"Cloud KMS {operation} on key {key_id}: no usable Google credentials ({type(exc).__name__}); "
+                "set credentials_file or access_token, or configure Application Default Credentials",
+                key_id=key_id, operation=operation,
+            ) from exc
 
     # -- the protocol ---------------------------------------------------------------------
     def _generate_data_key(self, encryption_context: dict[str, str]) -> DataKey:

@@ -37,6 +37,7 @@ from spark_kms.crypto import (
     AES_256_SIV,
     DEFAULT_MAX_CELLS_PER_DEK,
     HMAC_SHA256_BIDX,
+    MAX_CELLS_PER_DEK_LIMIT,
     BlindIndexer,
     CellEncryptor,
     ColumnSpec,
@@ -167,9 +168,14 @@ class BatchEncryptor:
     ) -> None:
         if not isinstance(spec, EncryptionSpec):
             raise ConfigurationError(f"spec must be an EncryptionSpec, got {type(spec).__name__}")
-        if not isinstance(max_cells_per_dek, int) or not 1 <= max_cells_per_dek <= DEFAULT_MAX_CELLS_PER_DEK:
+        # Checked here, before any KMS call, against the same ceiling CellEncryptor enforces (FORMAT.md section 4).
+        if (
+            isinstance(max_cells_per_dek, bool)
+            or not isinstance(max_cells_per_dek, int)
+            or not 1 <= max_cells_per_dek <= MAX_CELLS_PER_DEK_LIMIT
+        ):
             raise ConfigurationError(
-                f"max_cells_per_dek must be an integer from 1 to {DEFAULT_MAX_CELLS_PER_DEK}, got {max_cells_per_dek!r}"
+                f"max_cells_per_dek must be an integer from 1 to 2**32 (default 2**28), got {max_cells_per_dek!r}"
             )
         if deterministic_entry is not None and deterministic_entry.algorithm != AES_256_SIV:
             raise ConfigurationError(

@@ -126,10 +126,16 @@ class DekResolver:
         # new key version is a different entry, costing one more Decrypt, never a wrong key.
         # The provider identity keeps principals apart: a key one principal unwrapped is
         # never served from the cache to another (the KMS policy and audit log see each).
-        return cache.get_or_load(
-            ("spark_kms.dek", entry.dek_id, entry.wrapped_dek, self._provider(entry.key_uri).cache_identity()),
-            lambda: self._unwrap(entry, self.where if where is None else where),
+        # The encryption context is part of the key too: the KMS checks it on unwrap, so an
+        # entry whose context was changed must go back to the KMS and fail there.
+        cache_key = (
+            "spark_kms.dek",
+            entry.dek_id,
+            entry.wrapped_dek,
+            tuple(sorted(entry.encryption_context.items())),
+            self._provider(entry.key_uri).cache_identity(),
         )
+        return cache.get_or_load(cache_key, lambda: self._unwrap(entry, self.where if where is None else where))
 
     def _provider(self, key_uri: str) -> KmsProvider:
         provider = self._providers.get(key_uri)

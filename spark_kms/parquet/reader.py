@@ -165,6 +165,24 @@ def _check_columns(columns: Sequence[str] | None, available: list[str], where: s
     return columns
 
 
+def _file_key_table(pf: pq.ParquetFile, path: str) -> KeyTable:
+    """The footer's key table with the dataset manifest's entries applied (no KMS call)."""
+    table = _table_from_metadata(pf.metadata.metadata, path)
+    overrides = read_manifest(dataset_root_of(path))
+    return table.with_overrides(overrides) if overrides else table
+
+
+def _decrypted_batches(
+    pf: pq.ParquetFile, path: str, chosen: list[str] | None, decryptor: BatchDecryptor, batch_size: int
+) -> Iterator[pa.RecordBatch]:
+    where = f"file {path}"
+    offset = 0
+    for batch in pf.iter_batches(batch_size=batch_size, columns=chosen):
+        at = where if offset == 0 else f"{where} (batch from row {offset})"
+        yield decryptor.decrypt_batch(batch, where=at)
+        offset += batch.num_rows
+
+
 def iter_decrypted_batches(
     path: PathLike,
     columns: Sequence[str] | None = None,
@@ -181,34 +199,24 @@ def iter_decrypted_batches(
     """
     local = local_path(path)
     pf = _parquet_file(local)
-    where = f"file {local}"
-    chosen = _check_columns(columns, pf.schema_arrow.names, where)
+    chosen = _check_columns(columns, pf.schema_arrow.names, f"file {local}")
     if key_table is None:
-        key_table = _table_from_metadata(pf.metadata.metadata, local)
-        overrides = read_manifest(dataset_root_of(local))
-        if overrides:
-            key_table = key_table.with_overrides(overrides)
+        key_table = _file_key_table(pf, local)
     decryptor = BatchDecryptor(key_table, kms_options=kms_options)
-    offset = 0
-    for batch in pf.iter_batches(batch_size=batch_size, columns=chosen):
-        at = where if offset == 0 else f"{where} (batch from row {offset})"
-        yield decryptor.decrypt_batch(batch, where=at)
-        offset += batch.num_rows
+    yield from _decrypted_batches(pf, local, chosen, decryptor, batch_size)
 
 
 def _file_table(
     path: str, columns: list[str] | None, kms_options: KmsOptions | None
 ) -> pa.Table:
+    # One open and one footer parse per file: the schema and the batches share them.
     pf = _parquet_file(path)
     chosen = _check_columns(columns, pf.schema_arrow.names, f"file {path}")
-    table = _table_from_metadata(pf.metadata.metadata, path)
-    overrides = read_manifest(dataset_root_of(path))
-    if overrides:
-        table = table.with_overrides(overrides)
-    schema = BatchDecryptor(table).plaintext_schema(pf.schema_arrow)
+    decryptor = BatchDecryptor(_file_key_table(pf, path), kms_options=kms_options)
+    schema = decryptor.plaintext_schema(pf.schema_arrow)
     if chosen is not None:
         schema = pa.schema([schema.field(c) for c in chosen], metadata=schema.metadata)
-    batches = list(iter_decrypted_batches(path, chosen, kms_options=kms_options, key_table=table))
+    batches = list(_decrypted_batches(pf, path, chosen, decryptor, DEFAULT_BATCH_ROWS))
     return pa.Table.from_batches(batches, schema=schema)
 
 

@@ -196,9 +196,18 @@ def test_bad_specs(kwargs: dict, match: str) -> None:
         EncryptionSpec(**kwargs)
 
 
-def test_bad_encryptor_options(kms: Kms) -> None:
+@pytest.mark.parametrize("max_cells", [0, 2**32 + 1, True, 10.0])
+def test_bad_encryptor_options(kms: Kms, max_cells: object) -> None:
     with pytest.raises(ConfigurationError, match="max_cells_per_dek"):
-        BatchEncryptor(EncryptionSpec(columns=["a"]), kms.provider, max_cells_per_dek=0)
+        BatchEncryptor(EncryptionSpec(columns=["a"]), kms.provider, max_cells_per_dek=max_cells)  # type: ignore[arg-type]
+
+
+def test_max_cells_per_dek_takes_the_documented_ceiling(kms: Kms) -> None:
+    # docs/FORMAT.md section 4: the default is 2**28, the configurable ceiling 2**32.
+    batch = pa.record_batch({"a": ["x", "y"]})
+    with BatchEncryptor(EncryptionSpec(columns=["a"]), kms.provider, max_cells_per_dek=2**32) as enc:
+        enc.encrypt_batch(batch)
+        assert enc._cell is not None and enc._cell.max_cells == 2**32 and enc.kms_calls == 1
 
 
 def test_writer_refuses_a_batch_of_another_schema(kms: Kms, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from spark_kms.crypto import AES_256_GCM, AES_256_SIV, HMAC_SHA256_BIDX, dek_id_from_hex, parse_cell_header
-from spark_kms.errors import AccessDeniedError, ConfigurationError, KeyStateError
+from spark_kms.errors import AccessDeniedError, ConfigurationError, InvalidCiphertextError, KeyStateError
 from spark_kms.kms import kms_call_counts, process_dek_cache, provider_from_uri
 from spark_kms.parquet import (
     BatchDecryptor,
@@ -241,3 +241,21 @@ def test_cached_data_key_is_not_served_to_another_principal(kms: Kms, tmp_path: 
     assert "123-45-6789" not in str(err.value)
     denied = [e for e in _ops(kms, "Decrypt") if e["principal"] == "intern"]
     assert [e["outcome"] for e in denied] == ["AccessDeniedError"]
+
+
+def test_cached_data_key_is_not_served_for_another_encryption_context(kms: Kms, tmp_path: Path) -> None:
+    # The KMS binds a wrapped key to its encryption context; a key table entry whose context
+    # was changed must be refused by the KMS, not answered from a warm cache.
+    path = tmp_path / "f.parquet"
+    schema = pa.schema([("ssn", pa.string())])
+    with EncryptedParquetWriter(path, schema, EncryptionSpec(columns=["ssn"]), kms.provider,
+                                encryption_context={"dataset": "users"}) as w:
+        w.write_batch(pa.record_batch({"ssn": ["123-45-6789"]}, schema=schema))
+    (entry,) = read_key_table(path).deks.values()
+    DekResolver({entry.dek_id: entry}, kms_options=kms.options).lookup(entry.dek_id_bytes)  # warm the cache
+    forged = entry.replace(encryption_context={"dataset": "payroll"})
+    resolver = DekResolver({entry.dek_id: forged}, kms_options=kms.options)
+    with pytest.raises(InvalidCiphertextError) as info:
+        resolver.lookup(entry.dek_id_bytes)
+    assert entry.dek_id in str(info.value) and resolver.kms_calls == 1
+    assert [e["outcome"] for e in _ops(kms, "Decrypt")] == ["ok", "InvalidCiphertextError"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pickle
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +187,20 @@ def test_unreachable_endpoint_is_kms_unavailable() -> None:
     with pytest.raises(KmsUnavailableError) as info:
         provider.generate_data_key(CTX)
     assert info.value.operation == "GenerateDataKey"
+
+
+def test_a_missing_profile_is_a_configuration_error_not_a_botocore_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client is built lazily inside the first call; what fails there must still come out as
+    # a spark_kms error that says what to fix.
+    config = tmp_path / "aws_config"
+    config.write_text("[profile other]\nregion = us-east-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no_credentials"))
+    provider = AwsKmsProvider(
+        f"aws-kms://arn:aws:kms:us-east-1:123456789012:key/{KEY_UUID}",
+        profile="no-such-profile", endpoint_url="http://127.0.0.1:9",
+    )
+    with pytest.raises(ConfigurationError, match="profile"):
+        provider.generate_data_key(CTX)

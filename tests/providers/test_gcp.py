@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Iterator
+from pathlib import Path
 
 import google_crc32c
 import pytest
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 import spark_kms.kms.gcp as gcp_module
 from spark_kms.errors import (
+    AccessDeniedError,
     ConfigurationError,
     InvalidCiphertextError,
     KeyStateError,
@@ -198,3 +200,15 @@ def test_retry_off_fails_on_the_first_throttle(gcp: GcpKmsHarness) -> None:
         assert gcp.throttled_requests() == 1
     finally:
         gcp.throttle(0, 1)
+
+
+def test_missing_credentials_are_access_denied_not_a_google_auth_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Application Default Credentials are looked up lazily, inside the first call; a file that
+    # is not there fails before any network traffic and must surface as a spark_kms error.
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    provider = GcpKmsProvider(f"gcp-kms://{KEY}", retry=0)
+    with pytest.raises(AccessDeniedError, match="credentials") as info:
+        provider.generate_data_key(CTX)
+    assert info.value.operation == "GenerateDataKey" and info.value.key_id == KEY

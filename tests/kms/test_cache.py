@@ -1,0 +1,57 @@
+"""The per-process cache of unwrapped data keys: expiry, bounds, and wiping what it drops."""
+
+from __future__ import annotations
+
+from spark_kms.kms import DataKeyCache
+
+KEY_A = bytes(range(32))
+KEY_B = bytes(range(1, 33))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_hit_makes_no_load_and_expired_entries_are_wiped_and_reloaded() -> None:
+    clock = Clock()
+    cache = DataKeyCache(ttl=10.0, clock=clock)
+    loads: list[bytes] = []
+
+    def load() -> bytes:
+        loads.append(KEY_A)
+        return KEY_A
+
+    assert cache.get_or_load("k", load) == KEY_A
+    held = cache._entries["k"].key
+    assert cache.get_or_load("k", load) == KEY_A and len(loads) == 1
+    clock.now = 11.0
+    assert cache.get_or_load("k", load) == KEY_A and len(loads) == 2
+    assert held == bytearray(32)  # the expired copy was zeroed, not just dropped
+
+
+def test_max_entries_evicts_the_least_recently_used_and_wipes_it() -> None:
+    cache = DataKeyCache(max_entries=1)
+    cache.get_or_load("a", lambda: KEY_A)
+    held = cache._entries["a"].key
+    cache.get_or_load("b", lambda: KEY_B)
+    assert list(cache._entries) == ["b"] and held == bytearray(32)
+
+
+def test_a_racing_loader_leaves_no_unwiped_copy_behind() -> None:
+    # Two threads missing the same key both load it (the load runs outside the lock); the
+    # copy that loses the race must be wiped like any other evicted key, not left to the GC.
+    cache = DataKeyCache()
+    dropped: list[bytearray] = []
+
+    def slow_load() -> bytes:
+        cache.get_or_load("k", lambda: KEY_A)  # the other thread finishes first
+        dropped.append(cache._entries["k"].key)
+        return KEY_A
+
+    assert cache.get_or_load("k", slow_load) == KEY_A
+    assert len(cache) == 1 and cache._entries["k"].key == bytearray(KEY_A)
+    assert dropped[0] is not cache._entries["k"].key and dropped[0] == bytearray(32)
