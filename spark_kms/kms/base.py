@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from spark_kms.errors import ConfigurationError
+from spark_kms.errors import ConfigurationError, InvalidCiphertextError, KmsError
 
 __all__ = [
     "DataKey",
@@ -212,7 +212,10 @@ class KmsProvider(ABC):
         _count(self.scheme, "GenerateDataKey")
         key = self._generate_data_key(ctx)
         if len(key.plaintext) != DATA_KEY_BYTES:
-            raise ConfigurationError(f"{self.key_uri}: the KMS returned a data key of {len(key.plaintext)} bytes")
+            size = len(key.plaintext)
+            key.wipe()
+            raise KmsError(f"{self.key_uri}: the KMS returned a data key of {size} bytes, not {DATA_KEY_BYTES}",
+                           key_id=key.wrapped.key_id, operation="GenerateDataKey")
         return key
 
     def decrypt_data_key(
@@ -221,7 +224,14 @@ class KmsProvider(ABC):
         """Unwrap a data key. ``wrapped.key_id`` says which key wrapped it."""
         ctx = canonical_context(encryption_context)
         _count(self.scheme, "Decrypt")
-        return bytearray(self._decrypt(wrapped, ctx))
+        plaintext = bytearray(self._decrypt(wrapped, ctx))
+        if len(plaintext) != DATA_KEY_BYTES:
+            size = len(plaintext)
+            plaintext[:] = bytes(size)
+            raise InvalidCiphertextError(
+                f"{self.key_uri}: key {wrapped.key_id} version {wrapped.key_version} unwrapped to {size} bytes, "
+                f"not a {DATA_KEY_BYTES}-byte data key", key_id=wrapped.key_id, operation="Decrypt")
+        return plaintext
 
     def encrypt(self, plaintext: bytes, encryption_context: Mapping[str, str] | None = None) -> WrappedKey:
         """Encrypt a small payload (at most 4 KiB) under this provider's key."""

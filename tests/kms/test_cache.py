@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from spark_kms.kms import DataKeyCache
 
 KEY_A = bytes(range(32))
@@ -55,3 +57,19 @@ def test_a_racing_loader_leaves_no_unwiped_copy_behind() -> None:
     assert cache.get_or_load("k", slow_load) == KEY_A
     assert len(cache) == 1 and cache._entries["k"].key == bytearray(KEY_A)
     assert dropped[0] is not cache._entries["k"].key and dropped[0] == bytearray(32)
+
+
+def test_a_wrapped_payload_that_is_not_a_data_key_is_refused_by_decrypt_data_key(tmp_path) -> None:
+    # A small payload encrypted under the key unwraps fine with decrypt(), but it is not a
+    # 32-byte data key: decrypt_data_key must not hand it to a cipher as one.
+    from spark_kms.errors import InvalidCiphertextError
+    from spark_kms.kms import provider_from_uri
+    from spark_kms.kms.local import LocalKms
+
+    LocalKms(tmp_path / "ks").create_key(alias="alias/pii")
+    provider = provider_from_uri("local://alias/pii", keystore=str(tmp_path / "ks"))
+    wrapped = provider.encrypt(b"sixteen byte msg", {"purpose": "test"})
+    assert provider.decrypt(wrapped, {"purpose": "test"}) == b"sixteen byte msg"
+    with pytest.raises(InvalidCiphertextError, match="16 bytes, not a 32-byte data key") as info:
+        provider.decrypt_data_key(wrapped, {"purpose": "test"})
+    assert "sixteen" not in str(info.value)
