@@ -44,8 +44,8 @@ from spark_kms.crypto import (
     KeyTable,
     parse_cell_header,
 )
-from spark_kms.crypto.cell import GCM_NONCE_BYTES, GCM_TAG_BYTES
-from spark_kms.errors import ConfigurationError, MissingExtraError
+from spark_kms.crypto.cell import BIDX_CELL_BYTES, GCM_NONCE_BYTES, GCM_OVERHEAD, GCM_TAG_BYTES, SIV_OVERHEAD
+from spark_kms.errors import ConfigurationError, MalformedCellError, MissingExtraError
 
 __all__ = [
     "DEFAULT_MASK_WIDTH",
@@ -271,8 +271,19 @@ class CellFields:
     parts: tuple[tuple[str, bytes], ...]
 
 
+# algorithm -> (minimum cell length, exact length or None): a shorter cell has no room for its fields
+_CELL_LENGTHS = {AES_256_GCM: (GCM_OVERHEAD, None), AES_256_SIV: (SIV_OVERHEAD, None),
+                 HMAC_SHA256_BIDX: (BIDX_CELL_BYTES, BIDX_CELL_BYTES)}
+
+
 def _cell_fields(cell: bytes, where: str) -> CellFields:
     header = parse_cell_header(cell, where=where)
+    minimum, exact = _CELL_LENGTHS.get(header.algorithm, (HEADER_BYTES, None))
+    if len(cell) < minimum or (exact is not None and len(cell) != exact):
+        rule = f"exactly {exact}" if exact is not None else f"at least {minimum}"
+        raise MalformedCellError(
+            f"{header.algorithm} cell of {len(cell)} bytes, the format needs {rule}{f' ({where})' if where else ''}"
+        )
     body = bytes(cell[HEADER_BYTES:])
     if header.algorithm == AES_256_GCM:
         parts = [("nonce", body[:GCM_NONCE_BYTES]), ("ciphertext", body[GCM_NONCE_BYTES:-GCM_TAG_BYTES]),
@@ -294,7 +305,8 @@ class CellView:
 
     :param cell: the stored bytes of one encrypted cell.
     :param where: where the cell came from (file, column), named in a MalformedCellError.
-    :raises MalformedCellError: the cell is shorter than its header or names an unknown algorithm.
+    :raises MalformedCellError: the cell is too short for its algorithm's fields (a blind index: not
+        exactly 25 bytes), or names an unknown algorithm.
     """
 
     def __init__(self, cell: bytes | bytearray | memoryview, *, where: str = "") -> None:

@@ -208,6 +208,22 @@ def test_cell_view_of_a_malformed_cell_says_where() -> None:
         display.view(b"\x1f" + bytes(20))  # unknown algorithm id
 
 
+@pytest.mark.parametrize(
+    ("cell", "rule"),
+    [
+        (b"\x11" + bytes(8) + bytes(27), "at least 37"),  # GCM: no room for nonce + tag
+        (b"\x12" + bytes(8) + bytes(15), "at least 25"),  # SIV: no room for the synthetic IV
+        (b"\x13" + bytes(8) + bytes(15), "exactly 25"),  # blind index: a truncated tag
+        (b"\x13" + bytes(8) + bytes(17), "exactly 25"),  # blind index: trailing bytes
+    ],
+)
+def test_cell_view_refuses_a_cell_too_short_for_its_fields(cell: bytes, rule: str) -> None:
+    # Sliced without a length check, a short GCM cell showed a 12-byte "tag" overlapping its
+    # "nonce", i.e. a layout the cell does not have.
+    with pytest.raises(MalformedCellError, match=f"{len(cell)} bytes, the format needs {rule} \\(f.parquet\\)"):
+        display.CellView(cell, where="f.parquet")
+
+
 def test_view_rejects_what_it_cannot_show() -> None:
     with pytest.raises(ConfigurationError, match="KeyTable"):
         display.view(42)

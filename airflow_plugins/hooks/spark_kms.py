@@ -44,6 +44,7 @@ __all__ = [
     "SparkKmsGcpHook",
     "SparkKmsHook",
     "SparkKmsVaultHook",
+    "mask_option_secrets",
 ]
 
 #: connection type -> the key-URI scheme it serves
@@ -55,6 +56,27 @@ CONN_TYPE_SCHEMES: dict[str, str] = {
     "spark_kms_vault": "vault",
 }
 DEFAULT_LOCAL_KEY_URI = "local://alias/pii"
+#: provider options whose values are secrets, whatever the scheme
+SECRET_OPTION_NAMES = frozenset(
+    {"root_key", "aws_secret_access_key", "aws_session_token", "access_token", "client_secret", "token", "secret_id"}
+)
+
+
+def mask_option_secrets(kms_options: Mapping[str, Any] | None) -> None:
+    """Register the secret values of ``{scheme: options}`` with Airflow's secrets masker.
+
+    Operators call it on their rendered ``kms_options``: Airflow redacts rendered template
+    fields (stored in its database, shown in the UI) and logs by key name, and a name such as
+    ``root_key`` is not one it knows; a registered value is masked wherever it appears.
+    """
+    from airflow.sdk.log import mask_secret
+
+    for options in (kms_options or {}).values():
+        if not isinstance(options, Mapping):
+            continue
+        for name, value in options.items():
+            if name in SECRET_OPTION_NAMES and value:
+                mask_secret(value if isinstance(value, str) else repr(value))
 
 
 def _extra(conn: Connection, name: str) -> Any:

@@ -141,6 +141,13 @@ class SparkKmsBaseOperator(BaseOperator):
         self.job_run_id = job_run_id
         self.asset_alias = asset_alias
 
+    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
+        super().render_template_fields(context, jinja_env)
+        # Before Airflow stores the rendered fields: a root key passed in kms_options is masked too.
+        from airflow_plugins.hooks.spark_kms import mask_option_secrets
+
+        mask_option_secrets(self.kms_options)
+
     # -- shared plumbing -----------------------------------------------------------------
     def _hook(self, key_uri: str | None = None) -> Any:
         from airflow_plugins.hooks.spark_kms import SparkKmsHook

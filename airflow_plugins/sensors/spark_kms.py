@@ -53,6 +53,12 @@ class DatasetRotationSensor(BaseSensorOperator):
         self.kms_conn_id = kms_conn_id
         self.kms_options = kms_options
 
+    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
+        super().render_template_fields(context, jinja_env)
+        from airflow_plugins.hooks.spark_kms import mask_option_secrets
+
+        mask_option_secrets(self.kms_options)  # before Airflow stores the rendered fields
+
     def _kms_options(self) -> dict[str, dict[str, Any]]:
         options: dict[str, dict[str, Any]] = {}
         if self.kms_conn_id:

@@ -87,6 +87,14 @@ def _console() -> Any:
     return Console(width=None if sys.stdout.isatty() else 200, highlight=False)
 
 
+def _row(*values: Any, style: str | None = None) -> list[Any]:
+    """Table cells as plain text: descriptions, principals and contexts are user data, and rich
+    would read ``[...]`` in them as markup (hiding text, or failing on an unmatched ``[/...]``)."""
+    from rich.text import Text
+
+    return [Text(str(v), style=style or "") for v in values]
+
+
 def _echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
@@ -160,16 +168,16 @@ def list_(ctx: click.Context, as_json: bool) -> None:
         table.add_column(col, no_wrap=col == "Key id")
     for d in descs:
         period = d.extra.get("rotation_period_days")
-        table.add_row(
+        table.add_row(*_row(
             d.key_id,
             ", ".join(d.extra.get("aliases", [])),
-            str(d.extra.get("spec")),
+            d.extra.get("spec"),
             d.state,
             d.primary_version or "-",
             " ".join(f"{v}:{s}" for v, s in d.versions.items()),
             f"every {period}d" if period else "on demand",
-            str(d.extra.get("description", "")),
-        )
+            d.extra.get("description", ""),
+        ))
     _console().print(table)
 
 
@@ -189,13 +197,13 @@ def describe(ctx: click.Context, key: str, as_json: bool) -> None:
     table = Table(title=f"Key {d.key_id}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
-    table.add_row("State", d.state)
-    table.add_row("Primary version", d.primary_version or "-")
-    table.add_row("Versions", " ".join(f"{v}:{s}" for v, s in d.versions.items()))
+    table.add_row(*_row("State", d.state))
+    table.add_row(*_row("Primary version", d.primary_version or "-"))
+    table.add_row(*_row("Versions", " ".join(f"{v}:{s}" for v, s in d.versions.items())))
     for name, value in d.extra.items():
         if isinstance(value, (dict, list)):
             value = json.dumps(value, sort_keys=True)
-        table.add_row(name.replace("_", " ").capitalize(), "-" if value in (None, "") else str(value))
+        table.add_row(*_row(name.replace("_", " ").capitalize(), "-" if value in (None, "") else value))
     _console().print(table)
 
 
@@ -390,12 +398,14 @@ def audit(ctx: click.Context, key: str | None, limit: int | None, as_json: bool)
     for e in events:
         outcome = e.get("outcome", "")
         table.add_row(
-            e.get("time", ""),
-            e.get("principal", ""),
-            e.get("operation", ""),
-            e.get("key_id") or "-",
-            e.get("key_version") or "-",
-            json.dumps(e.get("encryption_context") or {}, sort_keys=True),
-            outcome if outcome == "ok" else f"[red]{outcome}[/red]",
+            *_row(
+                e.get("time", ""),
+                e.get("principal", ""),
+                e.get("operation", ""),
+                e.get("key_id") or "-",
+                e.get("key_version") or "-",
+                json.dumps(e.get("encryption_context") or {}, sort_keys=True),
+            ),
+            *_row(outcome, style=None if outcome == "ok" else "red"),
         )
     _console().print(table)

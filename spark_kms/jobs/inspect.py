@@ -313,32 +313,37 @@ def needs_rotation(
 
 
 def render_inspection(inspection: DatasetInspection) -> Any:
-    """A rich renderable (tables) of an inspection, for the CLI."""
+    """A rich renderable (tables) of an inspection, for the CLI. Paths, key URIs and error
+    messages are shown as plain text, never read as rich markup."""
     from rich.console import Group
+    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
+
+    def row(*values: Any) -> list[Text]:
+        return [Text(str(v)) for v in values]
 
     status = {True: "[green]up to date[/]", False: f"[yellow]{len(inspection.behind_files)} file(s) behind[/]",
               None: "[red]unknown (a key could not be described)[/]"}[inspection.up_to_date]
     head = Text.from_markup(
-        f"[bold]{inspection.path}[/]: {inspection.rows} rows, {len(inspection.files)} files, "
+        f"[bold]{escape(inspection.path)}[/]: {inspection.rows} rows, {len(inspection.files)} files, "
         f"{len(inspection.deks)} data keys, {inspection.manifest_entries} manifest entries; rotation: {status}"
     )
     keys = Table(title="Keys")
     for h in ("key URI", "key id", "primary", "state", "DEKs", "behind"):
         keys.add_column(h)
     for k in inspection.keys:
-        keys.add_row(k.key_uri, k.key_id or "-", k.primary_version or "-", k.state or (k.error or "-"),
-                     str(k.deks), "?" if k.deks_behind is None else str(k.deks_behind))
+        keys.add_row(*row(k.key_uri, k.key_id or "-", k.primary_version or "-", k.state or (k.error or "-"),
+                          k.deks, "?" if k.deks_behind is None else k.deks_behind))
     columns = Table(title="Encrypted columns")
     for h in ("column", "algorithm", "type", "indexes"):
         columns.add_column(h)
     for c in inspection.columns:
-        columns.add_row(c.name, c.algorithm, c.arrow_type, c.source or "")
+        columns.add_row(*row(c.name, c.algorithm, c.arrow_type, c.source or ""))
     files = Table(title="Files")
     for h in ("file", "rows", "bytes", "DEKs", "key versions", "behind"):
         files.add_column(h)
     for f in inspection.files:
-        files.add_row(f.path, str(f.rows), str(f.size), str(len(f.dek_ids)), _versions_text(f.key_versions),
+        files.add_row(*row(f.path, f.rows, f.size, len(f.dek_ids), _versions_text(f.key_versions)),
                       {True: "[yellow]yes[/]", False: "no", None: "?"}[f.behind])
     return Group(head, keys, columns, files)

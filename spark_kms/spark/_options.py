@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, overload
 
 from spark_kms.errors import ConfigurationError
 
@@ -51,6 +51,24 @@ def _parse_json_object(name: str, value: str | None) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise ConfigurationError(f"option {name} must be a JSON object, got {type(parsed).__name__}")
     return parsed
+
+
+@overload
+def _positive_int(opts: Mapping[str, str], name: str, default: int) -> int: ...
+@overload
+def _positive_int(opts: Mapping[str, str], name: str, default: None) -> int | None: ...
+def _positive_int(opts: Mapping[str, str], name: str, default: int | None) -> int | None:
+    """Option ``name`` as a positive integer, ``default`` when unset."""
+    text = opts.get(name)
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigurationError(f"option {name} must be a positive integer, got {text!r}")
+    return value
 
 
 def _local_path(path: str) -> str:

@@ -22,6 +22,7 @@ from spark_kms.spark._options import (
     _HIVE_NULL,
     _local_path,
     _parse_json_object,
+    _positive_int,
 )
 
 # -- reading: spark.read.format("spark_kms") ---------------------------------------------
@@ -65,19 +66,6 @@ class _ScanOptions:
         return _DatasetPlan.build(self.path)
 
 
-def _positive_int(opts: Mapping[str, str], name: str, default: int) -> int:
-    text = opts.get(name)
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ConfigurationError(f"option {name} must be a positive integer, got {text!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class _DataFile:
     """One data file as the driver saw its footer: wrapped keys only, no cell."""
@@ -100,6 +88,7 @@ class _DatasetPlan:
     files: tuple[_DataFile, ...]
     stored_schema: pa.Schema  # the first file's schema, as stored (encrypted columns binary)
     plaintext_types: dict[str, pa.DataType]  # encrypted (decryptable) column -> plaintext Arrow type
+    key_table_columns: frozenset[str]  # every column a key table describes: encrypted and blind indexes
     partition_columns: tuple[str, ...]
     partition_types: tuple[Any, ...]  # Spark DataTypes, inferred like Spark's partition discovery
 
@@ -158,7 +147,7 @@ class _DatasetPlan:
         types = tuple(
             _infer_partition_type([f.partition_values[i] for f in files]) for i in range(len(partition_columns))
         )
-        return cls(root, tuple(files), stored, plaintext, partition_columns, types)
+        return cls(root, tuple(files), stored, plaintext, frozenset(merged.columns), partition_columns, types)
 
     def spark_schema(self) -> Any:
         """The default schema: stored columns (encrypted ones at their plaintext types, blind
@@ -300,6 +289,9 @@ class SparkKmsReader(DataSourceReader):
         }
         self.stored_columns = [n for n in names if n not in plan.partition_columns]
         self.encrypted_columns = [n for n in self.stored_columns if n in plan.plaintext_types]
+        # Encrypted and blind-index columns: their stored cells say nothing about the plaintext,
+        # so no filter on them is pushed. Derived once from the plan, not per filter and file.
+        self.key_table_columns = plan.key_table_columns
         self.row_filters: list[Any] = []  # pyarrow expressions on stored plain columns (pushdown)
         self.row_filter_columns: set[str] = set()
         self.partition_filters: list[Any] = []  # pyarrow expressions on hive partition columns
@@ -447,21 +439,12 @@ class SparkKmsFilteringReader(SparkKmsReader):
         column = attribute[0]
         if column in self.partition_columns:
             t, is_partition = self._partition_filter_type(column), True
-        elif column in self.files[0].arrow_schema.names and column not in self._not_plain():
+        elif column in self.files[0].arrow_schema.names and column not in self.key_table_columns:
             t, is_partition = self.files[0].arrow_schema.field(column).type, False
         else:
             return None
         expr = _filter_expression(f, t)
         return None if expr is None else (expr, column, is_partition)
-
-    def _not_plain(self) -> set[str]:
-        from spark_kms.crypto import KeyTable
-
-        # Encrypted and blind-index columns: their stored cells say nothing about the plaintext.
-        out: set[str] = set()
-        for f in self.files:
-            out.update(KeyTable.from_json(f.key_table, where=f"file {f.path}").columns)
-        return out
 
 
 def _pushable_type(t: pa.DataType) -> bool:

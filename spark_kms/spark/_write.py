@@ -35,6 +35,7 @@ from spark_kms.spark._options import (
     _local_path,
     _parse_blind_index,
     _parse_json_object,
+    _positive_int,
     _scheme,
     _split_list,
 )
@@ -103,7 +104,7 @@ class SparkKmsWriter(DataSourceArrowWriter):
         user_ctx = _parse_json_object("encryption_context", opts.get("encryption_context"))
         if any(not isinstance(v, str) for v in user_ctx.values()):
             raise ConfigurationError("option encryption_context must map strings to strings")
-        self.max_cells_per_dek = int(opts["max_cells_per_dek"]) if opts.get("max_cells_per_dek") else None
+        self.max_cells_per_dek = _positive_int(opts, "max_cells_per_dek", None)
         self.result_file = opts.get(_RESULT_OPTION) or None
 
         names = list(schema.fieldNames())

@@ -51,19 +51,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from spark_kms._atomic import atomic_write_bytes
 from spark_kms.crypto import (
     AES_256_GCM,
     AES_256_SIV,
     DEFAULT_MAX_CELLS_PER_DEK,
+    DEK_ID_BYTES,
     HMAC_SHA256_BIDX,
     BlindIndexer,
     ColumnSpec,
     DekEntry,
     KeyTable,
     dek_id_from_hex,
-    parse_cell_header,
 )
 from spark_kms.errors import ConfigurationError, DecryptionError
 from spark_kms.parquet._types import encode_values, parse_arrow_type
@@ -246,20 +247,17 @@ def decrypt_udf(
     return _arrow_udf(kms_decrypt_cells, spark_type, iterator=False)
 
 
-def _with_registry_entries(
-    table: KeyTable, key_registry: str | None, cells: pa.Array, column: str = ""
-) -> KeyTable:
-    """``table`` plus the registry entries of DEK ids in ``cells`` that the table lacks."""
+def _with_registry_entries(table: KeyTable, key_registry: str | None, cells: pa.Array) -> KeyTable:
+    """``table`` plus the registry entries of DEK ids in ``cells`` that the table lacks.
+
+    The DEK ids are read per batch with Arrow (bytes 1..8 of each cell, distinct values), not
+    per cell in Python; a cell too short to hold one is left to the decryptor, which names it.
+    """
     if not key_registry:
         return table
-    missing: set[str] = set()
-    for cell in cells.to_pylist():
-        if cell is None:
-            continue
-        dek_hex = parse_cell_header(cell, where=f"column '{column}', Spark UDF").dek_id.hex()
-        if dek_hex not in table.deks:
-            missing.add(dek_hex)
-    found = {h: e for h in sorted(missing) if (e := _registry_entry(key_registry, h)) is not None}
+    ids = pc.unique(pc.binary_slice(cells.drop_null(), 1, 1 + DEK_ID_BYTES)).to_pylist()
+    missing = sorted(h for h in (bytes(i).hex() for i in ids if len(i) == DEK_ID_BYTES) if h not in table.deks)
+    found = {h: e for h in missing if (e := _registry_entry(key_registry, h)) is not None}
     if not found:
         return table
     return KeyTable(deks={**table.deks, **found}, columns=dict(table.columns))
@@ -268,7 +266,7 @@ def _with_registry_entries(
 def _decrypt_array(
     table: KeyTable, options: dict[str, dict[str, Any]], key_registry: str | None, cells: pa.Array, column: str
 ) -> pa.Array:
-    table = _with_registry_entries(table, key_registry, cells, column)
+    table = _with_registry_entries(table, key_registry, cells)
     decryptor = BatchDecryptor(table, kms_options=options)
     return decryptor.decrypt_array(cells, column, where="Spark UDF")
 
@@ -316,6 +314,18 @@ def _encrypt_task(
         encryptor.close()
 
 
+def _encrypting_udf(name: str, **task: Any) -> Any:
+    """A SCALAR_ITER Arrow UDF (-> ``binary``) named ``name`` that runs :func:`_encrypt_task`
+    with ``task`` over each Spark task's batches."""
+    from pyspark.sql.types import BinaryType
+
+    def encrypt_cells(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
+        yield from _encrypt_task(batches, **task)
+
+    encrypt_cells.__name__ = encrypt_cells.__qualname__ = name  # the name Spark shows in plans
+    return _arrow_udf(encrypt_cells, BinaryType(), iterator=True)
+
+
 def encrypt_udf(
     column: str,
     key_uri: str,
@@ -336,28 +346,15 @@ def encrypt_udf(
 
     One GenerateDataKey per task, on its first non-empty batch.
     """
-    from pyspark.sql.types import BinaryType
-
     registry = _check_registry(key_registry)
     options = _kms_options(kms_options)
     provider_for_uri(key_uri, options)  # fail fast on the driver for a bad URI
     context = dict(encryption_context or {})
-
-    def kms_encrypt_cells(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
-        yield from _encrypt_task(
-            batches,
-            column=column,
-            spec=EncryptionSpec(columns=[column]),
-            output=column,
-            key_uri=key_uri,
-            options=options,
-            encryption_context=context,
-            key_registry=registry,
-            max_cells_per_dek=max_cells_per_dek,
-            deterministic_entry=None,
-        )
-
-    return _arrow_udf(kms_encrypt_cells, BinaryType(), iterator=True)
+    return _encrypting_udf(
+        "kms_encrypt_cells", column=column, spec=EncryptionSpec(columns=[column]), output=column,
+        key_uri=key_uri, options=options, encryption_context=context, key_registry=registry,
+        max_cells_per_dek=max_cells_per_dek, deterministic_entry=None,
+    )
 
 
 def _deterministic_entry(
@@ -387,28 +384,15 @@ def deterministic_udf(
     the driver (one GenerateDataKey), and shared by every task of this UDF. Pass the same
     entry to several UDFs (or jobs) to keep their cells joinable.
     """
-    from pyspark.sql.types import BinaryType
-
     registry = _check_registry(key_registry)
     options = _kms_options(kms_options)
     context = dict(encryption_context or {})
     entry = _deterministic_entry(key_uri, options, context, deterministic_entry)
-
-    def kms_encrypt_deterministic(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
-        yield from _encrypt_task(
-            batches,
-            column=column,
-            spec=EncryptionSpec(deterministic=[column]),
-            output=column,
-            key_uri=key_uri,
-            options=options,
-            encryption_context=context,
-            key_registry=registry,
-            max_cells_per_dek=DEFAULT_MAX_CELLS_PER_DEK,
-            deterministic_entry=entry,
-        )
-
-    return _arrow_udf(kms_encrypt_deterministic, BinaryType(), iterator=True)
+    return _encrypting_udf(
+        "kms_encrypt_deterministic", column=column, spec=EncryptionSpec(deterministic=[column]), output=column,
+        key_uri=key_uri, options=options, encryption_context=context, key_registry=registry,
+        max_cells_per_dek=DEFAULT_MAX_CELLS_PER_DEK, deterministic_entry=entry,
+    )
 
 
 def blind_index_udf(
@@ -427,29 +411,16 @@ def blind_index_udf(
     ``<column>_bidx``) with the same deterministic entry, so
     ``WHERE email_bidx = kms_blind_index('a@b.c', 'email')`` finds rows.
     """
-    from pyspark.sql.types import BinaryType
-
     registry = _check_registry(key_registry)
     options = _kms_options(kms_options)
     context = dict(encryption_context or {})
     entry = _deterministic_entry(key_uri, options, context, deterministic_entry)
     index_name = index_column or f"{column}_bidx"
-
-    def kms_blind_index_cells(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
-        yield from _encrypt_task(
-            batches,
-            column=column,
-            spec=EncryptionSpec(blind_index={column: index_name}),
-            output=index_name,
-            key_uri=key_uri,
-            options=options,
-            encryption_context=context,
-            key_registry=registry,
-            max_cells_per_dek=DEFAULT_MAX_CELLS_PER_DEK,
-            deterministic_entry=entry,
-        )
-
-    return _arrow_udf(kms_blind_index_cells, BinaryType(), iterator=True)
+    return _encrypting_udf(
+        "kms_blind_index_cells", column=column, spec=EncryptionSpec(blind_index={column: index_name}),
+        output=index_name, key_uri=key_uri, options=options, encryption_context=context, key_registry=registry,
+        max_cells_per_dek=DEFAULT_MAX_CELLS_PER_DEK, deterministic_entry=entry,
+    )
 
 
 # --------------------------------------------------------------------------- SQL
@@ -476,11 +447,20 @@ def _gather_key_table(datasets: Sequence[str | os.PathLike[str]], key_registry: 
     return table
 
 
-def _labels(args: tuple[pa.Array, ...]) -> list[str | None]:
-    """The per-row column labels of the optional trailing SQL argument."""
-    if len(args) < 2:
-        return []
-    return args[-1].to_pylist()
+_LABEL_RULE = "{name}: the column label argument must be the same on every row"
+
+
+def _constant_label(args: pa.Array | tuple[pa.Array, ...], name: str) -> str | None:
+    """The column label of the optional trailing SQL argument (None when absent or all null).
+
+    :raises ConfigurationError: the rows name different labels.
+    """
+    if not isinstance(args, tuple) or len(args) < 2:
+        return None
+    labels = pc.unique(args[-1].drop_null()).to_pylist()
+    if len(labels) > 1:
+        raise ConfigurationError(_LABEL_RULE.format(name=name))
+    return labels[0] if labels else None
 
 
 def _sql_decrypt(
@@ -492,10 +472,8 @@ def _sql_decrypt(
     args: tuple[pa.Array, ...],
 ) -> pa.Array:
     cells = args[0]
-    labels = {label for label in _labels(args) if label is not None}
-    if len(labels) > 1:
-        raise ConfigurationError("kms_decrypt: the column label argument must be the same on every row")
-    names = list(labels) or list(candidates)
+    label = _constant_label(args, "kms_decrypt")
+    names = [label] if label is not None else list(candidates)
     table = _with_registry_entries(table, key_registry, cells)
     failure: DecryptionError | None = None
     for name in names:
@@ -506,7 +484,7 @@ def _sql_decrypt(
         try:
             return decryptor.decrypt_array(cells, name, where="Spark SQL")
         except DecryptionError as exc:
-            if "unknown DEK" in str(exc) or labels:
+            if "unknown DEK" in str(exc) or label is not None:
                 raise
             failure = exc  # authenticated under another column label: try the next one
     raise DecryptionError(
@@ -590,17 +568,19 @@ def register_functions(
             first = next(pending, None)
             if first is None:
                 return
-            label = SQL_COLUMN
-            if isinstance(first, tuple) and len(first) > 1:
-                labels = {v for v in first[-1].to_pylist() if v is not None}
-                label = labels.pop() if len(labels) == 1 else SQL_COLUMN
+            label = _constant_label(first, "kms_encrypt") or SQL_COLUMN
 
-            def chained() -> Iterator[Any]:
+            def checked() -> Iterator[Any]:
                 yield first
-                yield from pending
+                for batch in pending:
+                    # Cells are bound to one label per task: a later batch naming another
+                    # label would get cells that never decrypt under the label it asked for.
+                    if _constant_label(batch, "kms_encrypt") not in (None, label):
+                        raise ConfigurationError(_LABEL_RULE.format(name="kms_encrypt"))
+                    yield batch
 
             yield from _encrypt_task(
-                chained(),
+                checked(),
                 column=label,
                 spec=EncryptionSpec(columns=[label]),
                 output=label,
@@ -634,9 +614,13 @@ def _sql_blind_index(
     if len(names) != 1:
         raise ConfigurationError("kms_blind_index(value, column): column must be one constant source column name")
     column = names.pop()
-    if key_registry and Path(key_registry).is_dir():
-        table = _lenient_merge(table, read_key_registry(key_registry))
-    entry = _blind_index_entry(table, column)
+    try:
+        entry = _blind_index_entry(table, column)
+    except ConfigurationError:
+        # Published after registration? Read the registry again -- only then, not per batch.
+        if not (key_registry and Path(key_registry).is_dir()):
+            raise
+        entry = _blind_index_entry(_lenient_merge(table, read_key_registry(key_registry)), column)
     resolver = DekResolver({entry.dek_id: entry}, kms_options=options, where="Spark SQL kms_blind_index")
     indexer = BlindIndexer(resolver.lookup(dek_id_from_hex(entry.dek_id)), dek_id_from_hex(entry.dek_id))
     try:

@@ -52,16 +52,13 @@ from spark_kms.crypto import (
 from spark_kms.errors import ConfigurationError
 from spark_kms.parquet.encryptor import BatchEncryptor, EncryptionSpec
 from spark_kms.parquet.keys import new_deterministic_entry, provider_for_uri
+from spark_kms.spark._options import KEYS_COLUMN
 from spark_kms.spark.functions import decrypt_udf
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame
 
 __all__ = ["KEYS_COLUMN", "ColumnDecryptor", "ColumnEncryptor", "merge_key_tables"]
-
-#: the string column holding each partition's KeyTable JSON
-KEYS_COLUMN = "_spark_kms_keys"
-
 
 def _json_object(value: Any) -> str:
     """Param converter: a mapping (or its JSON text) -> canonical JSON text of an object."""

@@ -207,6 +207,30 @@ def test_template_fields_are_set_and_render(airflow_db: object) -> None:
         ReencryptDatasetOperator(task_id="x", path="/p", mode="rotate")
 
 
+def test_rendered_kms_options_never_store_a_root_key(airflow_db: object) -> None:
+    # Airflow redacts rendered template fields (kept in its database, shown in the UI) by key
+    # name, and 'root_key' is not a name it knows: the operators register the value instead.
+    from airflow.sdk import DAG
+    from airflow.sdk._shared.secrets_masker import redact
+
+    from airflow_plugins.operators.spark_kms import ReencryptDatasetOperator
+    from airflow_plugins.sensors.spark_kms import DatasetRotationSensor
+
+    root_b64 = base64.b64encode(hashlib.sha256(b"rendered-root-key").digest()).decode()
+    sensor_root = base64.b64encode(hashlib.sha256(b"sensor-root-key").digest()).decode()
+    with DAG("masking", schedule=None, start_date=datetime(2025, 1, 1)):
+        op = ReencryptDatasetOperator(task_id="rew", path="/enc",
+                                      kms_options={"local": {"root_key": "{{ params.root }}", "keystore": "/k"}},
+                                      params={"root": root_b64})
+        sen = DatasetRotationSensor(task_id="sen", path="/enc", kms_options={"local": {"root_key": sensor_root}})
+    for task, secret in ((op, root_b64), (sen, sensor_root)):
+        task.render_template_fields({"params": task.params})
+        assert task.kms_options["local"]["root_key"] == secret  # the job still gets it
+        stored = json.dumps(redact(task.kms_options, "kms_options"))
+        assert secret not in stored and "***" in stored
+    assert "/k" in json.dumps(redact(op.kms_options, "kms_options"))  # only secrets are masked
+
+
 def test_spark_master_and_run_ids() -> None:
     from airflow.sdk import Connection
 

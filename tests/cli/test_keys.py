@@ -65,6 +65,16 @@ def test_create_list_describe(run, key_id, env):
     run("create", "--tag", "novalue", code=2)
 
 
+def test_user_text_is_shown_verbatim_not_as_rich_markup(run, env):
+    # Descriptions and principals are user data: "[/x]" used to crash `keys list` with a
+    # rich MarkupError, and "[bold]" vanished from the table.
+    key = run("create", "--description", "[/x] [bold]raw").strip()
+    assert "[/x] [bold]raw" in run("list")
+    assert "[/x] [bold]raw" in run("describe", key)
+    CliRunner().invoke(cli, ["keys", "--principal", "[/p]", "rotate", key], env=env)
+    assert "[/p]" in run("audit")
+
+
 def test_rotate_enable_disable(run, key_id, env):
     assert json.loads(run("rotate", "alias/pii", "--json"))["primary_version"] == "2"
     assert "new primary version 3" in run("rotate", key_id)

@@ -86,3 +86,22 @@ def test_needs_rotation_rejects_bad_arguments(dataset):
         needs_rotation(dataset.root, min_version="v2", kms_options=dataset.kms_options)
     with pytest.raises(ConfigurationError, match="does not exist"):
         inspect_dataset(dataset.root / "nope")
+
+
+def test_render_inspection_shows_paths_and_errors_verbatim():
+    # Paths, key URIs and KMS error messages are data: "[/x]" in one used to crash the CLI's
+    # table with a rich MarkupError, and "[b]" vanished.
+    from rich.console import Console
+
+    from spark_kms.jobs import render_inspection
+    from spark_kms.jobs.inspect import DatasetInspection, FileInspection, KeyInspection
+
+    insp = DatasetInspection(
+        path="/data/[/x]", rows=1, files=[FileInspection("p[/y].parquet", 1, 10, ["ab"], {}, None)], deks=[],
+        columns=[], keys=[KeyInspection("local://alias/[b]k", None, None, None, 1, None, error="E: [/z] denied")],
+        manifest_entries=0,
+    )
+    console = Console(record=True, width=300)
+    console.print(render_inspection(insp))
+    text = console.export_text()
+    assert all(s in text for s in ("/data/[/x]", "p[/y].parquet", "local://alias/[b]k", "E: [/z] denied"))

@@ -155,6 +155,10 @@ def test_rejects_bad_options_naming_what(spark, local_kms, tmp_path):
         write_encrypted(df, out, key_uri=key_uri, columns=[], kms_options=opts)
     with pytest.raises(ConfigurationError, match="mode must be"):
         write_encrypted(df, out, key_uri=key_uri, columns=["ssn"], mode="error", kms_options=opts)
+    # Was a bare ValueError from int() ("invalid literal"), naming no option.
+    with pytest.raises(Exception, match="option max_cells_per_dek must be a positive integer, got 'lots'"):
+        (df.write.format("spark_kms").option("key_uri", key_uri).option("columns", "ssn")
+         .option("kms_options", json.dumps(opts)).option("max_cells_per_dek", "lots").mode("overwrite").save(out))
     assert not (tmp_path / "ds").exists() or data_files(out) == []
 
 

@@ -290,6 +290,18 @@ def test_sql_functions_round_trip(spark: Any, local_kms: Any, tmp_path: Path) ->
     assert {r.id: r.raw for r in got} == {i: None if v is None else v.encode() for i, v in expected.items()}
 
 
+def test_sql_kms_encrypt_refuses_a_label_that_varies_by_row(spark: Any, local_kms: Any, tmp_path: Path) -> None:
+    # It used to bind every cell to the default label 'sql' when the rows named several
+    # labels, so kms_decrypt(cell, <the label asked for>) could never open them.
+    register_functions(spark, key_uri=local_kms.key_uri, key_registry=tmp_path / "registry",
+                       kms_options=local_kms.kms_options)
+    with pytest.raises(Exception, match="kms_encrypt: the column label argument must be the same on every row"):
+        spark.sql(
+            "SELECT kms_encrypt(v, IF(id % 2 = 0, 'ssn', 'email')) FROM "
+            "(SELECT id, CAST(id AS STRING) AS v FROM range(0, 4, 1, 1))"
+        ).collect()
+
+
 def test_sql_kms_encrypt_needs_a_key_uri(spark: Any, local_kms: Any, tmp_path: Path) -> None:
     register_functions(spark, key_registry=tmp_path / "registry", kms_options=local_kms.kms_options)
     with pytest.raises(Exception, match="kms_encrypt is not enabled"):
