@@ -198,6 +198,7 @@ class SparkKmsHook(BaseHook):
                     f"connection {self.spark_kms_conn_id!r}: the 'options' extra must be a JSON object"
                 )
             options = dict(passthrough)
+            mask_option_secrets({scheme: options})  # secrets given as raw provider options, too
             options.update(_BUILDERS[conn_type](self, conn))
             self._resolved = (scheme, options)
         return self._resolved

@@ -338,6 +338,13 @@ fastgcm_encrypt(PyObject *self, PyObject *args)
                 fail_at = i;
                 break;
             }
+            /* Never use a counter outside the range the caller reserved, even if a writable
+               validity bitmap changed under us: a counter used twice would repeat a nonce. */
+            if (counter - counter_start >= (uint64_t)expected) {
+                status = ST_COUNT_MISMATCH;
+                fail_at = i;
+                break;
+            }
             int64_t n = e - s;
             uint8_t *cell = od + pos;
             int outl = 0, finl = 0;

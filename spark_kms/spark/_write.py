@@ -495,8 +495,10 @@ def _remove_if_empty(directory: str) -> None:
 
 def _remove_empty_dirs(root: str, candidates: Sequence[str]) -> None:
     """Remove now-empty hive partition dirs an overwrite emptied (deepest first)."""
+    root = os.path.abspath(root)
     for d in sorted(set(candidates), key=len, reverse=True):
-        while os.path.abspath(d) != os.path.abspath(root) and d.startswith(root):
+        d = os.path.abspath(d)
+        while d != root and d.startswith(root + os.sep):
             try:
                 os.rmdir(d)
             except OSError:
