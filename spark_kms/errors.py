@@ -14,6 +14,7 @@ provider edge with ``raise ... from exc`` so callers only ever catch these.
     │   ├── MissingKeyTableError      a Parquet file without the spark_kms key table
     │   └── MalformedCellError        truncated / oversized cell, unknown algorithm
     ├── DecryptionError               authentication failed: wrong key, tampered cell, wrong column
+    │   └── UnknownDataKeyError       a cell names a data key that no key table in reach holds
     ├── KeyUsageLimitError            a data key reached its cell limit; roll to a new one
     ├── KmsError                      a KMS operation failed
     │   ├── KeyNotFoundError          no such key, alias or version
@@ -49,6 +50,7 @@ __all__ = [
     "MissingKeyTableError",
     "SparkKmsError",
     "ThrottlingError",
+    "UnknownDataKeyError",
     "UnknownFormatVersionError",
 ]
 
@@ -92,6 +94,11 @@ class DecryptionError(SparkKmsError):
     column all look the same. The message says where (file, column, DEK id),
     never what the cell held.
     """
+
+
+class UnknownDataKeyError(DecryptionError):
+    """A cell names a data key (DEK id) that is in no key table the reader has: the footer,
+    the dataset manifest or a key registry is missing, or the cell came from elsewhere."""
 
 
 class KeyUsageLimitError(SparkKmsError):

@@ -46,6 +46,7 @@ from spark_kms.errors import (
     KeyUsageLimitError,
     MalformedCellError,
     SparkKmsError,
+    UnknownDataKeyError,
     UnknownFormatVersionError,
 )
 
@@ -627,7 +628,7 @@ class CellDecryptor:
             try:
                 dek = self._lookup(dek_id)
             except KeyError:
-                raise DecryptionError(f"unknown DEK {dek_id.hex()} (not in the key table) at {at}") from None
+                raise UnknownDataKeyError(f"unknown DEK {dek_id.hex()} (not in the key table) at {at}") from None
             if not isinstance(dek, (bytes, bytearray)) or len(dek) != DEK_BYTES:
                 raise DecryptionError(
                     f"the key lookup returned no {DEK_BYTES}-byte DEK for {dek_id.hex()} at {at}"

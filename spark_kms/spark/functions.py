@@ -66,7 +66,7 @@ from spark_kms.crypto import (
     KeyTable,
     dek_id_from_hex,
 )
-from spark_kms.errors import ConfigurationError, DecryptionError
+from spark_kms.errors import ConfigurationError, DecryptionError, UnknownDataKeyError
 from spark_kms.parquet._types import encode_values, parse_arrow_type
 from spark_kms.parquet.decryptor import BatchDecryptor
 from spark_kms.parquet.encryptor import BatchEncryptor, EncryptionSpec
@@ -484,7 +484,7 @@ def _sql_decrypt(
         try:
             return decryptor.decrypt_array(cells, name, where="Spark SQL")
         except DecryptionError as exc:
-            if "unknown DEK" in str(exc) or label is not None:
+            if isinstance(exc, UnknownDataKeyError) or label is not None:
                 raise
             failure = exc  # authenticated under another column label: try the next one
     raise DecryptionError(

@@ -157,7 +157,7 @@ def negative_vectors() -> list[dict[str, Any]]:
             gcm[:1] + UNKNOWN_DEK_ID + gcm[9:],
             "email",
             b"",
-            "DecryptionError",
+            "UnknownDataKeyError",
         ),
         (
             "truncated-below-minimum",
