@@ -4,7 +4,6 @@ Spark and the embedded local KMS (whose audit log every executor process appends
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ from pyspark.sql.types import BinaryType, IntegerType, LongType, StringType, Str
 
 from spark_kms.crypto import AES_256_GCM, AES_256_SIV, HMAC_SHA256_BIDX, parse_cell_header
 from spark_kms.errors import ConfigurationError
-from spark_kms.kms.local import LocalKms
 from spark_kms.parquet import (
     EncryptedParquetWriter,
     EncryptionSpec,
@@ -32,6 +30,8 @@ from spark_kms.spark.functions import (
     read_key_registry,
     register_functions,
 )
+
+from ._helpers import kms_ops
 
 pytestmark = pytest.mark.spark
 
@@ -52,22 +52,8 @@ ROWS = [
 ]
 
 
-def _ops(local_kms: Any, operation: str) -> int:
-    """Successful ``operation`` calls in the local KMS audit log (all processes append to it)."""
-    events = LocalKms(local_kms.keystore_dir).audit_events()
-    return sum(1 for e in events if e["operation"] == operation and e["outcome"] == "ok")
 
 
-@pytest.fixture
-def small_batches(spark: Any) -> Iterator[None]:
-    """Arrow batches of 4 rows, so every task feeds the UDFs several batches."""
-    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
-    before = spark.conf.get(key)
-    spark.conf.set(key, "4")
-    try:
-        yield
-    finally:
-        spark.conf.set(key, before)
 
 
 @arrow_udf(StringType())
@@ -122,9 +108,9 @@ def test_one_generate_data_key_per_non_empty_task(
         F.col("id"), F.concat(F.lit("user-"), F.col("id").cast("string")).alias("email")
     )
     enc = encrypt_udf("email", local_kms.key_uri, kms_options=local_kms.kms_options, key_registry=registry)
-    before = _ops(local_kms, "GenerateDataKey")
+    before = kms_ops(local_kms.keystore_dir)["GenerateDataKey"]
     rows = df.select("id", enc(F.col("email")).alias("email")).collect()
-    generated = _ops(local_kms, "GenerateDataKey") - before
+    generated = kms_ops(local_kms.keystore_dir)["GenerateDataKey"] - before
 
     assert len(rows) == 20
     # 2 non-empty tasks, each fed 3 batches of at most 4 rows: 2 data keys, not 6 nor 20.
@@ -169,10 +155,10 @@ def test_decrypt_unwraps_each_dek_at_most_once_per_worker_process(
     pairs: set[str] = set()
     total = 0
     for _ in range(2):
-        before = _ops(local_kms, "Decrypt")
+        before = kms_ops(local_kms.keystore_dir)["Decrypt"]
         # Both Arrow UDFs run in the same Python worker process of each task.
         rows = stored.select("id", dec(F.col("v")).alias("v"), _worker_and_dek(F.col("v")).alias("seen")).collect()
-        decrypts = _ops(local_kms, "Decrypt") - before
+        decrypts = kms_ops(local_kms.keystore_dir)["Decrypt"] - before
         assert sorted((r.id, r.v) for r in rows) == [(i, str(i)) for i in range(48)]
         new_pairs = {r.seen for r in rows} - pairs
         # At most one Decrypt per (worker process, DEK) never seen before.
@@ -235,9 +221,9 @@ def test_deterministic_and_blind_index_udfs_share_one_key(spark: Any, local_kms:
     bidx = blind_index_udf("email", local_kms.key_uri, kms_options=local_kms.kms_options,
                            key_registry=registry, deterministic_entry=shared,
                            encryption_context={"dataset": "contacts"})
-    before = _ops(local_kms, "GenerateDataKey")
+    before = kms_ops(local_kms.keystore_dir)["GenerateDataKey"]
     rows = df.select("id", det(F.col("email")).alias("email"), bidx(F.col("email")).alias("email_bidx")).collect()
-    assert _ops(local_kms, "GenerateDataKey") == before  # the driver-made key serves every task
+    assert kms_ops(local_kms.keystore_dir)["GenerateDataKey"] == before  # the driver-made key serves every task
     by_id = {r.id: r for r in rows}
     assert by_id[4].email is None and by_id[4].email_bidx is None
     # Equal values -> equal cells across partitions (joinable), different values differ.

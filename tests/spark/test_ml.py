@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,9 @@ from pyspark.sql.types import (
 
 from spark_kms.crypto import AES_256_GCM, AES_256_SIV, KeyTable, parse_cell_header
 from spark_kms.errors import ConfigurationError
-from spark_kms.kms.local import LocalKms
 from spark_kms.spark.ml import KEYS_COLUMN, ColumnDecryptor, ColumnEncryptor
+
+from ._helpers import kms_ops
 
 pytestmark = pytest.mark.spark
 
@@ -58,20 +58,8 @@ ROWS = [
 ENCRYPTED = ["name", "age", "score", "born", "seen", "vip", "balance"]
 
 
-def _ops(local_kms: Any, operation: str) -> int:
-    events = LocalKms(local_kms.keystore_dir).audit_events()
-    return sum(1 for e in events if e["operation"] == operation and e["outcome"] == "ok")
 
 
-@pytest.fixture
-def small_batches(spark: Any) -> Iterator[None]:
-    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
-    before = spark.conf.get(key)
-    spark.conf.set(key, "4")
-    try:
-        yield
-    finally:
-        spark.conf.set(key, before)
 
 
 def _encryptor(local_kms: Any, **params: Any) -> ColumnEncryptor:
@@ -147,9 +135,9 @@ def test_one_data_key_per_non_empty_partition(spark: Any, local_kms: Any, small_
     df = spark.range(0, 30, 1, numPartitions=3).where("id < 20").select(
         "id", F.concat(F.lit("n"), F.col("id").cast("string")).alias("name")
     )
-    before = _ops(local_kms, "GenerateDataKey")
+    before = kms_ops(local_kms.keystore_dir)["GenerateDataKey"]
     rows = _encryptor(local_kms, inputCols=["name"]).transform(df).collect()
-    assert _ops(local_kms, "GenerateDataKey") - before == 2  # not one per batch of 4 rows
+    assert kms_ops(local_kms.keystore_dir)["GenerateDataKey"] - before == 2  # not one per batch of 4 rows
 
     deks_by_partition: dict[int, set[str]] = {}
     for r in rows:
@@ -181,9 +169,9 @@ def test_each_batch_carries_the_keys_of_its_own_cells_on_roll_over(
 
 def test_deterministic_key_is_made_once_on_the_driver(spark: Any, local_kms: Any) -> None:
     df = spark.createDataFrame([(i, f"u{i % 2}@x.org") for i in range(6)], "id long, email string").repartition(3)
-    before = _ops(local_kms, "GenerateDataKey")
+    before = kms_ops(local_kms.keystore_dir)["GenerateDataKey"]
     rows = _encryptor(local_kms, deterministicCols=["email"]).transform(df).collect()
-    assert _ops(local_kms, "GenerateDataKey") - before == 1
+    assert kms_ops(local_kms.keystore_dir)["GenerateDataKey"] - before == 1
     tables = [KeyTable.from_json(r[KEYS_COLUMN]) for r in rows]
     assert {tuple(t.deks) for t in tables} == {tuple(tables[0].deks)}
     assert [e.algorithm for e in tables[0].deks.values()] == [AES_256_SIV]
