@@ -20,7 +20,10 @@ import os
 import random
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from spark_kms.kms import KmsConfig
 
 __all__ = [
     "BASE_ENV",
@@ -121,7 +124,7 @@ def write_landing(base: str | os.PathLike[str], ds: str, *, rows: int = 50) -> P
 
 def seed_dataset(
     dataset_dir: str | os.PathLike[str],
-    kms_options: Mapping[str, Mapping[str, Any]],
+    kms_options: Mapping[str, Mapping[str, Any]] | KmsConfig,
     *,
     key_uri: str = DEMO_KEY_URI,
     rows: int = 20,
@@ -131,14 +134,14 @@ def seed_dataset(
     pyarrow alone, if ``dataset_dir`` has none yet."""
     import pyarrow as pa
 
-    from spark_kms.kms.registry import provider_from_uri
+    from spark_kms.kms import KmsConfig
     from spark_kms.parquet import EncryptedParquetWriter, EncryptionSpec, list_data_files
 
     target = Path(dataset_dir)
     if target.is_dir() and list_data_files(str(target)):
         return target
     target.mkdir(parents=True, exist_ok=True)
-    provider = provider_from_uri(key_uri, **dict(kms_options.get(key_uri.split("://", 1)[0], {})))
+    provider = KmsConfig.of(kms_options).provider(key_uri)
     spec = EncryptionSpec(columns=list(PII_COLUMNS))
     for n in range(files):
         table = pa.Table.from_pylist(_rows(f"{target.name}-{n}", rows))

@@ -9,16 +9,18 @@ What each helper shows, and what it never shows:
   docs/FORMAT.md ("Cells"): header (version, algorithm, DEK id), then nonce / ciphertext / tag for
   AES-256-GCM, synthetic IV / ciphertext for AES-SIV, the tag for a blind index.
 * :class:`RunSummaryView` (``view(run_summary)``) -- a job's :class:`~spark_kms.jobs.RunSummary`.
-  :class:`~spark_kms.jobs.DatasetInspection` renders itself (its own ``_repr_html_``).
+* :class:`~spark_kms.report.InspectionView` (``view(inspection)``) -- a
+  :class:`~spark_kms.jobs.DatasetInspection`: keys, encrypted columns, files, data keys, recent runs
+  (drawn by :mod:`spark_kms.report`, which the CLI's ``inspect`` shares).
 * :func:`mask` / :func:`masked` -- decrypted values made safe for a shared screen. The rule: a
   value shows as a fixed run of mask characters (so its length is not revealed), followed by its
   last ``keep_last`` characters only when the value is at least ``2 * keep_last`` long (so at most
   half of it is ever shown). Nulls stay nulls.
 * :func:`files_per_key_version` / :func:`plot_files_per_key_version` -- how many data files hold a
   data key wrapped by each key version: the picture of a rotation.
-* :func:`install` -- registers the HTML views with IPython so key tables, DEK entries and run
-  summaries render as tables without wrapping them in :func:`view` (cells are plain ``bytes``:
-  those stay opt-in through :func:`view`).
+* :func:`install` -- registers the HTML views with IPython so key tables, DEK entries, run
+  summaries and inspections render as tables without wrapping them in :func:`view` (cells are
+  plain ``bytes``: those stay opt-in through :func:`view`).
 
 Nothing here ever renders plaintext data keys; the only plaintext shown is what the caller
 decrypted and passed in, and :func:`masked` exists to hide it.
@@ -44,8 +46,16 @@ from spark_kms.crypto import (
     KeyTable,
     parse_cell_header,
 )
-from spark_kms.crypto.cell import BIDX_CELL_BYTES, GCM_NONCE_BYTES, GCM_OVERHEAD, GCM_TAG_BYTES, SIV_OVERHEAD
+from spark_kms.crypto.cell import (
+    BIDX_CELL_BYTES,
+    GCM_NONCE_BYTES,
+    GCM_OVERHEAD,
+    GCM_TAG_BYTES,
+    SIV_IV_BYTES,
+    SIV_OVERHEAD,
+)
 from spark_kms.errors import ConfigurationError, MalformedCellError, MissingExtraError
+from spark_kms.report import InspectionView, inspection_html
 
 __all__ = [
     "DEFAULT_MASK_WIDTH",
@@ -65,8 +75,6 @@ __all__ = [
 MASK_CHAR = "\u2022"  # a bullet: reads as a mask, and rarely occurs in real data
 #: mask characters that replace the hidden part of every value, whatever its length
 DEFAULT_MASK_WIDTH = 6
-
-_SIV_IV_BYTES = 16  # AES-SIV's synthetic IV (RFC 5297)
 
 
 # --------------------------------------------------------------------------- masking
@@ -289,7 +297,7 @@ def _cell_fields(cell: bytes, where: str) -> CellFields:
         parts = [("nonce", body[:GCM_NONCE_BYTES]), ("ciphertext", body[GCM_NONCE_BYTES:-GCM_TAG_BYTES]),
                  ("tag", body[-GCM_TAG_BYTES:])]
     elif header.algorithm == AES_256_SIV:
-        parts = [("synthetic IV", body[:_SIV_IV_BYTES]), ("ciphertext", body[_SIV_IV_BYTES:])]
+        parts = [("synthetic IV", body[:SIV_IV_BYTES]), ("ciphertext", body[SIV_IV_BYTES:])]
     elif header.algorithm == HMAC_SHA256_BIDX:
         parts = [("index tag", body)]
     else:  # parse_cell_header only returns the algorithms above; a new one must be laid out here
@@ -306,7 +314,7 @@ class CellView:
     :param cell: the stored bytes of one encrypted cell.
     :param where: where the cell came from (file, column), named in a MalformedCellError.
     :raises MalformedCellError: the cell is too short for its algorithm's fields (a blind index: not
-        exactly 25 bytes), or names an unknown algorithm.
+        exactly ``BIDX_CELL_BYTES``), or names an unknown algorithm.
     """
 
     def __init__(self, cell: bytes | bytearray | memoryview, *, where: str = "") -> None:
@@ -379,8 +387,13 @@ class RunSummaryView:
         return _table(["", ""], rows, "spark_kms run")
 
 
+def _is_inspection(obj: Any) -> bool:
+    jobs = sys.modules.get("spark_kms.jobs.inspect")  # an inspection can only exist if its module is imported
+    return jobs is not None and isinstance(obj, jobs.DatasetInspection)
+
+
 def view(obj: Any, **kwargs: Any) -> Any:
-    """The notebook view of a key table, a DEK entry, a cell (bytes) or a run summary."""
+    """The notebook view of a key table, a DEK entry, a cell (bytes), a run summary or a dataset inspection."""
     if isinstance(obj, KeyTable):
         return KeyTableView(obj, **kwargs)
     if isinstance(obj, DekEntry):
@@ -389,13 +402,17 @@ def view(obj: Any, **kwargs: Any) -> Any:
         return CellView(obj, **kwargs)
     if hasattr(obj, "to_dict") and hasattr(obj, "run_id") and hasattr(obj, "job"):
         return RunSummaryView(obj)
+    if _is_inspection(obj):
+        return InspectionView(obj)
     raise ConfigurationError(
-        f"view takes a KeyTable, a DekEntry, a cell (bytes) or a RunSummary, got {type(obj).__name__}"
+        f"view takes a KeyTable, a DekEntry, a cell (bytes), a RunSummary or a DatasetInspection, "
+        f"got {type(obj).__name__}"
     )
 
 
 def install(formatter: Any = None) -> None:
-    """Render key tables, DEK entries and run summaries as HTML in IPython without calling :func:`view`.
+    """Render key tables, DEK entries, run summaries and dataset inspections as HTML in IPython
+    without calling :func:`view`.
 
     :param formatter: an IPython ``DisplayFormatter``; default the running shell's. Outside IPython
         (no shell, no formatter) this does nothing.
@@ -413,11 +430,12 @@ def install(formatter: Any = None) -> None:
     html_formatter.for_type(KeyTable, lambda kt: KeyTableView(kt)._repr_html_())
     html_formatter.for_type(DekEntry, lambda e: view(e)._repr_html_())
     try:
-        from spark_kms.jobs import RunSummary
+        from spark_kms.jobs import DatasetInspection, RunSummary
     except ImportError:  # the jobs layer is optional for viewing key tables
         return
     if not hasattr(RunSummary, "_repr_html_"):
         html_formatter.for_type(RunSummary, lambda s: RunSummaryView(s)._repr_html_())
+    html_formatter.for_type(DatasetInspection, inspection_html)
 
 
 # --------------------------------------------------------------------------- rotation charts

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from spark_kms.cli import cli
-from spark_kms.parquet.reader import list_data_files, read_key_table
+from spark_kms.parquet import list_data_files, read_key_table
 
 pytestmark = pytest.mark.spark
 

@@ -22,6 +22,7 @@ from IPython.core.formatters import DisplayFormatter
 
 from spark_kms import display
 from spark_kms.crypto import AES_256_GCM, AES_256_SIV, HMAC_SHA256_BIDX, DekEntry, KeyTable, parse_cell_header
+from spark_kms.crypto.cell import HEADER_BYTES, SIV_IV_BYTES, SIV_OVERHEAD
 from spark_kms.errors import ConfigurationError, MalformedCellError
 from spark_kms.jobs import RunSummary, inspect_dataset
 from spark_kms.kms import provider_from_uri
@@ -199,6 +200,14 @@ def test_cell_view_splits_real_cells_per_format(encrypted_file) -> None:
         assert header.dek_id_hex in html and algorithm in html
     gcm = display.CellView(stored.column("ssn")[0].as_py())
     assert len(gcm.fields.parts[2][1]) == len("123-45-0000")  # GCM ciphertext is as long as the plaintext
+    siv = display.CellView(stored.column("email")[3].as_py())
+    assert len(siv.fields.parts[2][1]) == len("u3@example.com")  # so is SIV's, after the synthetic IV
+
+
+def test_cell_view_takes_the_siv_layout_from_the_crypto_core() -> None:
+    # One definition of the layout: display used to carry its own copy of the IV length.
+    assert SIV_IV_BYTES == 16 and SIV_OVERHEAD == HEADER_BYTES + SIV_IV_BYTES
+    assert not hasattr(display, "_SIV_IV_BYTES")
 
 
 def test_cell_view_of_a_malformed_cell_says_where() -> None:
@@ -254,6 +263,24 @@ def test_install_registers_html_for_key_tables(encrypted_file) -> None:
     entry = next(iter(key_table.deks.values()))
     assert entry.dek_id in formatter.format(entry)[0]["text/html"]
     display.install()  # outside IPython: a no-op, not an error
+
+
+def test_inspection_renders_as_html_through_display(tmp_path: Path, local_kms) -> None:
+    # DatasetInspection holds data only; spark_kms.report draws it, display shows it in notebooks.
+    _, key_uri, kms_options = local_kms
+    dataset = tmp_path / "ds<&>"
+    dataset.mkdir()
+    _write(dataset, "a.parquet", key_uri, kms_options)
+    inspection = inspect_dataset(dataset, kms_options=kms_options)
+    html = display.view(inspection)._repr_html_()
+    assert "a.parquet" in html and "<table>" in html and "up to date" in html and "local://alias/pii" in html
+    assert "ds&lt;&amp;&gt;" in html and "ds<&>" not in html, "paths are HTML-escaped"
+    assert repr(display.view(inspection)).endswith(": 3 rows, 1 files, 1 data keys)")
+
+    formatter = DisplayFormatter()
+    assert "text/html" not in formatter.format(inspection)[0]
+    display.install(formatter)
+    assert formatter.format(inspection)[0]["text/html"] == html
 
 
 # --------------------------------------------------------------------------- charts

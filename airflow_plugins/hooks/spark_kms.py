@@ -34,8 +34,8 @@ from typing import Any
 from airflow.sdk import BaseHook, Connection
 
 from spark_kms.errors import ConfigurationError
+from spark_kms.kms import KmsConfig, parse_key_uri
 from spark_kms.kms.base import KmsProvider
-from spark_kms.kms.registry import provider_from_uri
 
 __all__ = [
     "CONN_TYPE_SCHEMES",
@@ -56,27 +56,24 @@ CONN_TYPE_SCHEMES: dict[str, str] = {
     "spark_kms_vault": "vault",
 }
 DEFAULT_LOCAL_KEY_URI = "local://alias/pii"
-#: provider options whose values are secrets, whatever the scheme
-SECRET_OPTION_NAMES = frozenset(
-    {"root_key", "aws_secret_access_key", "aws_session_token", "access_token", "client_secret", "token", "secret_id"}
-)
 
 
-def mask_option_secrets(kms_options: Mapping[str, Any] | None) -> None:
+def mask_option_secrets(kms_options: Mapping[str, Any] | KmsConfig | None) -> None:
     """Register the secret values of ``{scheme: options}`` with Airflow's secrets masker.
 
-    Operators call it on their rendered ``kms_options``: Airflow redacts rendered template
-    fields (stored in its database, shown in the UI) and logs by key name, and a name such as
-    ``root_key`` is not one it knows; a registered value is masked wherever it appears.
+    Which options are secret is what each provider class declares (``secret_options``; see
+    :meth:`spark_kms.kms.KmsConfig.secret_values`). Operators call it on their rendered
+    ``kms_options``: Airflow redacts rendered template fields (stored in its database, shown in
+    the UI) and logs by key name, and a name such as ``root_key`` is not one it knows; a
+    registered value is masked wherever it appears.
     """
     from airflow.sdk.log import mask_secret
 
-    for options in (kms_options or {}).values():
-        if not isinstance(options, Mapping):
-            continue
-        for name, value in options.items():
-            if name in SECRET_OPTION_NAMES and value:
-                mask_secret(value if isinstance(value, str) else repr(value))
+    if not isinstance(kms_options, KmsConfig):
+        # Rendered templates may hold anything: keep what has the {scheme: {options}} shape.
+        kms_options = {s: o for s, o in (kms_options or {}).items() if isinstance(o, Mapping)}
+    for value in KmsConfig.of(kms_options).secret_values():
+        mask_secret(value)
 
 
 def _extra(conn: Connection, name: str) -> Any:
@@ -137,8 +134,7 @@ class SparkKmsHook(BaseHook):
     def get_conn(self) -> KmsProvider:
         """The KMS provider for the key URI (built once per hook)."""
         if self._provider is None:
-            _, options = self._resolve()
-            self._provider = provider_from_uri(self.get_key_uri(), **options)
+            self._provider = self.get_kms_config().provider(self.get_key_uri())
             # The provider's repr is its key URI only: no option values, so no secrets.
             self.log.info("spark_kms connection %r -> %r", self.spark_kms_conn_id, self._provider)
         return self._provider
@@ -155,7 +151,7 @@ class SparkKmsHook(BaseHook):
                 f"connection {self.spark_kms_conn_id!r} ({conn.conn_type}) names no key: set its 'key_uri' "
                 f"extra or pass key_uri= to the operator"
             )
-        if not str(key_uri).startswith(f"{scheme}://"):
+        if parse_key_uri(str(key_uri))[0] != scheme:
             raise ConfigurationError(
                 f"connection {self.spark_kms_conn_id!r} is a {conn.conn_type} connection and serves "
                 f"'{scheme}://...' keys, but the key URI is {key_uri!r}"
@@ -167,6 +163,10 @@ class SparkKmsHook(BaseHook):
         readers find the key URIs in the dataset's footers."""
         scheme, options = self._resolve()
         return {scheme: dict(options)}
+
+    def get_kms_config(self) -> KmsConfig:
+        """The connection as a :class:`~spark_kms.kms.KmsConfig` (its options for its scheme)."""
+        return KmsConfig(self.get_kms_options())
 
     def test_connection(self) -> tuple[bool, str]:
         """Airflow's "Test" button: one DescribeKey on the key."""

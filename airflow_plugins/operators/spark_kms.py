@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Asset, AssetAlias, BaseHook, BaseOperator
 
 from spark_kms.errors import ConfigurationError
+from spark_kms.kms import KmsConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from airflow.sdk import Connection, Context
@@ -154,12 +155,12 @@ class SparkKmsBaseOperator(BaseOperator):
 
         return SparkKmsHook(self.kms_conn_id, key_uri=key_uri)
 
-    def resolve_kms(self, key_uri: str | None = None, *, need_key: bool = False) -> tuple[str | None, dict[str, Any]]:
-        """``(key_uri, kms_options)`` from the connection and the ``kms_options`` parameter."""
-        options: dict[str, dict[str, Any]] = {}
+    def resolve_kms(self, key_uri: str | None = None, *, need_key: bool = False) -> tuple[str | None, KmsConfig]:
+        """``(key_uri, KmsConfig)`` from the connection and the ``kms_options`` parameter laid over it."""
+        kms = KmsConfig()
         if self.kms_conn_id:
             hook = self._hook(key_uri)
-            options = hook.get_kms_options()
+            kms = hook.get_kms_config()
             if need_key:
                 key_uri = hook.get_key_uri()
         for scheme, extra in (self.kms_options or {}).items():
@@ -168,11 +169,11 @@ class SparkKmsBaseOperator(BaseOperator):
                     f"task {self.task_id!r}: kms_options maps a key-URI scheme to an options mapping; "
                     f"{scheme!r} maps to {type(extra).__name__}"
                 )
-            options.setdefault(scheme, {}).update(extra)
+            kms = kms.with_options(scheme, **extra)
         if need_key and not key_uri:
             raise ConfigurationError(f"task {self.task_id!r} needs a key: pass key_uri= or kms_conn_id= "
                                      "(a connection with a key_uri)")
-        return key_uri, options
+        return key_uri, kms
 
     def spark_session(self) -> Any:
         """The SparkSession the job runs on (see the module docstring)."""

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from spark_kms.errors import JobError, SparkKmsError
+from spark_kms.errors import JobError
 
 __all__ = ["demo", "generate_customers", "run_demo"]
 
@@ -46,7 +46,7 @@ def generate_customers(spark: Any, rows: int, *, start: int = 0, seed: int = 7, 
 
 
 def _key_table_view(path: Path) -> Table:
-    from spark_kms.parquet.reader import read_key_table
+    from spark_kms.parquet import read_key_table
 
     table = read_key_table(path)
     view = Table(title=f"Footer key table of {path.name}")
@@ -63,7 +63,7 @@ def run_demo(rows: int, workdir: Path, console: Console) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
     from spark_kms.kms.local import LocalKms
-    from spark_kms.parquet.reader import list_data_files, read_key_table
+    from spark_kms.parquet import list_data_files, read_key_table
     from spark_kms.spark import read_encrypted, write_encrypted
     from spark_kms.spark.session import local_session
 
@@ -160,8 +160,4 @@ def run_demo(rows: int, workdir: Path, console: Console) -> dict[str, Any]:
               help="where the keystore and the dataset go (recreated)")
 def demo(rows: int, workdir: Path) -> None:
     """Encrypt, inspect, decrypt, rotate and re-read a sample PII dataset with the embedded KMS."""
-    console = Console()
-    try:
-        run_demo(rows, workdir, console)
-    except SparkKmsError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+    run_demo(rows, workdir, Console())

@@ -5,9 +5,8 @@ local.keystore=DIR``) and ``--kms-option scheme.key=value`` (repeatable; values 
 as JSON numbers or booleans are passed as such), e.g.
 ``--kms-option aws-kms.endpoint_url=http://127.0.0.1:5000 --kms-option aws-kms.region=us-east-1``.
 
-Exit codes: 0 success; 1 a data or crypto problem (bad file, failed decryption, a job
-that could not complete); 2 a usage problem (bad option or argument); 3 a KMS access or
-key-state problem (denied, disabled or destroyed key version, KMS unreachable).
+Errors exit with a message that says what to do and the codes of ``spark-kms --help``
+(:mod:`spark_kms.cli._errors`).
 """
 
 from __future__ import annotations
@@ -19,29 +18,11 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from spark_kms.errors import (
-    AccessDeniedError,
-    ConfigurationError,
-    DecryptionError,
-    KeyNotFoundError,
-    KeyStateError,
-    KmsError,
-    KmsUnavailableError,
-    SparkKmsError,
-)
-
-__all__ = ["EXIT_DATA", "EXIT_KMS", "EXIT_OK", "EXIT_USAGE", "decrypt", "encrypt", "inspect", "reencrypt", "rewrap"]
-
-EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_KMS = 0, 1, 2, 3
+__all__ = ["decrypt", "encrypt", "inspect", "reencrypt", "rewrap"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _err() -> Console:
-    return Console(stderr=True)
 
 
 def _parse_kms_options(keystore: str | None, pairs: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -64,53 +45,16 @@ def _parse_kms_options(keystore: str | None, pairs: tuple[str, ...]) -> dict[str
     return options
 
 
-def _hint(exc: SparkKmsError) -> str:
-    if isinstance(exc, KeyStateError):
-        return ("the key or key version is disabled, pending deletion or destroyed: re-enable it, or if this "
-                "follows a rotation, check the dataset was rewrapped/re-encrypted before the old version was retired")
-    if isinstance(exc, AccessDeniedError):
-        return "this principal may not use the key: check the key policy (or --kms-option local.principal=...)"
-    if isinstance(exc, KeyNotFoundError):
-        return "check --key-uri and the KMS options (--keystore / --kms-option)"
-    if isinstance(exc, KmsUnavailableError):
-        return "the KMS could not be reached: check its endpoint and network, then run again (jobs resume)"
-    if isinstance(exc, KmsError):
-        return "the KMS refused the operation; run again once fixed (rotation jobs resume where they stopped)"
-    if isinstance(exc, DecryptionError):
-        return "a cell or key does not authenticate: the file may be tampered with, or its key table is wrong"
-    if isinstance(exc, ConfigurationError):
-        return "see --help for the options"
-    return "see the message above; rotation jobs resume where they stopped when run again"
-
-
-def _exit_code(exc: SparkKmsError) -> int:
-    if isinstance(exc, KmsError):
-        return EXIT_KMS
-    if isinstance(exc, ConfigurationError):
-        return EXIT_USAGE
-    return EXIT_DATA
-
-
 def _job_command(fn: F) -> F:
-    """Add --keystore / --kms-option, turn them into ``kms_options``, and map errors to exit codes."""
+    """Add --keystore / --kms-option and turn them into ``kms_options``."""
 
     @click.option("--kms-option", "kms_option", multiple=True, metavar="SCHEME.KEY=VALUE",
                   help="a KMS provider option, e.g. aws-kms.region=us-east-1 (repeatable)")
     @click.option("--keystore", type=click.Path(file_okay=False), envvar="SPARK_KMS_KEYSTORE",
                   help="local KMS keystore directory (env SPARK_KMS_KEYSTORE)")
-    @click.pass_context
     @functools.wraps(fn)
-    def wrapper(ctx: click.Context, keystore: str | None, kms_option: tuple[str, ...], **kwargs: Any) -> Any:
-        kms_options = _parse_kms_options(keystore, kms_option)
-        try:
-            return fn(kms_options=kms_options, **kwargs)
-        except SparkKmsError as exc:
-            console = _err()
-            # Messages may contain brackets (lists of columns): escape them from rich markup.
-            console.print(f"[bold red]error[/] ({type(exc).__name__}): {escape(str(exc))}",
-                          highlight=False, soft_wrap=True)
-            console.print(f"[yellow]what to do[/]: {_hint(exc)}", highlight=False, soft_wrap=True)
-            ctx.exit(_exit_code(exc))
+    def wrapper(keystore: str | None, kms_option: tuple[str, ...], **kwargs: Any) -> Any:
+        return fn(kms_options=_parse_kms_options(keystore, kms_option), **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
@@ -152,7 +96,7 @@ class _ProgressBar:
 
     def __init__(self, what: str) -> None:
         self._progress = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                  console=_err(), transient=True)
+                                  console=Console(stderr=True), transient=True)
         self._task: Any = None
 
     def __enter__(self) -> _ProgressBar:
@@ -259,7 +203,8 @@ def reencrypt(path: str, key_uri: str | None, force: bool, run_id: str | None, a
 @_job_command
 def inspect(path: str, as_json: bool, kms_options: dict[str, dict[str, Any]]) -> None:
     """Show the files, data keys, key versions and encrypted columns of the dataset PATH."""
-    from spark_kms.jobs import inspect_dataset, render_inspection
+    from spark_kms.jobs import inspect_dataset
+    from spark_kms.report import render_inspection
 
     inspection = inspect_dataset(path, kms_options=kms_options)
     if as_json:

@@ -4,15 +4,13 @@ Every command works on one keystore: ``--keystore DIR`` (env ``SPARK_KMS_KEYSTOR
 default ``~/.spark_kms/keystore``), acting as ``--principal`` (env
 ``SPARK_KMS_PRINCIPAL``, default the OS user). The root key comes from
 ``SPARK_KMS_ROOT_KEY`` or ``<keystore>/root.key``. Human output is rich tables;
-``--json`` prints machine-readable JSON. Errors exit non-zero with a message that
-says what to do: 2 bad input, 3 no such key/alias, 4 access denied, 5 wrong key
-state, 6 keystore unreadable, 1 anything else.
+``--json`` prints machine-readable JSON. Errors exit with a message that says what
+to do and the codes of ``spark-kms --help`` (:mod:`spark_kms.cli._errors`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import sys
 from collections.abc import Callable
@@ -20,14 +18,6 @@ from typing import Any, TypeVar
 
 import click
 
-from spark_kms.errors import (
-    AccessDeniedError,
-    ConfigurationError,
-    KeyNotFoundError,
-    KeyStateError,
-    KeystoreError,
-    SparkKmsError,
-)
 from spark_kms.kms.base import KeyDescription
 from spark_kms.kms.local import (
     KEY_SPECS,
@@ -41,39 +31,6 @@ from spark_kms.kms.local import (
 __all__ = ["keys"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class KmsCommandError(click.ClickException):
-    """A spark_kms error shown to the user with a hint and a specific exit code."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-# error class -> (exit code, what to do next); the first matching class wins.
-_HINTS: list[tuple[type[SparkKmsError], int, str]] = [
-    (KeyNotFoundError, 3, "run `spark-kms keys list` to see the keys and aliases of this keystore"),
-    (AccessDeniedError, 4, "ask a key admin to grant the role: "
-                           "`spark-kms keys policy set KEY --principal NAME --role ROLE`"),
-    (KeyStateError, 5, ""),
-    (KeystoreError, 6, "check --keystore / SPARK_KMS_KEYSTORE and SPARK_KMS_ROOT_KEY"),
-    (ConfigurationError, 2, ""),
-]
-
-
-def _errors_to_exit(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except SparkKmsError as exc:
-            for cls, code, hint in _HINTS:
-                if isinstance(exc, cls):
-                    raise KmsCommandError(f"{exc}" + (f"\nHint: {hint}" if hint else ""), code) from exc
-            raise KmsCommandError(str(exc), 1) from exc
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _kms(ctx: click.Context) -> LocalKms:
@@ -118,7 +75,6 @@ def _json_option(fn: F) -> F:
 @click.option("--principal", envvar="SPARK_KMS_PRINCIPAL", default=None,
               help="Act as this principal [env SPARK_KMS_PRINCIPAL; default the OS user].")
 @click.pass_context
-@_errors_to_exit
 def keys(ctx: click.Context, keystore: str | None, principal: str | None) -> None:
     """Manage keys of the embedded local KMS (a software keystore, not an HSM)."""
     ctx.obj = LocalKms(keystore or default_keystore_dir(), principal=principal)
@@ -132,7 +88,6 @@ def keys(ctx: click.Context, keystore: str | None, principal: str | None) -> Non
 @click.option("--rotation-period-days", type=int, default=None, help="Rotate automatically every N days.")
 @_json_option
 @click.pass_context
-@_errors_to_exit
 def create(ctx: click.Context, alias: str | None, spec: str, description: str, tags: tuple[str, ...],
            rotation_period_days: int | None, as_json: bool) -> None:
     """Create a key (version 1); prints its id."""
@@ -154,7 +109,6 @@ def create(ctx: click.Context, alias: str | None, spec: str, description: str, t
 @keys.command("list")
 @_json_option
 @click.pass_context
-@_errors_to_exit
 def list_(ctx: click.Context, as_json: bool) -> None:
     """List the keys of the keystore."""
     descs = _kms(ctx).list_keys()
@@ -185,7 +139,6 @@ def list_(ctx: click.Context, as_json: bool) -> None:
 @click.argument("key")
 @_json_option
 @click.pass_context
-@_errors_to_exit
 def describe(ctx: click.Context, key: str, as_json: bool) -> None:
     """Show a key (id or alias): state, versions, aliases, policy."""
     d = _kms(ctx).describe_key(key)
@@ -211,7 +164,6 @@ def describe(ctx: click.Context, key: str, as_json: bool) -> None:
 @click.argument("key")
 @_json_option
 @click.pass_context
-@_errors_to_exit
 def rotate(ctx: click.Context, key: str, as_json: bool) -> None:
     """Add a key version; new wraps use it, old versions still decrypt."""
     version = _kms(ctx).rotate_key(key)
@@ -225,7 +177,6 @@ def rotate(ctx: click.Context, key: str, as_json: bool) -> None:
 @click.argument("key")
 @click.option("--version", "version", type=int, default=None, help="Enable only this version.")
 @click.pass_context
-@_errors_to_exit
 def enable(ctx: click.Context, key: str, version: int | None) -> None:
     """Enable a key, or one of its versions."""
     if version is None:
@@ -240,7 +191,6 @@ def enable(ctx: click.Context, key: str, version: int | None) -> None:
 @click.argument("key")
 @click.option("--version", "version", type=int, default=None, help="Disable only this version.")
 @click.pass_context
-@_errors_to_exit
 def disable(ctx: click.Context, key: str, version: int | None) -> None:
     """Disable a key (or one version): it can neither wrap nor unwrap until enabled."""
     if version is None:
@@ -256,7 +206,6 @@ def disable(ctx: click.Context, key: str, version: int | None) -> None:
 @click.option("--days", type=int, required=True,
               help=f"Waiting period, {MIN_DELETION_DAYS}-{MAX_DELETION_DAYS} days.")
 @click.pass_context
-@_errors_to_exit
 def schedule_deletion(ctx: click.Context, key: str, days: int) -> None:
     """Schedule the key's destruction after a waiting period (cancellable until then)."""
     when = _kms(ctx).schedule_key_deletion(key, days)
@@ -267,7 +216,6 @@ def schedule_deletion(ctx: click.Context, key: str, days: int) -> None:
 @keys.command("cancel-deletion")
 @click.argument("key")
 @click.pass_context
-@_errors_to_exit
 def cancel_deletion(ctx: click.Context, key: str) -> None:
     """Cancel a scheduled deletion; the key gets back the state it had."""
     _kms(ctx).cancel_key_deletion(key)
@@ -279,7 +227,6 @@ def cancel_deletion(ctx: click.Context, key: str) -> None:
 @click.option("--version", "version", type=int, required=True)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
-@_errors_to_exit
 def destroy_version(ctx: click.Context, key: str, version: int, yes: bool) -> None:
     """Erase one version's material: data wrapped under it becomes unrecoverable."""
     if not yes:
@@ -298,7 +245,6 @@ def alias() -> None:
 @click.argument("alias_name", metavar="ALIAS")
 @click.argument("key")
 @click.pass_context
-@_errors_to_exit
 def alias_create(ctx: click.Context, alias_name: str, key: str) -> None:
     """Name KEY with ALIAS."""
     _kms(ctx).create_alias(alias_name, key)
@@ -309,7 +255,6 @@ def alias_create(ctx: click.Context, alias_name: str, key: str) -> None:
 @click.argument("alias_name", metavar="ALIAS")
 @click.argument("key")
 @click.pass_context
-@_errors_to_exit
 def alias_update(ctx: click.Context, alias_name: str, key: str) -> None:
     """Point ALIAS at another KEY."""
     _kms(ctx).update_alias(alias_name, key)
@@ -319,7 +264,6 @@ def alias_update(ctx: click.Context, alias_name: str, key: str) -> None:
 @alias.command("delete")
 @click.argument("alias_name", metavar="ALIAS")
 @click.pass_context
-@_errors_to_exit
 def alias_delete(ctx: click.Context, alias_name: str) -> None:
     """Delete ALIAS (the key stays)."""
     _kms(ctx).delete_alias(alias_name)
@@ -329,7 +273,6 @@ def alias_delete(ctx: click.Context, alias_name: str) -> None:
 @alias.command("list")
 @_json_option
 @click.pass_context
-@_errors_to_exit
 def alias_list(ctx: click.Context, as_json: bool) -> None:
     """List aliases."""
     aliases = _kms(ctx).list_aliases()
@@ -350,7 +293,6 @@ def policy() -> None:
 @click.option("--principal", "principal", required=True, help="Principal name, or '*' for everyone.")
 @click.option("--role", "roles", multiple=True, required=True, type=click.Choice(ROLES), help="Repeatable.")
 @click.pass_context
-@_errors_to_exit
 def policy_set(ctx: click.Context, key: str, principal: str, roles: tuple[str, ...]) -> None:
     """Give PRINCIPAL exactly these roles on KEY (other principals keep theirs).
 
@@ -370,7 +312,6 @@ def policy_set(ctx: click.Context, key: str, principal: str, roles: tuple[str, .
 @policy.command("show")
 @click.argument("key")
 @click.pass_context
-@_errors_to_exit
 def policy_show(ctx: click.Context, key: str) -> None:
     """Print KEY's policy as JSON (null: no policy, everyone may do everything)."""
     _echo_json(_kms(ctx).get_key_policy(key))
@@ -381,7 +322,6 @@ def policy_show(ctx: click.Context, key: str) -> None:
 @click.option("--limit", type=int, default=None, help="Only the last N events.")
 @_json_option
 @click.pass_context
-@_errors_to_exit
 def audit(ctx: click.Context, key: str | None, limit: int | None, as_json: bool) -> None:
     """Show the audit log (who did what with which key, and the outcome)."""
     events = _kms(ctx).audit_events(key)

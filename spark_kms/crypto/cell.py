@@ -75,6 +75,7 @@ __all__ = [
     "MAX_CELLS_PER_DEK_LIMIT",
     "SIV_INFO",
     "BIDX_INFO",
+    "SIV_IV_BYTES",
     "SIV_OVERHEAD",
     "dek_id_from_hex",
     "dek_id_hex",
@@ -98,7 +99,8 @@ GCM_SALT_BYTES = 4
 GCM_NONCE_BYTES = 12
 GCM_TAG_BYTES = 16
 GCM_OVERHEAD = HEADER_BYTES + GCM_NONCE_BYTES + GCM_TAG_BYTES  # 37
-SIV_OVERHEAD = HEADER_BYTES + 16  # 25
+SIV_IV_BYTES = 16  # RFC 5297's synthetic IV, which AESSIV.encrypt puts before the ciphertext
+SIV_OVERHEAD = HEADER_BYTES + SIV_IV_BYTES  # 25
 BIDX_TAG_BYTES = 16
 BIDX_CELL_BYTES = HEADER_BYTES + BIDX_TAG_BYTES  # 25
 

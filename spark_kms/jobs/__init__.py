@@ -21,7 +21,6 @@ from spark_kms.jobs.inspect import (
     KeyInspection,
     inspect_dataset,
     needs_rotation,
-    render_inspection,
 )
 from spark_kms.jobs.reencrypt import reencrypt_dataset
 from spark_kms.jobs.rewrap import rewrap_dataset
@@ -42,6 +41,5 @@ __all__ = [
     "needs_rotation",
     "new_run_id",
     "reencrypt_dataset",
-    "render_inspection",
     "rewrap_dataset",
 ]

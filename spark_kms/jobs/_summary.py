@@ -19,6 +19,7 @@ It holds key ids, versions and counts; never key bytes, wrapped keys or cell val
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import time
@@ -40,6 +41,8 @@ __all__ = [
     "runs_dir",
     "validate_run_id",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: hidden (``_``) directory of a dataset that holds run summaries and journals
 RUNS_DIR_NAME = "_spark_kms_runs"
@@ -173,6 +176,7 @@ class RunRecorder:
         return calls_delta(self._calls0, kms_call_counts())
 
     def __enter__(self) -> RunRecorder:
+        logger.info("%s run %s on %s started", self.summary.job, self.run_id, self.summary.dataset)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
@@ -186,9 +190,12 @@ class RunRecorder:
         s.kms_calls = dict(sorted(s.kms_calls.items()))
         if exc is None:
             s.status = "succeeded"
+            logger.info("%s run %s succeeded in %.1fs: %d rows, %d files, %d data keys, KMS calls %s",
+                        s.job, s.run_id, s.duration_s, s.rows, s.files, s.deks, s.kms_calls)
         else:
             s.status = "failed"
             s.error = f"{type(exc).__name__}: {exc}"
+            logger.warning("%s run %s failed after %.1fs: %s", s.job, s.run_id, s.duration_s, s.error)
         try:
             atomic_write_json(self._record_dir / f"{s.run_id}.json", s.to_dict())
         except OSError:

@@ -12,9 +12,7 @@ succeeds: that key's entry carries the error and its files' ``behind`` is ``None
 
 from __future__ import annotations
 
-import html
 import json
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -24,9 +22,10 @@ import pyarrow.parquet as pq
 
 from spark_kms.crypto import DekEntry
 from spark_kms.errors import ConfigurationError, KmsError
-from spark_kms.jobs._common import KmsOptions, Providers, require_dataset_dir
-from spark_kms.jobs._dataset import DatasetKeys
+from spark_kms.jobs._common import require_dataset_dir
 from spark_kms.jobs._summary import runs_dir
+from spark_kms.kms import KmsConfig, KmsConfigLike
+from spark_kms.parquet.dataset import Dataset
 
 __all__ = [
     "ColumnInspection",
@@ -36,7 +35,6 @@ __all__ = [
     "KeyInspection",
     "inspect_dataset",
     "needs_rotation",
-    "render_inspection",
 ]
 
 _RECENT_RUNS = 10
@@ -93,8 +91,9 @@ class KeyInspection:
 
 @dataclass
 class DatasetInspection:
-    """What :func:`inspect_dataset` found. ``to_dict()`` is JSON-serialisable;
-    ``_repr_html_()`` renders it in notebooks; :func:`render_inspection` for terminals."""
+    """What :func:`inspect_dataset` found; data only. ``to_dict()`` is JSON-serialisable. It is drawn
+    by :mod:`spark_kms.report`: HTML in notebooks (after ``spark_kms.display.install()``), rich tables
+    in the terminal (``spark-kms inspect``)."""
 
     path: str
     rows: int
@@ -126,71 +125,20 @@ class DatasetInspection:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
-    def _repr_html_(self) -> str:
-        e = html.escape
-        status = {True: "up to date", False: f"{len(self.behind_files)} file(s) behind", None: "unknown"}[
-            self.up_to_date
-        ]
-        parts = [
-            f"<div><b>spark_kms dataset</b> <code>{e(self.path)}</code>: {self.rows} rows, "
-            f"{len(self.files)} files, {len(self.deks)} data keys, rotation status: <b>{e(status)}</b></div>",
-            _html_table(
-                "Keys",
-                ["key URI", "key id", "primary version", "state", "DEKs", "DEKs behind", "error"],
-                [[k.key_uri, k.key_id, k.primary_version, k.state, k.deks, k.deks_behind, k.error] for k in self.keys],
-            ),
-            _html_table(
-                "Encrypted columns",
-                ["column", "algorithm", "type", "indexes"],
-                [[c.name, c.algorithm, c.arrow_type, c.source] for c in self.columns],
-            ),
-            _html_table(
-                "Files",
-                ["file", "rows", "bytes", "DEKs", "key versions", "behind"],
-                [[f.path, f.rows, f.size, len(f.dek_ids), _versions_text(f.key_versions), f.behind]
-                 for f in self.files],
-            ),
-            _html_table(
-                "Data keys",
-                ["DEK id", "key version", "algorithm", "created", "from", "files", "behind"],
-                [[d.dek_id, d.key_version, d.algorithm, d.created_at, d.source, d.files, d.behind]
-                 for d in self.deks],
-            ),
-        ]
-        if self.runs:
-            parts.append(_html_table(
-                "Recent runs", ["run id", "job", "status", "finished"],
-                [[r.get("run_id"), r.get("job"), r.get("status"), r.get("finished_at")] for r in self.runs],
-            ))
-        return "\n".join(parts)
 
-
-def _versions_text(versions: Mapping[str, list[str]]) -> str:
-    return ", ".join(f"{key_id} v{','.join(vs)}" for key_id, vs in versions.items())
-
-
-def _html_table(title: str, headers: list[str], rows: list[list[Any]]) -> str:
-    e = html.escape
-    head = "".join(f"<th>{e(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{'' if v is None else e(str(v))}</td>" for v in row) + "</tr>" for row in rows
-    )
-    return f"<details open><summary>{e(title)} ({len(rows)})</summary><table><tr>{head}</tr>{body}</table></details>"
-
-
-def inspect_dataset(path: str | Path, *, kms_options: KmsOptions | None = None) -> DatasetInspection:
+def inspect_dataset(path: str | Path, *, kms_options: KmsConfigLike = None) -> DatasetInspection:
     """Inspect the encrypted dataset at ``path`` (one DescribeKey per distinct key URI)."""
     dataset = require_dataset_dir(path, "inspect")
-    keys = DatasetKeys.read(dataset, job="inspect")
-    return _inspect(keys, Providers(kms_options), strict=False)
+    keys = Dataset.open(dataset, job="inspect")
+    return _inspect(keys, KmsConfig.of(kms_options), strict=False)
 
 
-def _inspect(keys: DatasetKeys, providers: Providers, *, strict: bool) -> DatasetInspection:
+def _inspect(keys: Dataset, kms: KmsConfig, *, strict: bool) -> DatasetInspection:
     effective = keys.effective_deks()
     described: dict[str, tuple[str, str, str] | str] = {}  # key_uri -> (key_id, primary, state) | error
     for key_uri in sorted({e.key_uri for e in effective.values()}):
         try:
-            desc = providers.describe(key_uri)
+            desc = kms.describe(key_uri)
             described[key_uri] = (desc.key_id, desc.primary_version, desc.state)
         except KmsError as exc:
             if strict:
@@ -242,8 +190,8 @@ def _inspect(keys: DatasetKeys, providers: Providers, *, strict: bool) -> Datase
             key_rows.append(KeyInspection(key_uri, d[0], d[1], d[2], len(of_key), sum(1 for x in of_key if x.behind)))
     columns = [ColumnInspection(s.name, s.algorithm, s.arrow_type, s.source) for _, s in sorted(keys.columns().items())]
     return DatasetInspection(
-        path=str(keys.dataset), rows=total_rows, files=files, deks=deks, columns=columns, keys=key_rows,
-        manifest_entries=len(keys.manifest), runs=_recent_runs(keys.dataset),
+        path=str(keys.root), rows=total_rows, files=files, deks=deks, columns=columns, keys=key_rows,
+        manifest_entries=len(keys.manifest), runs=_recent_runs(keys.root),
     )
 
 
@@ -271,7 +219,7 @@ def needs_rotation(
     *,
     max_age: timedelta | float | None = None,
     min_version: str | int | None = None,
-    kms_options: KmsOptions | None = None,
+    kms_options: KmsConfigLike = None,
 ) -> bool:
     """Whether the dataset at ``path`` should be rotated.
 
@@ -293,8 +241,8 @@ def needs_rotation(
             raise ConfigurationError(f"min_version must be a whole number (a key version), got {min_version!r}")
         minimum = int(str(min_version))
     dataset = require_dataset_dir(path, "needs_rotation")
-    keys = DatasetKeys.read(dataset, job="needs_rotation")
-    inspection = _inspect(keys, Providers(kms_options), strict=True)
+    keys = Dataset.open(dataset, job="needs_rotation")
+    inspection = _inspect(keys, KmsConfig.of(kms_options), strict=True)
     if inspection.behind_files:
         return True
     now = datetime.now(timezone.utc)
@@ -311,39 +259,3 @@ def needs_rotation(
                 return True
     return False
 
-
-def render_inspection(inspection: DatasetInspection) -> Any:
-    """A rich renderable (tables) of an inspection, for the CLI. Paths, key URIs and error
-    messages are shown as plain text, never read as rich markup."""
-    from rich.console import Group
-    from rich.markup import escape
-    from rich.table import Table
-    from rich.text import Text
-
-    def row(*values: Any) -> list[Text]:
-        return [Text(str(v)) for v in values]
-
-    status = {True: "[green]up to date[/]", False: f"[yellow]{len(inspection.behind_files)} file(s) behind[/]",
-              None: "[red]unknown (a key could not be described)[/]"}[inspection.up_to_date]
-    head = Text.from_markup(
-        f"[bold]{escape(inspection.path)}[/]: {inspection.rows} rows, {len(inspection.files)} files, "
-        f"{len(inspection.deks)} data keys, {inspection.manifest_entries} manifest entries; rotation: {status}"
-    )
-    keys = Table(title="Keys")
-    for h in ("key URI", "key id", "primary", "state", "DEKs", "behind"):
-        keys.add_column(h)
-    for k in inspection.keys:
-        keys.add_row(*row(k.key_uri, k.key_id or "-", k.primary_version or "-", k.state or (k.error or "-"),
-                          k.deks, "?" if k.deks_behind is None else k.deks_behind))
-    columns = Table(title="Encrypted columns")
-    for h in ("column", "algorithm", "type", "indexes"):
-        columns.add_column(h)
-    for c in inspection.columns:
-        columns.add_row(*row(c.name, c.algorithm, c.arrow_type, c.source or ""))
-    files = Table(title="Files")
-    for h in ("file", "rows", "bytes", "DEKs", "key versions", "behind"):
-        files.add_column(h)
-    for f in inspection.files:
-        files.add_row(*row(f.path, f.rows, f.size, len(f.dek_ids), _versions_text(f.key_versions)),
-                      {True: "[yellow]yes[/]", False: "no", None: "?"}[f.behind])
-    return Group(head, keys, columns, files)

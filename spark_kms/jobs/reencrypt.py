@@ -34,6 +34,7 @@ at a time, streaming batch by batch (memory stays flat).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -52,8 +53,7 @@ from spark_kms.crypto import (
     KeyTable,
 )
 from spark_kms.errors import ConfigurationError, JobError
-from spark_kms.jobs._common import KmsOptions, Providers, require_dataset_dir, with_run_tag
-from spark_kms.jobs._dataset import DatasetKeys, write_manifest
+from spark_kms.jobs._common import require_dataset_dir
 from spark_kms.jobs._lock import dataset_lock
 from spark_kms.jobs._summary import (
     RUN_ID_CONTEXT_KEY,
@@ -63,10 +63,13 @@ from spark_kms.jobs._summary import (
     runs_dir,
     utc_now,
 )
-from spark_kms.kms.base import KmsProvider
+from spark_kms.kms import KmsConfig, KmsConfigLike, KmsProvider
 from spark_kms.parquet import BatchDecryptor, EncryptedParquetWriter, EncryptionSpec, new_deterministic_entry
+from spark_kms.parquet.dataset import Dataset
 
 __all__ = ["journal_path", "reencrypt_dataset"]
+
+logger = logging.getLogger(__name__)
 
 _TEMP_TAG = "reencrypt"
 _BATCH_ROWS = 65_536
@@ -82,7 +85,7 @@ def reencrypt_dataset(
     path: str | Path,
     *,
     key_uri: str | None = None,
-    kms_options: KmsOptions | None = None,
+    kms_options: KmsConfigLike = None,
     spark: Any = None,
     run_id: str | None = None,
     force: bool = False,
@@ -93,7 +96,7 @@ def reencrypt_dataset(
     :param path: the dataset directory.
     :param key_uri: the target key. Default: the key the dataset's DEKs are wrapped by (all its
         DEKs must then share one key URI).
-    :param kms_options: provider options per key-URI scheme.
+    :param kms_options: how to reach each KMS (a :class:`~spark_kms.kms.KmsConfig`, or options per key-URI scheme).
     :param spark: accepted for API symmetry; unused (files are rewritten by this process).
     :param run_id: resume this run if its journal exists (a finished run: returns its summary,
         no KMS call); default: resume the latest unfinished re-encrypt run, else start a new one.
@@ -109,7 +112,8 @@ def reencrypt_dataset(
         if journal is not None and journal["status"] == "succeeded":
             return _finished_summary(dataset, journal["run_id"])
         with RunRecorder("reencrypt", dataset, journal["run_id"] if journal else run_id) as recorder:
-            _run(dataset, recorder, journal, key_uri, with_run_tag(kms_options, recorder.run_id), force, progress)
+            kms = KmsConfig.of(kms_options).with_request_tag(recorder.run_id)
+            _run(dataset, recorder, journal, key_uri, kms, force, progress)
             return recorder.summary
 
 
@@ -153,13 +157,13 @@ def _finished_summary(dataset: Path, run_id: str) -> RunSummary:
 # --------------------------------------------------------------------------- the job
 
 
-def _target_uri(keys: DatasetKeys, key_uri: str | None) -> str:
+def _target_uri(keys: Dataset, key_uri: str | None) -> str:
     if key_uri:
         return key_uri
     uris = sorted({e.key_uri for e in keys.effective_deks().values()})
     if len(uris) != 1:
         raise ConfigurationError(
-            f"reencrypt: the DEKs of {str(keys.dataset)!r} are wrapped by {len(uris)} keys {uris}; "
+            f"reencrypt: the DEKs of {str(keys.root)!r} are wrapped by {len(uris)} keys {uris}; "
             "name the target key with key_uri= (--key-uri)"
         )
     return uris[0]
@@ -194,20 +198,19 @@ def _run(
     recorder: RunRecorder,
     journal: dict[str, Any] | None,
     key_uri: str | None,
-    kms_options: KmsOptions | None,
+    kms: KmsConfig,
     force: bool,
     progress: Progress | None,
 ) -> None:
     summary = recorder.summary
     run_id = recorder.run_id
     _remove_stale_temps(dataset)
-    keys = DatasetKeys.read(dataset, job="reencrypt")
-    providers = Providers(kms_options)
+    keys = Dataset.open(dataset, job="reencrypt")
     summary.key_versions_before = key_versions_of(
         (e.key_id, e.key_version) for e in keys.effective_deks().values()
     )
     if journal is None:
-        journal = _plan(keys, providers, run_id, key_uri, force)
+        journal = _plan(keys, kms, run_id, key_uri, force)
         if journal["files"]:
             atomic_write_json(journal_path(dataset, run_id), journal)
     else:
@@ -217,7 +220,7 @@ def _run(
                 f"reencrypt: run {run_id} targets {journal['target_key_uri']}, not {key_uri}; "
                 "finish it first (run again without --key-uri), then start a new run"
             )
-    target = providers.get(journal["target_key_uri"])
+    target = kms.provider(journal["target_key_uri"])
     det_entry = DekEntry.from_dict(journal["deterministic_entry"]) if journal.get("deterministic_entry") else None
 
     todo = [rel for rel, state in sorted(journal["files"].items()) if state != "done"]
@@ -234,7 +237,8 @@ def _run(
             raise JobError(f"reencrypt: file {rel!r} of run {run_id} disappeared from {str(dataset)!r}")
         footer = keys.footers.get(file)
         if footer is None or not _done_by_footer(footer, run_id):
-            file_rows, file_deks = _reencrypt_file(file, keys, target, det_entry, run_id, kms_options)
+            file_rows, file_deks = _reencrypt_file(file, keys, target, det_entry, run_id, kms)
+            logger.info("re-encrypted %s: %d rows under %d new data keys", rel, file_rows, file_deks)
             rows += file_rows
             deks += file_deks
             files += 1
@@ -244,12 +248,12 @@ def _run(
             progress(rel, n, len(todo))
 
     # Every file now holds only its own new keys: drop manifest entries no footer uses.
-    final = DatasetKeys.read(dataset, job="reencrypt")
+    final = Dataset.open(dataset, job="reencrypt")
     used = final.footer_deks()
     kept = {d: e for d, e in final.manifest.items() if d in used}
-    if len(kept) != len(final.manifest):
-        write_manifest(dataset, kept)
     summary.details["manifest_entries_pruned"] = len(final.manifest) - len(kept)
+    if len(kept) != len(final.manifest):
+        final.write_manifest(kept)
     summary.rows, summary.deks, summary.files = rows, deks, files
     summary.key_versions = key_versions_of(
         (e.key_id, e.key_version) for e in {d: kept.get(d, e) for d, e in used.items()}.values()
@@ -260,9 +264,9 @@ def _run(
         atomic_write_json(journal_path(dataset, run_id), journal)
 
 
-def _plan(keys: DatasetKeys, providers: Providers, run_id: str, key_uri: str | None, force: bool) -> dict[str, Any]:
+def _plan(keys: Dataset, kms: KmsConfig, run_id: str, key_uri: str | None, force: bool) -> dict[str, Any]:
     target_uri = _target_uri(keys, key_uri)
-    description = providers.describe(target_uri)
+    description = kms.describe(target_uri)
 
     def current(e: DekEntry) -> bool:
         return e.key_id == description.key_id and e.key_version == description.primary_version
@@ -274,7 +278,7 @@ def _plan(keys: DatasetKeys, providers: Providers, run_id: str, key_uri: str | N
     det_entry = None
     if behind and spec_needs_det:
         det_entry = new_deterministic_entry(
-            providers.get(target_uri), _context(keys.footer_deks(), AES_256_SIV, run_id)
+            kms.provider(target_uri), _context(keys.footer_deks(), AES_256_SIV, run_id)
         )
     return {
         "job": "reencrypt",
@@ -291,18 +295,18 @@ def _plan(keys: DatasetKeys, providers: Providers, run_id: str, key_uri: str | N
 
 def _reencrypt_file(
     file: str,
-    keys: DatasetKeys,
+    keys: Dataset,
     target: KmsProvider,
     det_entry: DekEntry | None,
     run_id: str,
-    kms_options: KmsOptions | None,
+    kms: KmsConfig,
 ) -> tuple[int, int]:
     """Rewrite one file with new DEKs, atomically under the same name. Returns (rows, new DEKs)."""
     footer = keys.footers[file]
     table = keys.effective_table(file)
     spec = _spec_of(footer)
     index_columns = [n for n, s in footer.columns.items() if s.algorithm == HMAC_SHA256_BIDX]
-    decryptor = BatchDecryptor(table, kms_options=kms_options)
+    decryptor = BatchDecryptor(table, kms_options=kms)
     parquet = pq.ParquetFile(file)
     stored = parquet.schema_arrow
     keep = [n for n in stored.names if n not in index_columns]
@@ -320,7 +324,7 @@ def _reencrypt_file(
             temp, plain_schema, spec, target,
             encryption_context=_context(footer.deks, AES_256_GCM, run_id),
             deterministic_entry=det_entry,
-            kms_options=kms_options,
+            kms_options=kms,
             write_empty=True,
             metadata=extra,
         ) as writer:

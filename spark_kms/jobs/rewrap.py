@@ -24,6 +24,7 @@ travel with the dataset (copy the directory, not only the ``*.parquet`` files).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,13 +32,15 @@ import pyarrow.parquet as pq
 
 from spark_kms.crypto import DekEntry
 from spark_kms.errors import ConfigurationError
-from spark_kms.jobs._common import KmsOptions, Providers, require_dataset_dir, with_run_tag
-from spark_kms.jobs._dataset import DatasetKeys, write_manifest
+from spark_kms.jobs._common import require_dataset_dir
 from spark_kms.jobs._lock import dataset_lock
 from spark_kms.jobs._summary import RunRecorder, RunSummary, key_versions_of
-from spark_kms.kms.base import WrappedKey
+from spark_kms.kms import KmsConfig, KmsConfigLike, WrappedKey
+from spark_kms.parquet.dataset import Dataset
 
 __all__ = ["rewrap_dataset"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_FLUSH_EVERY = 100
 
@@ -46,7 +49,7 @@ def rewrap_dataset(
     path: str | Path,
     *,
     key_uri: str | None = None,
-    kms_options: KmsOptions | None = None,
+    kms_options: KmsConfigLike = None,
     run_id: str | None = None,
     flush_every: int = DEFAULT_FLUSH_EVERY,
     progress: Callable[[str, int, int], None] | None = None,
@@ -56,7 +59,7 @@ def rewrap_dataset(
     :param path: the dataset directory.
     :param key_uri: the target key (another key, even another provider). Default: each DEK's own
         key URI, i.e. the same key's current primary version.
-    :param kms_options: provider options per key-URI scheme.
+    :param kms_options: how to reach each KMS (a :class:`~spark_kms.kms.KmsConfig`, or options per key-URI scheme).
     :param run_id: the run id (default: a new one); names ``_spark_kms_runs/<run_id>.json``.
     :param flush_every: write the manifest after this many rewrapped DEKs (progress a kill keeps).
     :param progress: called as DEKs are processed with (next DEK id, DEKs done, DEKs in all), and once at the end.
@@ -68,8 +71,8 @@ def rewrap_dataset(
     dataset = require_dataset_dir(path, "rewrap")
     with dataset_lock(dataset, "rewrap"), RunRecorder("rewrap", dataset, run_id) as recorder:
         summary = recorder.summary
-        keys = DatasetKeys.read(dataset, job="rewrap")
-        providers = Providers(with_run_tag(kms_options, recorder.run_id))
+        keys = Dataset.open(dataset, job="rewrap")
+        kms = KmsConfig.of(kms_options).with_request_tag(recorder.run_id)
         before = keys.effective_deks()
         summary.key_versions_before = key_versions_of((e.key_id, e.key_version) for e in before.values())
         summary.details["target_key_uri"] = key_uri
@@ -84,20 +87,22 @@ def rewrap_dataset(
                 if progress is not None and n > 1:
                     progress(dek_id, n - 1, len(before))
                 target_uri = key_uri or entry.key_uri
-                target = providers.describe(target_uri)
+                target = kms.describe(target_uri)
                 if entry.key_id == target.key_id and entry.key_version == target.primary_version:
                     skipped += 1
                     continue
-                manifest[dek_id] = _rewrap_one(entry, target_uri, providers)
+                manifest[dek_id] = _rewrap_one(entry, target_uri, kms)
+                logger.debug("rewrapped data key %s: key %s version %s -> version %s", dek_id, entry.key_id,
+                             entry.key_version, manifest[dek_id].key_version)
                 rewrapped.append(dek_id)
                 unflushed += 1
                 if unflushed >= flush_every:
-                    write_manifest(dataset, manifest)
+                    keys.write_manifest(manifest)
                     unflushed = 0
         finally:
             # Keep the progress made even when a DEK fails: its predecessors are done.
             if unflushed or pruned:
-                write_manifest(dataset, manifest)
+                keys.write_manifest(manifest)
         if progress is not None and before:
             progress("", len(before), len(before))
         after = {d: manifest.get(d, e) for d, e in before.items()}
@@ -113,9 +118,9 @@ def rewrap_dataset(
         return summary
 
 
-def _rewrap_one(entry: DekEntry, target_uri: str, providers: Providers) -> DekEntry:
-    source = providers.get(entry.key_uri)
-    destination = providers.get(target_uri)
+def _rewrap_one(entry: DekEntry, target_uri: str, kms: KmsConfig) -> DekEntry:
+    source = kms.provider(entry.key_uri)
+    destination = kms.provider(target_uri)
     wrapped = source.reencrypt(
         WrappedKey(entry.wrapped_dek, entry.key_id, entry.key_version),
         entry.encryption_context,

@@ -23,9 +23,10 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from spark_kms.errors import ConfigurationError
-from spark_kms.jobs._common import KmsOptions, require_dataset_dir, with_run_tag
-from spark_kms.jobs._dataset import DatasetKeys
+from spark_kms.jobs._common import require_dataset_dir
 from spark_kms.jobs._summary import RunRecorder, RunSummary, key_versions_of
+from spark_kms.kms import KmsConfig, KmsConfigLike
+from spark_kms.parquet.dataset import Dataset
 
 __all__ = ["SOURCE_FORMATS", "decrypt_dataset", "encrypt_dataset"]
 
@@ -83,7 +84,7 @@ def encrypt_dataset(
     source_format: str = "parquet",
     mode: str = "overwrite",
     encryption_context: Mapping[str, str] | None = None,
-    kms_options: KmsOptions | None = None,
+    kms_options: KmsConfigLike = None,
     spark: Any = None,
     run_id: str | None = None,
 ) -> RunSummary:
@@ -98,7 +99,7 @@ def encrypt_dataset(
         or index are read as text as written, keeping leading zeros) or ``json`` (JSON lines).
     :param mode: ``overwrite`` or ``append``.
     :param encryption_context: extra context sent to the KMS with every GenerateDataKey.
-    :param kms_options: provider options per key-URI scheme.
+    :param kms_options: how to reach each KMS (a :class:`~spark_kms.kms.KmsConfig`, or options per key-URI scheme).
     :param spark: a SparkSession (default: a local one).
     :param run_id: the run id (default: new); recorded in each DEK's encryption context.
     """
@@ -125,7 +126,7 @@ def encrypt_dataset(
         result = write_encrypted(
             df, str(dst), key_uri=key_uri, columns=list(columns), deterministic_columns=list(deterministic_columns),
             blind_index=dict(blind_index or {}), partition_by=list(partition_by), mode=mode,
-            encryption_context=encryption_context, kms_options=with_run_tag(kms_options, recorder.run_id),
+            encryption_context=encryption_context, kms_options=KmsConfig.of(kms_options).with_request_tag(recorder.run_id),
             run_id=recorder.run_id,
         )
         s = recorder.summary
@@ -144,7 +145,7 @@ def decrypt_dataset(
     *,
     columns: Sequence[str] | None = None,
     output_format: str = "parquet",
-    kms_options: KmsOptions | None = None,
+    kms_options: KmsConfigLike = None,
     spark: Any = None,
     run_id: str | None = None,
 ) -> RunSummary:
@@ -152,7 +153,8 @@ def decrypt_dataset(
 
     :param columns: keep only these columns (default all; blind-index columns stay binary).
     :param output_format: ``parquet``, ``csv`` (with a header row) or ``json`` (JSON lines).
-    :param kms_options: provider options per key-URI scheme (used by Spark's Python workers).
+    :param kms_options: how to reach each KMS (a :class:`~spark_kms.kms.KmsConfig`, or options per
+        key-URI scheme); used by Spark's Python workers.
     :param spark: a SparkSession (default: a local one).
     :param run_id: the run id (default: new). Existing DEKs keep their encryption context, so the
         run id reaches the KMS only as the embedded KMS's audit ``request_tag``; see docs/ROTATION.md.
@@ -168,10 +170,10 @@ def decrypt_dataset(
 
     session = _session(spark)
     with RunRecorder("decrypt", src, run_id) as recorder:
-        keys = DatasetKeys.read(src, job="decrypt")
+        keys = Dataset.open(src, job="decrypt")
         effective = keys.effective_deks()
         df = read_encrypted(session, str(src), columns=list(columns) if columns is not None else None,
-                            kms_options=with_run_tag(kms_options, recorder.run_id))
+                            kms_options=KmsConfig.of(kms_options).with_request_tag(recorder.run_id))
         writer = df.write.mode("overwrite").format(output_format)
         if output_format == "csv":
             writer = writer.option("header", "true")

@@ -58,6 +58,7 @@ from spark_kms.errors import (
     ThrottlingError,
 )
 from spark_kms.kms.base import DataKey, KeyDescription, KmsProvider, WrappedKey
+from spark_kms.kms.registry import parse_key_uri
 
 try:
     import boto3
@@ -96,7 +97,7 @@ def parse_aws_key_uri(key_uri: str) -> tuple[str, str | None]:
 
     The KeyId is an ARN, ``alias/<name>`` or a key id, exactly as AWS accepts it.
     """
-    ref = key_uri.split("://", 1)[1] if "://" in key_uri else key_uri
+    ref = parse_key_uri(key_uri)[1] if "://" in key_uri else key_uri
     if ref.startswith("arn:"):
         m = _ARN_RE.match(ref)
         if not m:
@@ -126,6 +127,7 @@ class AwsKmsProvider(KmsProvider):
 
     scheme = "aws-kms"
     extra = "aws"
+    secret_options = frozenset({"aws_secret_access_key", "aws_session_token"})
 
     def __init__(self, key_uri: str, **options: Any) -> None:
         super().__init__(key_uri, **options)

@@ -112,6 +112,8 @@ class AzureKeyVaultProvider(KmsProvider):
 
     scheme = "azure-kv"
     extra = "azure"
+    #: ``credential`` is an azure-identity credential object: it holds secrets, and it is not data
+    secret_options = frozenset({"client_secret", "credential"})
 
     def __init__(self, key_uri: str, **options: Any) -> None:
         super().__init__(key_uri, **options)

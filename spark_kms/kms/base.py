@@ -14,6 +14,7 @@ backend implements, in the manner of the AWS Encryption SDK's master keys.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -33,6 +34,8 @@ __all__ = [
     "reset_kms_call_counts",
 ]
 
+logger = logging.getLogger(__name__)
+
 MAX_PAYLOAD_BYTES = 4096
 DATA_KEY_BYTES = 32
 
@@ -45,6 +48,13 @@ _CALLS_LOCK = threading.Lock()
 def _count(scheme: str, operation: str) -> None:
     with _CALLS_LOCK:
         _CALLS[(scheme, operation)] += 1
+
+
+def _log_call(operation: str, key_uri: str, context: Mapping[str, str], key: str = "", version: str = "") -> None:
+    # Key ids, versions and encryption contexts only: never key bytes or payloads.
+    if logger.isEnabledFor(logging.DEBUG):
+        which = f" (key {key}, version {version})" if key else ""
+        logger.debug("KMS %s on %s%s, encryption context %s", operation, key_uri, which, dict(context))
 
 
 def kms_call_counts() -> dict[str, int]:
@@ -146,6 +156,9 @@ class KmsProvider(ABC):
     scheme: ClassVar[str] = ""
     #: the extra that installs this backend's SDK
     extra: ClassVar[str] = ""
+    #: option names whose values are secrets (root keys, tokens, client secrets): never shown in
+    #: a repr, persisted with a saved stage or run record, or written to a log
+    secret_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, key_uri: str, **options: Any) -> None:
         if not key_uri.startswith(f"{self.scheme}://"):
@@ -167,13 +180,17 @@ class KmsProvider(ABC):
         return f"{type(self).__name__}({self.key_uri!r})"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and (self.key_uri, _public(self.options)) == (
+        return type(other) is type(self) and (self.key_uri, self.public_options()) == (
             other.key_uri,  # type: ignore[attr-defined]
-            _public(other.options),  # type: ignore[attr-defined]
+            other.public_options(),  # type: ignore[attr-defined]
         )
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self.key_uri))
+
+    def public_options(self) -> dict[str, Any]:
+        """The options without the ones this class declares secret."""
+        return {k: v for k, v in self.options.items() if k not in self.secret_options}
 
     def cache_identity(self) -> str:
         """Who asks, and through which key: part of the cache key of unwrapped data keys, so the
@@ -210,6 +227,7 @@ class KmsProvider(ABC):
         """A new 256-bit data key, wrapped under this provider's key (GenerateDataKey)."""
         ctx = canonical_context(encryption_context)
         _count(self.scheme, "GenerateDataKey")
+        _log_call("GenerateDataKey", self.key_uri, ctx)
         key = self._generate_data_key(ctx)
         if len(key.plaintext) != DATA_KEY_BYTES:
             size = len(key.plaintext)
@@ -224,6 +242,7 @@ class KmsProvider(ABC):
         """Unwrap a data key. ``wrapped.key_id`` says which key wrapped it."""
         ctx = canonical_context(encryption_context)
         _count(self.scheme, "Decrypt")
+        _log_call("Decrypt", self.key_uri, ctx, wrapped.key_id, wrapped.key_version)
         plaintext = bytearray(self._decrypt(wrapped, ctx))
         if len(plaintext) != DATA_KEY_BYTES:
             size = len(plaintext)
@@ -239,12 +258,14 @@ class KmsProvider(ABC):
             raise ConfigurationError(f"KMS payloads are at most {MAX_PAYLOAD_BYTES} bytes, got {len(plaintext)}")
         ctx = canonical_context(encryption_context)
         _count(self.scheme, "Encrypt")
+        _log_call("Encrypt", self.key_uri, ctx)
         return self._encrypt(bytes(plaintext), ctx)
 
     def decrypt(self, wrapped: WrappedKey, encryption_context: Mapping[str, str] | None = None) -> bytes:
         """Decrypt a small payload made by :meth:`encrypt`."""
         ctx = canonical_context(encryption_context)
         _count(self.scheme, "Decrypt")
+        _log_call("Decrypt", self.key_uri, ctx, wrapped.key_id, wrapped.key_version)
         return bytes(self._decrypt(wrapped, ctx))
 
     def reencrypt(
@@ -262,11 +283,13 @@ class KmsProvider(ABC):
         dest = destination if destination is not None else self
         dctx = canonical_context(destination_context) if destination_context is not None else ctx
         _count(self.scheme, "ReEncrypt")
+        _log_call("ReEncrypt", f"{self.key_uri} -> {dest.key_uri}", ctx, wrapped.key_id, wrapped.key_version)
         return self._reencrypt(wrapped, ctx, dest, dctx)
 
     def describe_key(self) -> KeyDescription:
         """What the KMS says about this provider's key."""
         _count(self.scheme, "DescribeKey")
+        _log_call("DescribeKey", self.key_uri, {})
         return self._describe_key()
 
     # -- what a backend implements -------------------------------------------
@@ -298,8 +321,3 @@ class KmsProvider(ABC):
                 plaintext[i] = 0
 
 
-_SECRET_OPTION_WORDS = ("secret", "token", "password", "credential", "key_material", "root_key")
-
-
-def _public(options: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in options.items() if not any(w in k.lower() for w in _SECRET_OPTION_WORDS)}

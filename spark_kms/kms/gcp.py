@@ -61,6 +61,7 @@ from spark_kms.errors import (
     ThrottlingError,
 )
 from spark_kms.kms.base import DATA_KEY_BYTES, DataKey, KeyDescription, KmsProvider, WrappedKey
+from spark_kms.kms.registry import parse_key_uri
 
 try:
     import google.auth.exceptions
@@ -134,7 +135,7 @@ def canonical_aad(encryption_context: Mapping[str, str]) -> bytes:
 
 def parse_gcp_key_uri(key_uri: str) -> str:
     """``gcp-kms://projects/...`` -> the CryptoKey resource name."""
-    name = key_uri.split("://", 1)[1] if "://" in key_uri else key_uri
+    name = parse_key_uri(key_uri)[1] if "://" in key_uri else key_uri
     if _VERSION_NAME_RE.match(name):
         raise ConfigurationError(
             f"{key_uri}: name the CryptoKey, not one of its versions; new wraps use the primary version "
@@ -164,6 +165,7 @@ class GcpKmsProvider(KmsProvider):
 
     scheme = "gcp-kms"
     extra = "gcp"
+    secret_options = frozenset({"access_token"})
 
     def __init__(self, key_uri: str, **options: Any) -> None:
         super().__init__(key_uri, **options)

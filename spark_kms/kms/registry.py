@@ -9,7 +9,7 @@ from typing import Any
 from spark_kms.errors import ConfigurationError, MissingExtraError
 from spark_kms.kms.base import KmsProvider
 
-__all__ = ["provider_from_uri", "register_provider", "registered_schemes"]
+__all__ = ["parse_key_uri", "provider_class", "provider_from_uri", "register_provider", "registered_schemes"]
 
 # scheme -> ("module:Class", extra)
 _BUILTIN: dict[str, tuple[str, str]] = {
@@ -34,16 +34,21 @@ def registered_schemes() -> list[str]:
     return sorted(set(_BUILTIN) | set(_CUSTOM))
 
 
-def _scheme_of(key_uri: str) -> str:
-    if "://" not in key_uri:
+def parse_key_uri(key_uri: str) -> tuple[str, str]:
+    """``(scheme, rest)`` of a key URI, the scheme lower-cased. The one parser of key URIs: every
+    layer (file layer, Spark, jobs, CLI, Airflow) reaches it through :class:`~spark_kms.kms.KmsConfig`,
+    so a malformed URI gives the same error everywhere."""
+    if not isinstance(key_uri, str) or "://" not in key_uri or not key_uri.split("://", 1)[0]:
         raise ConfigurationError(
             f"a key URI looks like '<scheme>://<key>' with scheme one of {registered_schemes()}, got {key_uri!r}"
         )
-    return key_uri.split("://", 1)[0].lower()
+    scheme, rest = key_uri.split("://", 1)
+    return scheme.lower(), rest
 
 
 def provider_class(key_uri: str) -> type[KmsProvider]:
-    scheme = _scheme_of(key_uri)
+    """The provider class serving ``key_uri``'s scheme (its module imported on first use)."""
+    scheme, _ = parse_key_uri(key_uri)
     if scheme in _CUSTOM:
         return _CUSTOM[scheme]
     if scheme not in _BUILTIN:

@@ -92,6 +92,7 @@ class VaultTransitProvider(KmsProvider):
     """A Vault Transit key (aes256-gcm96) as a spark_kms KMS key. See the module docstring."""
 
     scheme = "vault"
+    secret_options = frozenset({"token", "secret_id"})
     extra = "vault"
 
     def __init__(self, key_uri: str, **options: Any) -> None:

@@ -10,32 +10,33 @@ all build on these names.
 
 Layout and rules: docs/FORMAT.md (cells, key table, manifest) and the docstrings of
 :mod:`spark_kms.parquet.encryptor` (batch layout, keys), :mod:`spark_kms.parquet.writer`
-(footer, empty input) and :mod:`spark_kms.parquet.reader` (datasets, manifest precedence).
+(footer, empty input) and :mod:`spark_kms.parquet.dataset` (files, dataset root, manifest precedence).
 """
 
 from spark_kms.parquet._types import check_supported, decode_values, encode_values, parse_arrow_type
+from spark_kms.parquet.dataset import (
+    Dataset,
+    dataset_root_of,
+    list_data_files,
+    read_dataset_key_table,
+    read_key_table,
+    read_manifest,
+    write_manifest,
+)
 from spark_kms.parquet.decryptor import BatchDecryptor
 from spark_kms.parquet.encryptor import BatchEncryptor, EncryptionSpec
 from spark_kms.parquet.index import blind_index_values
-from spark_kms.parquet.keys import DekResolver, KmsOptions, new_deterministic_entry, provider_for_uri
-from spark_kms.parquet.reader import (
-    dataset_root_of,
-    iter_decrypted_batches,
-    list_data_files,
-    read_dataset_key_table,
-    read_decrypted_table,
-    read_key_table,
-    read_manifest,
-)
+from spark_kms.parquet.keys import DekResolver, new_deterministic_entry
+from spark_kms.parquet.reader import iter_decrypted_batches, read_decrypted_table
 from spark_kms.parquet.writer import EncryptedParquetWriter
 
 __all__ = [
     "BatchDecryptor",
     "BatchEncryptor",
+    "Dataset",
     "DekResolver",
     "EncryptedParquetWriter",
     "EncryptionSpec",
-    "KmsOptions",
     "blind_index_values",
     "check_supported",
     "decode_values",
@@ -45,9 +46,9 @@ __all__ = [
     "iter_decrypted_batches",
     "list_data_files",
     "new_deterministic_entry",
-    "provider_for_uri",
     "read_dataset_key_table",
     "read_decrypted_table",
     "read_key_table",
     "read_manifest",
+    "write_manifest",
 ]

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from spark_kms.crypto import AES_256_GCM, AES_256_SIV, CellDecryptor, ColumnSpec, KeyTable, native_available
 from spark_kms.errors import ConfigurationError, FormatError
-from spark_kms.kms import DataKeyCache
+from spark_kms.kms import DataKeyCache, KmsConfigLike
 from spark_kms.parquet._types import (
     array_from_buffers,
     binary_buffers,
@@ -24,7 +24,7 @@ from spark_kms.parquet._types import (
     decode_values,
     parse_arrow_type,
 )
-from spark_kms.parquet.keys import DekResolver, KmsOptions
+from spark_kms.parquet.keys import DekResolver
 
 __all__ = ["BatchDecryptor"]
 
@@ -35,7 +35,7 @@ class BatchDecryptor:
     """Decrypts the encrypted columns of batches, arrays and tables described by ``key_table``.
 
     :param key_table: the file's (or dataset's merged) key table, manifest entries applied.
-    :param kms_options: provider options per key-URI scheme.
+    :param kms_options: how to reach each KMS (a :class:`~spark_kms.kms.KmsConfig` or what its ``of`` takes).
     :param cache: where unwrapped keys live; default the per-process cache.
 
     Not thread-safe (one per task or reader); cheap to build.
@@ -45,14 +45,14 @@ class BatchDecryptor:
         self,
         key_table: KeyTable,
         *,
-        kms_options: KmsOptions | None = None,
+        kms_options: KmsConfigLike = None,
         cache: DataKeyCache | None = None,
     ) -> None:
         if not isinstance(key_table, KeyTable):
             raise ConfigurationError(f"key_table must be a KeyTable, got {type(key_table).__name__}")
         self.key_table = key_table
-        self._kms_options = kms_options
         self._resolver = DekResolver(key_table.deks, kms_options=kms_options, cache=cache)
+        self.kms = self._resolver.kms
         self._where = ""
         self._cells = CellDecryptor(self._lookup)
         self._types: dict[str, pa.DataType] = {}
@@ -60,7 +60,7 @@ class BatchDecryptor:
     def __reduce__(self) -> tuple[object, ...]:
         # Ships to Spark executors as configuration (wrapped keys only); cipher objects,
         # providers and the cache are rebuilt there, and keys unwrapped lazily.
-        return (_rebuild, (self.key_table, self._kms_options))
+        return (_rebuild, (self.key_table, self.kms))
 
     def __repr__(self) -> str:
         return f"BatchDecryptor(columns={self.encrypted_columns}, deks={len(self.key_table.deks)})"
@@ -166,5 +166,5 @@ class BatchDecryptor:
         return decryptable & wanted & set(names)
 
 
-def _rebuild(key_table: KeyTable, kms_options: KmsOptions | None) -> BatchDecryptor:
+def _rebuild(key_table: KeyTable, kms_options: KmsConfigLike) -> BatchDecryptor:
     return BatchDecryptor(key_table, kms_options=kms_options)

@@ -25,6 +25,7 @@ with a :class:`~spark_kms.crypto.ColumnSpec` for every encrypted or derived colu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,7 +50,7 @@ from spark_kms.crypto import (
     new_dek_id,
 )
 from spark_kms.errors import ConfigurationError
-from spark_kms.kms import KmsProvider
+from spark_kms.kms import KmsConfig, KmsConfigLike, KmsProvider
 from spark_kms.kms.base import canonical_context
 from spark_kms.parquet._types import (
     array_from_buffers,
@@ -58,9 +59,11 @@ from spark_kms.parquet._types import (
     encode_binary,
     encode_values,
 )
-from spark_kms.parquet.keys import DekResolver, KmsOptions, entry_for
+from spark_kms.parquet.keys import DekResolver, entry_for
 
 __all__ = ["BatchEncryptor", "EncryptionSpec"]
+
+logger = logging.getLogger(__name__)
 
 
 def _names(value: Any, what: str) -> tuple[str, ...]:
@@ -148,23 +151,25 @@ class BatchEncryptor:
     :meth:`close` to wipe the data keys it holds.
 
     :param spec: what to encrypt.
-    :param provider: the KMS provider data keys are generated with.
+    :param provider: the key data keys are generated under: a key URI (built through ``kms_options``)
+        or a :class:`~spark_kms.kms.KmsProvider`.
     :param encryption_context: sent to the KMS with GenerateDataKey, stored with each key.
     :param max_cells_per_dek: non-null AES-GCM cells per data key before rolling over.
     :param deterministic_entry: the job's dataset-level key for deterministic and
         blind-index columns (from :func:`new_deterministic_entry`).
-    :param kms_options: provider options per key-URI scheme, to unwrap ``deterministic_entry``.
+    :param kms_options: how to reach each KMS (:class:`~spark_kms.kms.KmsConfig` or what its ``of``
+        takes); needed for a key URI, or to unwrap a ``deterministic_entry`` of another KMS.
     """
 
     def __init__(
         self,
         spec: EncryptionSpec,
-        provider: KmsProvider,
+        provider: KmsProvider | str,
         *,
         encryption_context: Mapping[str, str] | None = None,
         max_cells_per_dek: int = DEFAULT_MAX_CELLS_PER_DEK,
         deterministic_entry: DekEntry | None = None,
-        kms_options: KmsOptions | None = None,
+        kms_options: KmsConfigLike = None,
     ) -> None:
         if not isinstance(spec, EncryptionSpec):
             raise ConfigurationError(f"spec must be an EncryptionSpec, got {type(spec).__name__}")
@@ -183,11 +188,19 @@ class BatchEncryptor:
                 f"expected {AES_256_SIV}"
             )
         self.spec = spec
+        kms = KmsConfig.of(kms_options)
+        if isinstance(provider, str):
+            provider = kms.provider(provider)
+        elif isinstance(provider, KmsProvider):
+            kms = KmsConfig.for_provider(provider, kms)
+        else:
+            raise ConfigurationError(f"provider must be a key URI or a KmsProvider, got {type(provider).__name__}")
+        self.kms = kms
         self.provider = provider
         self.encryption_context = canonical_context(encryption_context)
         self.max_cells_per_dek = max_cells_per_dek
         self._det_entry = deterministic_entry
-        self._resolver = DekResolver({}, kms_options=kms_options)
+        self._resolver = DekResolver({}, kms_options=kms)
         if deterministic_entry is not None:
             self._resolver.add(deterministic_entry)
         self._entries: dict[str, DekEntry] = {}
@@ -353,6 +366,8 @@ class BatchEncryptor:
         finally:
             data_key.wipe()
         self._entries[entry.dek_id] = entry
+        logger.debug("new data key %s under %s (key version %s) for up to %d cells",
+                     entry.dek_id, entry.key_uri, entry.key_version, self.max_cells_per_dek)
         return self._cell
 
     def _encrypt_gcm(self, values: list[bytes | None], non_null: int, column: str) -> list[bytes | None]:

@@ -16,9 +16,9 @@ import pyarrow as pa
 
 from spark_kms.crypto import AES_256_SIV, HMAC_SHA256_BIDX, BlindIndexer, KeyTable, dek_id_from_hex
 from spark_kms.errors import ConfigurationError
-from spark_kms.kms import DataKeyCache
+from spark_kms.kms import DataKeyCache, KmsConfigLike
 from spark_kms.parquet._types import encode_values, parse_arrow_type
-from spark_kms.parquet.keys import DekResolver, KmsOptions
+from spark_kms.parquet.keys import DekResolver
 
 __all__ = ["blind_index_values"]
 
@@ -28,7 +28,7 @@ def blind_index_values(
     index_column: str,
     values: Sequence[Any],
     *,
-    kms_options: KmsOptions | None = None,
+    kms_options: KmsConfigLike = None,
     cache: DataKeyCache | None = None,
 ) -> list[bytes]:
     """The index cells of ``values`` for ``index_column``, under each dataset-level key of

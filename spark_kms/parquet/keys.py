@@ -9,25 +9,18 @@ one KMS Decrypt per data key per process, however many batches, files or readers
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from spark_kms.crypto import AES_256_SIV, DekEntry, dek_id_hex, new_dek_id, utc_now_iso
 from spark_kms.errors import KmsError
-from spark_kms.kms import DataKeyCache, KmsProvider, WrappedKey, process_dek_cache, provider_from_uri
+from spark_kms.kms import DataKeyCache, KmsConfig, KmsConfigLike, KmsProvider, WrappedKey, process_dek_cache
 from spark_kms.kms.base import DataKey, canonical_context
 
-__all__ = ["DekResolver", "KmsOptions", "entry_for", "new_deterministic_entry", "provider_for_uri"]
+__all__ = ["DekResolver", "entry_for", "new_deterministic_entry"]
 
-#: options per key-URI scheme, e.g. ``{"local": {"keystore": "/tmp/ks"}}``
-KmsOptions = Mapping[str, Mapping[str, Any]]
-
-
-def provider_for_uri(key_uri: str, kms_options: KmsOptions | None) -> KmsProvider:
-    """The provider for ``key_uri`` built with the options of its scheme."""
-    scheme = key_uri.split("://", 1)[0].lower() if "://" in key_uri else ""
-    opts = dict((kms_options or {}).get(scheme, {}))
-    return provider_from_uri(key_uri, **opts)
+logger = logging.getLogger(__name__)
 
 
 def entry_for(
@@ -68,7 +61,8 @@ class DekResolver:
     """Unwraps the data keys of a key table on demand.
 
     :param entries: DEK entries by hex DEK id (``KeyTable.deks``, manifest entries applied).
-    :param kms_options: provider options per key-URI scheme.
+    :param kms_options: how to reach each KMS (:class:`~spark_kms.kms.KmsConfig`, or what
+        :meth:`~spark_kms.kms.KmsConfig.of` takes).
     :param cache: where plaintext keys live; default the per-process cache.
     :param where: default location named in errors (``"file a.parquet"``, ``"dataset d"``).
 
@@ -83,25 +77,24 @@ class DekResolver:
         self,
         entries: Mapping[str, DekEntry],
         *,
-        kms_options: KmsOptions | None = None,
+        kms_options: KmsConfigLike = None,
         cache: DataKeyCache | None = None,
         where: str = "",
     ) -> None:
         self._entries = dict(entries)
-        self._kms_options = {k: dict(v) for k, v in (kms_options or {}).items()}
+        self.kms = KmsConfig.of(kms_options)
         self._cache = cache
         self.where = where
-        self._providers: dict[str, KmsProvider] = {}
         #: KMS Decrypt calls this resolver made (cache misses)
         self.kms_calls = 0
 
     def __reduce__(self) -> tuple[object, ...]:
         # Configuration only: a custom cache (it holds plaintext keys and a lock) is not
         # shipped; the receiving process uses its own process cache.
-        return (DekResolver, (self._entries,), {"_kms_options": self._kms_options, "where": self.where})
+        return (DekResolver, (self._entries,), {"kms": self.kms, "where": self.where})
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._kms_options = state["_kms_options"]
+        self.kms = state["kms"]
         self.where = state["where"]
 
     def __repr__(self) -> str:
@@ -138,15 +131,14 @@ class DekResolver:
         return cache.get_or_load(cache_key, lambda: self._unwrap(entry, self.where if where is None else where))
 
     def _provider(self, key_uri: str) -> KmsProvider:
-        provider = self._providers.get(key_uri)
-        if provider is None:
-            provider = self._providers[key_uri] = provider_for_uri(key_uri, self._kms_options)
-        return provider
+        return self.kms.provider(key_uri)
 
     def _unwrap(self, entry: DekEntry, where: str) -> bytearray:
         provider = self._provider(entry.key_uri)
         wrapped = WrappedKey(entry.wrapped_dek, entry.key_id, entry.key_version)
         self.kms_calls += 1
+        logger.debug("unwrapping data key %s (key %s, version %s) for %s, encryption context %s",
+                     entry.dek_id, entry.key_id, entry.key_version, where or "-", entry.encryption_context)
         try:
             return provider.decrypt_data_key(wrapped, entry.encryption_context)
         except KmsError as exc:

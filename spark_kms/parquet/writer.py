@@ -24,10 +24,9 @@ import pyarrow.parquet as pq
 
 from spark_kms.crypto import DEFAULT_MAX_CELLS_PER_DEK, KEY_TABLE_METADATA_KEY, DekEntry, KeyTable
 from spark_kms.errors import ConfigurationError
-from spark_kms.kms import KmsProvider
-from spark_kms.parquet._paths import local_path
+from spark_kms.kms import KmsConfigLike, KmsProvider
+from spark_kms.parquet.dataset import local_path
 from spark_kms.parquet.encryptor import BatchEncryptor, EncryptionSpec
-from spark_kms.parquet.keys import KmsOptions
 
 __all__ = ["EncryptedParquetWriter"]
 
@@ -38,11 +37,13 @@ class EncryptedParquetWriter:
     :param path: the file to write (its directory must exist).
     :param schema: the plaintext schema of the batches to come.
     :param spec: which columns to encrypt, and how.
-    :param provider: the KMS provider that generates the data keys.
+    :param provider: the key new data keys are generated under: a key URI (built through
+        ``kms_options``) or a :class:`~spark_kms.kms.KmsProvider`.
     :param encryption_context: sent to the KMS with every GenerateDataKey, and stored.
     :param max_cells_per_dek: AES-GCM cells per data key before rolling over.
     :param deterministic_entry: the job's key for deterministic / blind-index columns.
-    :param kms_options: provider options per key-URI scheme (to unwrap ``deterministic_entry``).
+    :param kms_options: how to reach each KMS (:class:`~spark_kms.kms.KmsConfig` or what its ``of``
+        takes); needed for a key URI, or to unwrap a ``deterministic_entry`` of another KMS.
     :param write_empty: write a zero-row file when no rows arrive (default: no file, no KMS call).
     :param metadata: extra footer key-value metadata (str -> str), e.g. a job id.
     :param parquet_options: passed to ``pyarrow.parquet.ParquetWriter`` (``compression``, ...).
@@ -53,12 +54,12 @@ class EncryptedParquetWriter:
         path: str | os.PathLike[str],
         schema: pa.Schema,
         spec: EncryptionSpec,
-        provider: KmsProvider,
+        provider: KmsProvider | str,
         *,
         encryption_context: Mapping[str, str] | None = None,
         max_cells_per_dek: int = DEFAULT_MAX_CELLS_PER_DEK,
         deterministic_entry: DekEntry | None = None,
-        kms_options: KmsOptions | None = None,
+        kms_options: KmsConfigLike = None,
         write_empty: bool = False,
         metadata: Mapping[str, str] | None = None,
         parquet_options: Mapping[str, Any] | None = None,

@@ -2,6 +2,20 @@
 protocol), the native-scan decrypting reader, Arrow UDFs and SQL functions, and the
 pyspark.ml column-encryption transformers.
 
+Modules, top to bottom (each imports only those below it):
+
+* :mod:`~spark_kms.spark.io`: ``write_encrypted``, ``read_encrypted`` (native Parquet scan + decrypt UDFs)
+* :mod:`~spark_kms.spark.datasource`: the ``spark_kms`` data source and ``register``; its writer
+  (``_source_write``), commit protocol (``_commit``) and reader (``_source_scan``)
+* :mod:`~spark_kms.spark.ml`: ``ColumnEncryptor`` / ``ColumnDecryptor``
+* :mod:`~spark_kms.spark.sql`: ``register_functions`` (``kms_encrypt``, ``kms_decrypt``, ...)
+* :mod:`~spark_kms.spark.udfs`: the Arrow UDF factories
+* :mod:`~spark_kms.spark.key_registry`: the on-disk registry where encrypting UDFs publish data keys
+* :mod:`~spark_kms.spark.session`: ``local_session``
+
+Every KMS is reached through a :class:`spark_kms.kms.KmsConfig` (the ``kms_options`` option or
+parameter), every dataset through :mod:`spark_kms.parquet.dataset`.
+
 Importing this package does not import pyspark (Airflow DAG files import it at parse
 time); each name below is loaded from its module on first use.
 """
@@ -14,17 +28,17 @@ from typing import Any
 # public name -> module under spark_kms.spark that defines it
 _EXPORTS: dict[str, str] = {
     "register": "datasource",
-    "write_encrypted": "datasource",
-    "WriteResult": "datasource",
-    "recover_interrupted_commits": "datasource",
-    "read_encrypted": "reader",
+    "write_encrypted": "io",
+    "WriteResult": "io",
+    "recover_interrupted_commits": "io",
+    "read_encrypted": "io",
     "local_session": "session",
-    "decrypt_udf": "functions",
-    "encrypt_udf": "functions",
-    "deterministic_udf": "functions",
-    "blind_index_udf": "functions",
-    "register_functions": "functions",
-    "read_key_registry": "functions",
+    "decrypt_udf": "udfs",
+    "encrypt_udf": "udfs",
+    "deterministic_udf": "udfs",
+    "blind_index_udf": "udfs",
+    "register_functions": "sql",
+    "read_key_registry": "key_registry",
     "ColumnEncryptor": "ml",
     "ColumnDecryptor": "ml",
     "KEYS_COLUMN": "ml",

@@ -1,37 +1,31 @@
-"""Options, constants and small helpers shared by the ``spark_kms`` data source's writer
-(:mod:`spark_kms.spark._write`) and reader (:mod:`spark_kms.spark._scan`)."""
+"""Option parsing and small helpers shared by the Spark adapters (the ``spark_kms`` data
+source's writer and reader, :mod:`spark_kms.spark.io`, :mod:`spark_kms.spark.ml`)."""
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from typing import Any, overload
 
 from spark_kms.errors import ConfigurationError
+from spark_kms.kms import KmsConfig
 
 #: the column spark_kms.spark.ml adds: per row, the key table (JSON) of that row's cells
 KEYS_COLUMN = "_spark_kms_keys"
-STAGING_DIR = "_spark_kms_staging"
-TRASH_DIR = "_spark_kms_trash"
-JOURNAL_NAME = "_COMMITTING"
-_RESULT_OPTION = "_spark_kms_result_file"
-_HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
-# Spark's ExternalCatalogUtils.escapePathName escapes these in partition values.
-_HIVE_ESCAPE = set('"#%\'*/:=?\\\x7f{[]^') | {chr(c) for c in range(0x20)}
-
+#: write_encrypted -> SparkKmsWriter.commit: where commit leaves the WriteResult (JSON)
+RESULT_OPTION = "_spark_kms_result_file"
 
 
 # -- option parsing -------------------------------------------------------------
 
 
-def _split_list(value: str | None) -> list[str]:
+def split_list(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
-def _parse_blind_index(value: str | None) -> dict[str, str]:
+def parse_blind_index(value: str | None) -> dict[str, str]:
     out: dict[str, str] = {}
-    for item in _split_list(value):
+    for item in split_list(value):
         source, sep, target = item.partition(":")
         if not sep or not source.strip() or not target.strip():
             raise ConfigurationError(
@@ -41,7 +35,7 @@ def _parse_blind_index(value: str | None) -> dict[str, str]:
     return out
 
 
-def _parse_json_object(name: str, value: str | None) -> dict[str, Any]:
+def parse_json_object(name: str, value: str | None) -> dict[str, Any]:
     if not value:
         return {}
     try:
@@ -53,11 +47,20 @@ def _parse_json_object(name: str, value: str | None) -> dict[str, Any]:
     return parsed
 
 
+def kms_config_option(opts: Mapping[str, str]) -> KmsConfig:
+    """The ``kms_options`` option (a JSON object of provider options per key-URI scheme), parsed
+    once on the driver; the KmsConfig then travels to the tasks (it pickles as options only)."""
+    try:
+        return KmsConfig.of(opts.get("kms_options"))
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"option kms_options: {exc}") from None
+
+
 @overload
-def _positive_int(opts: Mapping[str, str], name: str, default: int) -> int: ...
+def positive_int(opts: Mapping[str, str], name: str, default: int) -> int: ...
 @overload
-def _positive_int(opts: Mapping[str, str], name: str, default: None) -> int | None: ...
-def _positive_int(opts: Mapping[str, str], name: str, default: int | None) -> int | None:
+def positive_int(opts: Mapping[str, str], name: str, default: None) -> int | None: ...
+def positive_int(opts: Mapping[str, str], name: str, default: int | None) -> int | None:
     """Option ``name`` as a positive integer, ``default`` when unset."""
     text = opts.get(name)
     if not text:
@@ -71,28 +74,13 @@ def _positive_int(opts: Mapping[str, str], name: str, default: int | None) -> in
     return value
 
 
-def _local_path(path: str) -> str:
-    if path.startswith("file://"):
-        path = path[len("file://") :]
-    elif path.startswith("file:"):
-        path = path[len("file:") :]
-    if "://" in path:
-        raise ConfigurationError(
-            f"the spark_kms data source writes to local/POSIX paths only, got {path!r}"
-        )
-    return os.path.abspath(path)
+# -- KMS call counts ------------------------------------------------------------
 
 
-def _scheme(key_uri: str) -> str:
-    return key_uri.split("://", 1)[0].lower()
-
-
-def _counts_delta(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
+def counts_delta(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
     return {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)}
 
 
-def _add_counts(total: dict[str, int], more: Mapping[str, int]) -> None:
+def add_counts(total: dict[str, int], more: Mapping[str, int]) -> None:
     for k, v in more.items():
         total[k] = total.get(k, 0) + v
-
-

@@ -76,6 +76,9 @@ JVM). Read options:
   types (from the footers' key tables), blind indexes ``binary``, then hive partition columns
   from ``name=value`` dirs, typed as Spark's partition discovery does (int, long, decimal,
   double, date, else string). Footers only: planning makes no KMS call.
+* Path: the dataset root, one hive partition directory in it, or one data file. The key tables
+  are the footers' with the *dataset root's* manifest applied (:mod:`spark_kms.parquet.dataset`),
+  so a rewrapped dataset reads under its new wrapping whichever of them is loaded.
 * Partitions: one per data file (or per run of row groups for a large file); each carries the
   file's *wrapped* key table. A task reads its file with ``pq.ParquetFile.iter_batches``
   (streaming: memory stays flat), decrypts with :class:`spark_kms.parquet.BatchDecryptor`
@@ -85,30 +88,30 @@ JVM). Read options:
   of the schema is read and decrypted even if the query uses one. Pass a narrower
   ``.schema(...)`` to read less, or use ``read_encrypted`` for selective queries; this reader is
   for full scans and exports.
+
+Code
+----
+This module holds the data source class and :func:`register`; the writer is
+:mod:`spark_kms.spark._source_write`, the commit protocol :mod:`spark_kms.spark._commit`, the
+reader :mod:`spark_kms.spark._source_scan`. :func:`spark_kms.spark.write_encrypted` and
+:func:`spark_kms.spark.read_encrypted` (:mod:`spark_kms.spark.io`) sit above this module.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pyspark.sql.datasource import (
-    DataSource,
-)
+from pyspark.sql.datasource import DataSource
 
-from spark_kms.spark._options import KEYS_COLUMN, STAGING_DIR, TRASH_DIR
-from spark_kms.spark._scan import (
+from spark_kms.spark._commit import STAGING_DIR, TRASH_DIR, recover_interrupted_commits
+from spark_kms.spark._options import KEYS_COLUMN
+from spark_kms.spark._source_scan import (
     SparkKmsFilteringReader,
     SparkKmsInputPartition,
     SparkKmsReader,
     _ScanOptions,
 )
-from spark_kms.spark._write import (
-    SparkKmsCommitMessage,
-    SparkKmsWriter,
-    WriteResult,
-    recover_interrupted_commits,
-    write_encrypted,
-)
+from spark_kms.spark._source_write import SparkKmsCommitMessage, SparkKmsWriter, WriteResult
 
 __all__ = [
     "KEYS_COLUMN",
@@ -123,10 +126,7 @@ __all__ = [
     "WriteResult",
     "recover_interrupted_commits",
     "register",
-    "write_encrypted",
 ]
-
-# -- the data source --------------------------------------------------------------
 
 
 class SparkKmsDataSource(DataSource):
@@ -155,12 +155,6 @@ class SparkKmsDataSource(DataSource):
         return SparkKmsWriter(dict(self.options), schema, overwrite)
 
 
-
-# -- entry points -----------------------------------------------------------------------
-
-
 def register(spark: Any) -> None:
     """Register the ``spark_kms`` data source with ``spark`` (idempotent)."""
     spark.dataSource.register(SparkKmsDataSource)
-
-

@@ -33,6 +33,7 @@ Keys
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -50,15 +51,19 @@ from spark_kms.crypto import (
     KeyTable,
 )
 from spark_kms.errors import ConfigurationError
+from spark_kms.kms import KmsConfig
 from spark_kms.parquet.encryptor import BatchEncryptor, EncryptionSpec
-from spark_kms.parquet.keys import new_deterministic_entry, provider_for_uri
+from spark_kms.parquet.keys import new_deterministic_entry
 from spark_kms.spark._options import KEYS_COLUMN
-from spark_kms.spark.functions import decrypt_udf
+from spark_kms.spark.udfs import decrypt_udf
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame
 
 __all__ = ["KEYS_COLUMN", "ColumnDecryptor", "ColumnEncryptor", "merge_key_tables"]
+
+logger = logging.getLogger(__name__)
+
 
 def _json_object(value: Any) -> str:
     """Param converter: a mapping (or its JSON text) -> canonical JSON text of an object."""
@@ -88,6 +93,17 @@ def _key_table_json(value: Any) -> str:
     return value
 
 
+def _kms_options_json(value: Any) -> str:
+    """Param converter: a KmsConfig, a mapping of provider options per key-URI scheme, or its
+    JSON text -> canonical JSON text, checked the way :meth:`KmsConfig.of` checks it."""
+    text = _json_object(value.options() if isinstance(value, KmsConfig) else value)
+    try:
+        KmsConfig.from_json(text)
+    except ConfigurationError as exc:
+        raise TypeError(str(exc)) from None
+    return text
+
+
 class _KmsParams(Params):
     """Params shared by both transformers."""
 
@@ -95,7 +111,7 @@ class _KmsParams(Params):
         Params._dummy(),
         "kmsOptions",
         'provider options per key-URI scheme, as JSON, e.g. {"local": {"keystore": "/tmp/ks"}}',
-        typeConverter=_json_object,
+        typeConverter=_kms_options_json,
     )
 
     def __init__(self) -> None:
@@ -105,8 +121,12 @@ class _KmsParams(Params):
     def getKmsOptions(self) -> dict[str, dict[str, Any]]:
         return json.loads(self.getOrDefault(self.kmsOptions))
 
-    def setKmsOptions(self, value: Mapping[str, Mapping[str, Any]] | str) -> Any:
+    def setKmsOptions(self, value: KmsConfig | Mapping[str, Mapping[str, Any]] | str) -> Any:
         return self._set(kmsOptions=value)
+
+    def kms_config(self) -> KmsConfig:
+        """The kmsOptions Param as the :class:`~spark_kms.kms.KmsConfig` tasks carry."""
+        return KmsConfig.of(self.getOrDefault(self.kmsOptions))
 
 
 class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadable, DefaultParamsWritable):
@@ -117,7 +137,7 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
     :param deterministicCols: columns to encrypt with AES-SIV (joinable, reveals equality).
     :param blindIndexCols: source columns to blind-index (``"email"`` or ``"email=email_idx"``).
     :param encryptionContext: JSON object of str -> str sent to the KMS (audit trail).
-    :param kmsOptions: JSON object of provider options per key-URI scheme.
+    :param kmsOptions: JSON object of provider options per key-URI scheme (or a KmsConfig, or a mapping).
     :param maxCellsPerDek: non-null cells per data key before rolling to a new one.
     """
 
@@ -158,7 +178,7 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         deterministicCols: list[str] | None = None,
         blindIndexCols: list[str] | None = None,
         encryptionContext: Mapping[str, str] | str | None = None,
-        kmsOptions: Mapping[str, Mapping[str, Any]] | str | None = None,
+        kmsOptions: KmsConfig | Mapping[str, Mapping[str, Any]] | str | None = None,
         maxCellsPerDek: int | None = None,
     ) -> None:
         super().__init__()
@@ -181,7 +201,7 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         deterministicCols: list[str] | None = None,
         blindIndexCols: list[str] | None = None,
         encryptionContext: Mapping[str, str] | str | None = None,
-        kmsOptions: Mapping[str, Mapping[str, Any]] | str | None = None,
+        kmsOptions: KmsConfig | Mapping[str, Mapping[str, Any]] | str | None = None,
         maxCellsPerDek: int | None = None,
     ) -> ColumnEncryptor:
         kwargs = self._input_kwargs
@@ -245,16 +265,16 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
             )
         spec = self.encryption_spec()
         key_uri = self.getKeyUri()
-        options = self.getKmsOptions()
+        kms = self.kms_config()
         context = self.getEncryptionContext()
         max_cells = self.getMaxCellsPerDek()
-        provider = provider_for_uri(key_uri, options)
-        # Validates the spec against the schema on the driver (missing columns, unsupported types).
-        BatchEncryptor(spec, provider, max_cells_per_dek=max_cells).output_schema(
+        # Validates the key URI and the spec against the schema on the driver (missing columns,
+        # unsupported types); no KMS call.
+        BatchEncryptor(spec, key_uri, kms_options=kms, max_cells_per_dek=max_cells).output_schema(
             to_arrow_schema(dataset.schema, timezone="UTC")
         )
         deterministic_entry = (
-            new_deterministic_entry(provider, context) if spec.needs_deterministic_key else None
+            new_deterministic_entry(kms.provider(key_uri), context) if spec.needs_deterministic_key else None
         )
         encrypted = set(spec.columns) | set(spec.deterministic)
         fields = [
@@ -263,15 +283,19 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         ]
         fields += [StructField(name, BinaryType(), True) for name in spec.blind_index.values()]
         fields.append(StructField(KEYS_COLUMN, StringType(), False))
+        logger.info("ColumnEncryptor: columns %s, deterministic %s, blind indexes %s under %s; %r",
+                    list(spec.columns), list(spec.deterministic), dict(spec.blind_index), key_uri, kms)
 
+        # The closure carries the key URI and the KmsConfig (options only), never a provider:
+        # each task builds its own provider and client.
         def encrypt_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             encryptor = BatchEncryptor(
                 spec,
-                provider,
+                key_uri,
                 encryption_context=context,
                 max_cells_per_dek=max_cells,
                 deterministic_entry=deterministic_entry,
-                kms_options=options,
+                kms_options=kms,
             )
             try:
                 for batch in batches:
@@ -311,10 +335,10 @@ class ColumnDecryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         present in the DataFrame (blind indexes are one-way and stay as they are).
     :param keyTable: the KeyTable JSON to use; default: the distinct values of
         :data:`KEYS_COLUMN`, gathered with one small Spark job.
-    :param kmsOptions: JSON object of provider options per key-URI scheme.
+    :param kmsOptions: JSON object of provider options per key-URI scheme (or a KmsConfig, or a mapping).
 
     The output drops :data:`KEYS_COLUMN`. Data keys are unwrapped lazily on the executors,
-    at most once per data key per worker process (:func:`~spark_kms.spark.functions.decrypt_udf`).
+    at most once per data key per worker process (:func:`~spark_kms.spark.udfs.decrypt_udf`).
     """
 
     keyTable: Param[str] = Param(
@@ -330,7 +354,7 @@ class ColumnDecryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         *,
         inputCols: list[str] | None = None,
         keyTable: KeyTable | str | None = None,
-        kmsOptions: Mapping[str, Mapping[str, Any]] | str | None = None,
+        kmsOptions: KmsConfig | Mapping[str, Mapping[str, Any]] | str | None = None,
     ) -> None:
         super().__init__()
         kwargs = self._input_kwargs
@@ -342,7 +366,7 @@ class ColumnDecryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         *,
         inputCols: list[str] | None = None,
         keyTable: KeyTable | str | None = None,
-        kmsOptions: Mapping[str, Mapping[str, Any]] | str | None = None,
+        kmsOptions: KmsConfig | Mapping[str, Mapping[str, Any]] | str | None = None,
     ) -> ColumnDecryptor:
         kwargs = self._input_kwargs
         return self._set(**{k: v for k, v in kwargs.items() if v is not None})
@@ -385,9 +409,10 @@ class ColumnDecryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
                 )
         else:
             columns = [c for c in decryptable if c in dataset.columns]
-        options = self.getKmsOptions()
+        kms = self.kms_config()
+        logger.info("ColumnDecryptor: decrypting %s with %d data keys; %r", columns, len(table.deks), kms)
         for column in columns:
-            udf = decrypt_udf(column, table.columns[column].arrow_type, table.deks, options)
+            udf = decrypt_udf(column, table.columns[column].arrow_type, table.deks, kms)
             dataset = dataset.withColumn(column, udf(dataset[column]))
         if KEYS_COLUMN in dataset.columns:
             dataset = dataset.drop(KEYS_COLUMN)

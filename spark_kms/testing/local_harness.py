@@ -3,24 +3,24 @@
 There is no server: the harness owns a keystore directory with an injected root key,
 one symmetric key (``alias/contract``) whose policy grants principal ``tester`` every
 role and principal ``intruder`` none, and throttling injected through the keystore's
-fault file (seen by every process using that keystore). The fault file also counts the
-data-plane calls since it was written, which is what :meth:`LocalKmsHarness.throttled_requests`
-reads back.
+fault file (seen by every process using that keystore; see :mod:`spark_kms.testing.faults`).
+Every client the harness builds -- its admin, its providers, :meth:`LocalKmsHarness.provider_options`
+-- carries the faults' request interceptor. The fault file also counts the data-plane calls
+since it was written, which is what :meth:`LocalKmsHarness.throttled_requests` reads back.
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from spark_kms.kms import _local_store
 from spark_kms.kms.base import KmsProvider
 from spark_kms.kms.local import LocalKms, LocalKmsProvider
 from spark_kms.kms.retry import RetryPolicy
+from spark_kms.testing import faults
 from spark_kms.testing.harness import ProviderHarness
 
 __all__ = ["LocalKmsHarness"]
@@ -46,7 +46,8 @@ class LocalKmsHarness(ProviderHarness):
         if self.keystore_dir is None:
             self.keystore_dir = Path(tempfile.mkdtemp(prefix="spark_kms_local_harness_"))
         self.root_key = secrets.token_bytes(32)
-        self._admin = LocalKms(self.keystore_dir, principal="harness-admin", root_key=self.root_key)
+        self._admin = LocalKms(self.keystore_dir, principal="harness-admin", root_key=self.root_key,
+                               request_interceptor=faults.LOCAL_KMS_FAULTS)
         self.key_id = self._admin.create_key(alias=self.alias, description="provider contract tests")
         self._admin.put_key_policy(
             self.key_id, {"harness-admin": ["admin"], "tester": ["encrypt", "decrypt", "admin"]}
@@ -64,7 +65,7 @@ class LocalKmsHarness(ProviderHarness):
 
     def _options(self, principal: str) -> dict[str, Any]:
         return {"keystore": str(self.keystore_dir), "principal": principal, "root_key": self.root_key,
-                "_retry": _FAST_RETRY}
+                "request_interceptor": faults.LOCAL_KMS_FAULTS, "_retry": _FAST_RETRY}
 
     def provider(self) -> KmsProvider:
         return LocalKmsProvider(f"local://{self.alias}", **self._options("tester"))
@@ -79,7 +80,7 @@ class LocalKmsHarness(ProviderHarness):
         self.admin.rotate_key(self.key_id)
 
     def throttle(self, failures: int, period: int) -> None:
-        self.admin._set_fault_throttle(failures, period)
+        faults.set_throttle(self.admin.keystore_dir, failures, period)
 
     def throttled_requests(self) -> int:
         """Calls the keystore throttled since the last :meth:`throttle`.
@@ -89,15 +90,7 @@ class LocalKmsHarness(ProviderHarness):
         call ``i`` (from 0) was throttled iff ``i % period < failures``, so the throttled
         ones among the first ``n`` follow in closed form. No file = throttling is off.
         """
-        path = self.admin.keystore_dir / _local_store.FAULTS_FILE
-        with self.admin._locked():  # the same lock the KMS holds while it bumps the count
-            try:
-                faults = json.loads(path.read_text())
-            except FileNotFoundError:
-                return 0
-        failures, period = faults["throttle"]
-        count = int(faults["count"])
-        return (count // period) * failures + min(count % period, failures)
+        return faults.throttled_requests(self.admin.keystore_dir)
 
     def max_throttled_requests(self) -> int:
         """``_FAST_RETRY.max_attempts`` (5): the provider retries in spark_kms.kms.retry,

@@ -158,6 +158,15 @@ def test_vault_hook_options_and_a_key_of_the_wrong_backend(airflow_db: object, m
     _conn(monkeypatch, "not_kms", conn_type="http", host="127.0.0.1")
     with pytest.raises(ConfigurationError, match=r"'not_kms' has type 'http'"):
         SparkKmsHook("not_kms").get_kms_options()
+    # A key URI without a scheme: the same error as every other entry point (tests/test_key_uri_everywhere.py).
+    from spark_kms.kms import parse_key_uri
+
+    with pytest.raises(ConfigurationError) as expected:
+        parse_key_uri("alias/pii")
+    _conn(monkeypatch, "kms_noscheme", conn_type="spark_kms_local", extra={"key_uri": "alias/pii"})
+    with pytest.raises(ConfigurationError) as got:
+        SparkKmsHook("kms_noscheme").get_key_uri()
+    assert str(got.value) == str(expected.value)
     _conn(monkeypatch, "bad_root", conn_type="spark_kms_local", password="not-base64-secret")
     with pytest.raises(ConfigurationError, match="root key") as info:
         SparkKmsHook("bad_root").get_kms_options()

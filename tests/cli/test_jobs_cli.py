@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from spark_kms.cli import cli
+from spark_kms.cli._errors import ExitCode
 from spark_kms.kms import provider_from_uri
 from spark_kms.kms.local import LocalKms
 from spark_kms.parquet import (
@@ -75,26 +76,30 @@ def test_exit_codes(ds, local_kms, tmp_path):
     ks = str(local_kms.keystore_dir)
     # 2: usage -- a malformed option, a missing dataset
     bad_option = _run("rewrap", str(ds), "--kms-option", "keystore")
-    assert bad_option.exit_code == 2 and "scheme.key=value" in bad_option.output
+    assert bad_option.exit_code == ExitCode.USAGE == 2 and "scheme.key=value" in bad_option.output
     missing = _run("rewrap", str(tmp_path / "nope"), "--keystore", ks)
-    assert missing.exit_code == 2 and "does not exist" in missing.stderr
-    # 3: KMS -- the old version was disabled before the dataset was rotated
+    assert missing.exit_code == ExitCode.USAGE and "does not exist" in missing.stderr
+    # 5: key state -- the old version was disabled before the dataset was rotated
     kms = LocalKms(local_kms.keystore_dir)
     kms.rotate_key("alias/pii")
     kms.disable_key_version("alias/pii", 1)
     kms_error = _run("reencrypt", str(ds), "--keystore", ks)
-    assert kms_error.exit_code == 3
+    assert kms_error.exit_code == ExitCode.KEY_STATE == 5
     assert "KeyStateError" in kms_error.stderr and "what to do" in kms_error.stderr
+    assert "Traceback" not in kms_error.stderr
     kms.enable_key_version("alias/pii", 1)
+    # 3: no such key -- a target key that does not exist
+    no_key = _run("rewrap", str(ds), "--keystore", ks, "--key-uri", "local://alias/none")
+    assert no_key.exit_code == ExitCode.KEY_NOT_FOUND == 3 and "spark-kms keys list" in no_key.stderr
     # 1: data -- a data file that is not Parquet
     (ds / "day=0" / "part-9.parquet").write_bytes(b"not parquet")
     data_error = _run("rewrap", str(ds), "--keystore", ks)
-    assert data_error.exit_code == 1 and "part-9.parquet" in data_error.stderr
+    assert data_error.exit_code == ExitCode.DATA == 1 and "part-9.parquet" in data_error.stderr
 
 
 def test_decrypt_into_its_source_is_a_usage_error(ds, local_kms):
     result = _run("decrypt", str(ds), str(ds / "plain"), "--keystore", str(local_kms.keystore_dir))
-    assert result.exit_code == 2 and "different directory" in result.stderr
+    assert result.exit_code == ExitCode.USAGE and "different directory" in result.stderr
 
 
 def test_real_subprocess_inspect_and_rewrap(ds, local_kms):

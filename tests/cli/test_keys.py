@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from spark_kms.cli import cli
+from spark_kms.cli._errors import ExitCode
 from spark_kms.kms.local import LocalKms
 
 
@@ -31,7 +32,7 @@ def env(tmp_path):
 def run(env):
     runner = CliRunner()
 
-    def _run(*args: str, code: int = 0, input: str | None = None):
+    def _run(*args: str, code: int = ExitCode.OK, input: str | None = None):
         result = runner.invoke(cli, ["keys", *args], env=env, input=input, catch_exceptions=False)
         assert result.exit_code == code, result.output
         return result.output
@@ -62,7 +63,7 @@ def test_create_list_describe(run, key_id, env):
     assert desc["key_id"] == key_id and desc["extra"]["tags"] == {"team": "data"}
     human = run("describe", key_id)
     assert "customer PII" in human and "Enabled" in human
-    run("create", "--tag", "novalue", code=2)
+    run("create", "--tag", "novalue", code=ExitCode.USAGE)
 
 
 def test_user_text_is_shown_verbatim_not_as_rich_markup(run, env):
@@ -91,10 +92,10 @@ def test_rotate_enable_disable(run, key_id, env):
 
 
 def test_deletion_schedule_and_cancel(run, key_id, env):
-    out = run("schedule-deletion", key_id, "--days", "3", code=2)
+    out = run("schedule-deletion", key_id, "--days", "3", code=ExitCode.USAGE)
     assert "7 to 30 days" in out
     assert "pending deletion" in run("schedule-deletion", key_id, "--days", "7")
-    out = run("rotate", key_id, code=5)
+    out = run("rotate", key_id, code=ExitCode.KEY_STATE)
     assert "PendingDeletion" in out and "cancel-deletion" in out
     run("cancel-deletion", key_id)
     assert kms_of(env).describe_key(key_id).state == "Enabled"
@@ -102,11 +103,11 @@ def test_deletion_schedule_and_cancel(run, key_id, env):
 
 def test_destroy_version(run, key_id, env):
     run("rotate", key_id)
-    run("destroy-version", key_id, "--version", "1", input="n\n", code=1)  # declined: nothing happens
+    run("destroy-version", key_id, "--version", "1", input="n\n", code=ExitCode.ABORTED)  # declined: aborted, nothing happens
     assert kms_of(env).describe_key(key_id).versions["1"] == "enabled"
     run("destroy-version", key_id, "--version", "1", input="y\n")
     assert kms_of(env).describe_key(key_id).versions == {"1": "destroyed", "2": "enabled"}
-    run("destroy-version", key_id, "--version", "7", "--yes", code=3)
+    run("destroy-version", key_id, "--version", "7", "--yes", code=ExitCode.KEY_NOT_FOUND)
 
 
 def test_alias_commands(run, key_id, env):
@@ -117,9 +118,9 @@ def test_alias_commands(run, key_id, env):
     assert f"alias/extra -> {other}" in run("alias", "list")
     run("alias", "delete", "alias/extra")
     assert "alias/extra" not in run("alias", "list")
-    out = run("alias", "delete", "alias/extra", code=3)
+    out = run("alias", "delete", "alias/extra", code=ExitCode.KEY_NOT_FOUND)
     assert "does not exist" in out and "spark-kms keys list" in out
-    run("alias", "create", "bad-name", key_id, code=2)
+    run("alias", "create", "bad-name", key_id, code=ExitCode.USAGE)
 
 
 def test_policy_set_and_denial(run, key_id, env):
@@ -128,14 +129,14 @@ def test_policy_set_and_denial(run, key_id, env):
     assert json.loads(run("policy", "show", key_id)) == {"admin": ["admin"], "etl": ["encrypt"]}
     runner = CliRunner()
     denied = runner.invoke(cli, ["keys", "--principal", "etl", "rotate", key_id], env=env)
-    assert denied.exit_code == 4
+    assert denied.exit_code == ExitCode.ACCESS_DENIED
     assert "may not call RotateKey" in denied.output and "policy set" in denied.output
-    run("policy", "set", key_id, "--principal", "x", "--role", "owner", code=2)
+    run("policy", "set", key_id, "--principal", "x", "--role", "owner", code=ExitCode.USAGE)
 
 
 def test_audit_command(run, key_id, env):
     run("rotate", "alias/pii")
-    run("describe", "alias/missing", code=3)
+    run("describe", "alias/missing", code=ExitCode.KEY_NOT_FOUND)
     events = json.loads(run("audit", "--json"))
     assert [e["operation"] for e in events] == ["CreateKey", "RotateKey", "DescribeKey"]
     assert events[-1]["outcome"] == "KeyNotFoundError"
@@ -149,10 +150,10 @@ def test_errors_wrong_root_key_and_corrupt_store(run, key_id, env):
     runner = CliRunner()
     wrong = runner.invoke(cli, ["keys", "list"],
                           env={**env, "SPARK_KMS_ROOT_KEY": base64.b64encode(os.urandom(32)).decode()})
-    assert wrong.exit_code == 6 and "root key does not open keystore" in wrong.output
+    assert wrong.exit_code == ExitCode.KEYSTORE and "root key does not open keystore" in wrong.output
     with open(os.path.join(env["SPARK_KMS_KEYSTORE"], "keystore.json"), "w") as fh:
         fh.write("{trunc")
-    out = run("describe", key_id, code=6)
+    out = run("describe", key_id, code=ExitCode.KEYSTORE)
     assert "keystore.json is corrupt" in out
 
 
@@ -170,4 +171,4 @@ def test_real_subprocess_create_and_list(env, tmp_path):
     assert [(r["key_id"], r["extra"]["aliases"]) for r in rows] == [(key_id, ["alias/sub"])]
     failed = subprocess.run([*exe, "keys", "describe", "alias/none"], env=full_env, capture_output=True,
                             text=True, timeout=60)
-    assert failed.returncode == 3 and "alias 'alias/none' does not exist" in failed.stderr
+    assert failed.returncode == ExitCode.KEY_NOT_FOUND and "alias 'alias/none' does not exist" in failed.stderr

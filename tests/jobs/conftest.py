@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from spark_kms.kms import process_dek_cache, provider_from_uri, reset_kms_call_counts
+from spark_kms.kms import KmsConfig, process_dek_cache, reset_kms_call_counts
 from spark_kms.parquet import EncryptedParquetWriter, EncryptionSpec, list_data_files, new_deterministic_entry
 
 SPEC = EncryptionSpec(columns=["email", "amount"], deterministic=["ssn"], blind_index={"email": "email_bidx"})
@@ -70,8 +70,7 @@ class Dataset:
 
 def build_dataset(root: Path, key_uri: str, kms_options: Mapping[str, Mapping[str, Any]],
                   rows_per_file: int = 40) -> Dataset:
-    scheme = key_uri.split("://", 1)[0]
-    provider = provider_from_uri(key_uri, **dict(kms_options.get(scheme, {})))
+    provider = KmsConfig.of(kms_options).provider(key_uri)
     ctx = {"dataset": "customers"}
     det = new_deterministic_entry(provider, ctx)
     tables = []

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+import spark_kms.jobs
+from spark_kms import display
 from spark_kms.crypto import AES_256_GCM, AES_256_SIV, HMAC_SHA256_BIDX
 from spark_kms.errors import ConfigurationError, KeyNotFoundError
 from spark_kms.jobs import inspect_dataset, needs_rotation, reencrypt_dataset, rewrap_dataset
@@ -34,7 +37,7 @@ def test_inspect_lists_files_deks_columns_and_makes_one_describe_call(dataset):
     (key,) = insp.keys
     assert key.primary_version == "1" and key.deks == 5 and key.deks_behind == 0
     json.dumps(insp.to_dict())  # JSON-serialisable
-    html = insp._repr_html_()
+    html = display.view(insp)._repr_html_()
     assert "date=2024-01-01/part-0.parquet" in html and "<table>" in html and "up to date" in html
 
 
@@ -93,8 +96,8 @@ def test_render_inspection_shows_paths_and_errors_verbatim():
     # table with a rich MarkupError, and "[b]" vanished.
     from rich.console import Console
 
-    from spark_kms.jobs import render_inspection
     from spark_kms.jobs.inspect import DatasetInspection, FileInspection, KeyInspection
+    from spark_kms.report import render_inspection
 
     insp = DatasetInspection(
         path="/data/[/x]", rows=1, files=[FileInspection("p[/y].parquet", 1, 10, ["ab"], {}, None)], deks=[],
@@ -105,3 +108,13 @@ def test_render_inspection_shows_paths_and_errors_verbatim():
     console.print(render_inspection(insp))
     text = console.export_text()
     assert all(s in text for s in ("/data/[/x]", "p[/y].parquet", "local://alias/[b]k", "E: [/z] denied"))
+
+
+def test_jobs_hold_data_and_leave_drawing_to_the_presentation_layer():
+    # jobs/ sits below spark_kms.report and spark_kms.display: no rich, no HTML in it.
+    jobs_dir = Path(spark_kms.jobs.__file__).parent
+    for source in sorted(jobs_dir.glob("*.py")):
+        text = source.read_text("utf-8")
+        assert not re.search(r"^\s*(import|from) (rich|html)\b", text, re.M), f"{source.name} draws"
+        assert "<table" not in text and "<td" not in text, f"{source.name} builds HTML"
+    assert not hasattr(spark_kms.jobs.DatasetInspection, "_repr_html_")

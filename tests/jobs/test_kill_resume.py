@@ -21,8 +21,7 @@ import filelock
 from spark_kms.jobs import RUN_ID_CONTEXT_KEY, reencrypt_dataset
 from spark_kms.jobs.reencrypt import journal_path
 from spark_kms.kms import kms_call_counts, reset_kms_call_counts
-from spark_kms.kms._local_store import LOCK_FILE
-from spark_kms.kms.local import LocalKms
+from spark_kms.kms.local import LOCK_FILE, LocalKms
 from spark_kms.parquet import read_key_table
 
 SPARK_KMS = str(Path(sys.executable).parent / "spark-kms")

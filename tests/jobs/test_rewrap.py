@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from spark_kms.crypto import DATASET_MANIFEST_NAME, decode_manifest
@@ -12,7 +14,7 @@ from spark_kms.errors import KeyStateError, KmsUnavailableError
 from spark_kms.jobs import inspect_dataset, rewrap_dataset
 from spark_kms.kms import kms_call_counts, process_dek_cache, reset_kms_call_counts
 from spark_kms.kms.local import LocalKms, LocalKmsProvider
-from spark_kms.parquet import read_dataset_key_table, read_key_table
+from spark_kms.parquet import read_dataset_key_table, read_decrypted_table, read_key_table
 
 N_DEKS = 5  # one AES-GCM DEK per file (4 files) + the dataset's AES-SIV DEK
 
@@ -80,6 +82,24 @@ def test_old_version_retired_after_rewrap_dataset_still_reads(dataset, local_kms
     (dataset.root / DATASET_MANIFEST_NAME).rename(dataset.root.parent / "manifest.bak")
     with pytest.raises(KeyStateError):
         dataset.decrypted()
+
+
+def test_a_partition_or_a_single_file_of_a_rewrapped_dataset_uses_the_manifest(dataset, local_kms):
+    kms = LocalKms(local_kms.keystore_dir)
+    kms.rotate_key("alias/pii")
+    rewrap_dataset(dataset.root, kms_options=dataset.kms_options)
+    kms.disable_key_version("alias/pii", 1)  # only the manifest's wrapping still opens the data keys
+    process_dek_cache().clear()
+
+    partition = dataset.root / "date=2024-01-01"
+    single = partition / "part-1.parquet"
+    expected = dataset.expected.filter(pc.is_in(dataset.expected["id"], pa.array(range(0, 80))))
+    got = read_decrypted_table(partition, kms_options=dataset.kms_options).select(["id", "email", "ssn", "amount"])
+    assert got.sort_by("id").equals(expected)
+    assert read_decrypted_table(single, kms_options=dataset.kms_options).num_rows == 40
+    assert {e.key_version for e in read_dataset_key_table(partition).deks.values()} == {"2"}
+    assert {e.key_version for e in read_dataset_key_table(single).deks.values()} == {"2"}
+    assert inspect_dataset(dataset.root, kms_options=dataset.kms_options).behind_files == []
 
 
 def test_rewrap_to_another_key_then_disabling_the_old_key_keeps_the_dataset_readable(dataset, local_kms):

@@ -167,12 +167,11 @@ def test_key_column_from_transformer_output_is_stripped_into_footers(spark, loca
     source (footer) and Spark's own Parquet writer (column kept) must stay readable."""
     import pyarrow as pa
 
-    from spark_kms.kms import provider_from_uri
     from spark_kms.parquet.encryptor import BatchEncryptor, EncryptionSpec
 
     _ks, key_uri, opts = local_kms
     plain = pa.table({"id": pa.array(range(6), pa.int64()), "ssn": [f"123-45-{i:04d}" for i in range(6)]})
-    enc = BatchEncryptor(EncryptionSpec(columns=["ssn"]), provider_from_uri(key_uri, **opts["local"]))
+    enc = BatchEncryptor(EncryptionSpec(columns=["ssn"]), key_uri, kms_options=opts)
     cipher = enc.encrypt_table(plain)
     keys = enc.key_table().to_json().decode()
     enc.close()

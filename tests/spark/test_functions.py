@@ -1,4 +1,4 @@
-"""Arrow UDFs and SQL functions of spark_kms.spark.functions, on the real session-scoped
+"""Arrow UDFs and SQL functions (spark_kms.spark.udfs, .sql, .key_registry), on the real session-scoped
 Spark and the embedded local KMS (whose audit log every executor process appends to)."""
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from pyspark.sql.types import BinaryType, IntegerType, LongType, StringType, Str
 
 from spark_kms.crypto import AES_256_GCM, AES_256_SIV, HMAC_SHA256_BIDX, parse_cell_header
 from spark_kms.errors import ConfigurationError
+from spark_kms.kms import KmsConfig
 from spark_kms.parquet import (
     EncryptedParquetWriter,
     EncryptionSpec,
     new_deterministic_entry,
-    provider_for_uri,
 )
-from spark_kms.spark.functions import (
+from spark_kms.spark import (
     blind_index_udf,
     decrypt_udf,
     deterministic_udf,
@@ -210,7 +210,7 @@ def test_encrypting_udfs_refuse_without_registry(local_kms: Any) -> None:
 
 def test_deterministic_and_blind_index_udfs_share_one_key(spark: Any, local_kms: Any, tmp_path: Path) -> None:
     registry = tmp_path / "registry"
-    provider = provider_for_uri(local_kms.key_uri, local_kms.kms_options)
+    provider = KmsConfig(local_kms.kms_options).provider(local_kms.key_uri)
     shared = new_deterministic_entry(provider, {"dataset": "contacts"})
     df = spark.createDataFrame(
         [(i, f"user{i % 3}@example.org" if i != 4 else None) for i in range(9)], "id long, email string"
@@ -297,7 +297,7 @@ def test_sql_kms_encrypt_needs_a_key_uri(spark: Any, local_kms: Any, tmp_path: P
 def test_sql_over_a_file_layer_dataset(spark: Any, local_kms: Any, tmp_path: Path) -> None:
     dataset = tmp_path / "contacts"
     dataset.mkdir()
-    provider = provider_for_uri(local_kms.key_uri, local_kms.kms_options)
+    provider = KmsConfig(local_kms.kms_options).provider(local_kms.key_uri)
     spec = EncryptionSpec(columns=["ssn"], deterministic=["email"], blind_index={"email": "email_bidx"})
     table = pa.table({
         "id": pa.array([1, 2, 3], pa.int64()),

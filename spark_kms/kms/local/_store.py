@@ -7,7 +7,6 @@ A keystore is a directory::
     <keystore>/keystore.lock   the cross-process lock (filelock) guarding every call
     <keystore>/audit.log       append-only JSON lines, one per call
     <keystore>/root.key        only when no root key is injected (0600, created on first use)
-    <keystore>/faults.json     test-only fault injection (throttling), absent normally
 
 ``keystore.json`` (``"format": "spark_kms.local_keystore/1"``) holds a *root-key check
 value*: AES-256-GCM under the root key of a fixed label, so a wrong root key is told
@@ -31,57 +30,73 @@ It is AES-256-GCM under the key version's material with
 ``AAD = blob[0:23] || canonical JSON of the encryption context`` (keys sorted, no
 spaces, UTF-8). MAC token (GenerateMac): ``b"LM" || 0x01 || version (u32 BE) ||
 HMAC-SHA256(material, message)`` (39 bytes).
+
+This module also owns what a call needs to read and write that directory: the
+cross-process :class:`KeystoreLock`, :func:`load_keystore` / :func:`save_keystore`, and
+the per-process caches of parsed keystores and decrypted material.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import copy
+import hashlib
 import json
 import os
 import secrets
 import struct
+import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import filelock
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from spark_kms.errors import ConfigurationError, InvalidCiphertextError, KeystoreError
+from spark_kms._atomic import atomic_write_bytes
+from spark_kms.errors import ConfigurationError, InvalidCiphertextError, KeystoreError, KmsUnavailableError
 
 __all__ = [
     "AUDIT_FILE",
     "BLOB_HEADER_LEN",
     "BLOB_MAGIC",
-    "FAULTS_FILE",
+    "KEYSTORE_ENV",
     "KEYSTORE_FILE",
     "KEYSTORE_FORMAT",
     "LOCK_FILE",
+    "LOCK_TIMEOUT_S",
     "MAC_MAGIC",
     "ROOT_KEY_ENV",
     "ROOT_KEY_FILE",
+    "KeystoreLock",
+    "KeystoreView",
     "ParsedBlob",
     "canonical_context_bytes",
     "decrypt_material",
+    "default_keystore_dir",
     "encrypt_material",
+    "load_keystore",
     "load_root_key",
     "make_root_check",
     "pack_blob_header",
     "parse_blob",
     "parse_keystore",
+    "save_keystore",
     "verify_root_check",
 ]
 
+KEYSTORE_ENV = "SPARK_KMS_KEYSTORE"
 KEYSTORE_FILE = "keystore.json"
 LOCK_FILE = "keystore.lock"
 AUDIT_FILE = "audit.log"
 ROOT_KEY_FILE = "root.key"
-FAULTS_FILE = "faults.json"
 KEYSTORE_FORMAT = "spark_kms.local_keystore/1"
 ROOT_KEY_ENV = "SPARK_KMS_ROOT_KEY"
+LOCK_TIMEOUT_S = 60.0
 
 BLOB_MAGIC = b"LK"
 MAC_MAGIC = b"LM"
@@ -95,6 +110,13 @@ _ROOT_CHECK_LABEL = b"spark_kms local keystore root-key check v1"
 _ROOT_CHECK_AAD = b"spark_kms.local.root_check"
 
 
+def default_keystore_dir() -> Path:
+    """``$SPARK_KMS_KEYSTORE``, else ``~/.spark_kms/keystore``."""
+    env = os.environ.get(KEYSTORE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".spark_kms" / "keystore"
+
+
+# ---------------------------------------------------------------- root key and material
 def load_root_key(keystore_dir: Path, root_key: bytes | None, *, create: bool) -> bytes | None:
     """The root key: ``root_key`` if given, else env ``SPARK_KMS_ROOT_KEY`` (base64 of 32
     bytes), else ``<keystore>/root.key``, created (0600) when ``create`` is true.
@@ -178,6 +200,7 @@ def decrypt_material(root_key: bytes, key_id: str, version: int, blob: str, path
         ) from exc
 
 
+# ---------------------------------------------------------------- wrapped blobs
 def canonical_context_bytes(encryption_context: Mapping[str, str]) -> bytes:
     """Canonical JSON of an encryption context: sorted keys, no spaces, UTF-8."""
     return json.dumps(dict(encryption_context), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
@@ -221,6 +244,7 @@ def parse_blob(blob: bytes) -> ParsedBlob:
     )
 
 
+# ---------------------------------------------------------------- keystore file
 def parse_keystore(raw: bytes, path: Path) -> dict[str, Any]:
     """Decode and shape-check ``keystore.json``; any defect is a KeystoreError naming the file."""
     try:
@@ -239,3 +263,132 @@ def parse_keystore(raw: bytes, path: Path) -> dict[str, Any]:
     return data
 
 
+# -- per-process cache of parsed keystores and decrypted material -------------------------------
+# The keystore file is small; re-reading it under the lock on each call is cheap and
+# always correct (a (mtime, size, inode) key can collide when inodes are reused after
+# os.replace). What is costly -- JSON parsing, the root check, and AES-GCM unsealing of
+# every master key -- is done once per distinct file content / sealed blob.
+_CACHE_LOCK = threading.Lock()
+_PARSED: dict[str, tuple[bytes, bytes, dict[str, Any]]] = {}  # path -> (raw, root digest, data)
+_MATERIAL: dict[tuple[str, str, int, str], bytes] = {}  # (path, key id, version, sealed) -> material
+_MATERIAL_MAX = 4096
+
+
+def _root_digest(root_key: bytes) -> bytes:
+    return hashlib.sha256(b"spark_kms.local.root-digest|" + root_key).digest()
+
+
+class KeystoreView:
+    """One call's view of the keystore: the cached parsed data, copied on first edit."""
+
+    def __init__(self, path: Path, data: dict[str, Any], root_key: bytes | None, exists: bool) -> None:
+        self.path = path
+        self.data = data
+        self.root_key = root_key
+        self.exists = exists
+        self.dirty = False
+
+    def edit(self) -> dict[str, Any]:
+        if not self.dirty:
+            self.data = copy.deepcopy(self.data)
+            self.dirty = True
+        return self.data
+
+    @property
+    def keys(self) -> dict[str, Any]:
+        return self.data["keys"]
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        return self.data["aliases"]
+
+    def material(self, key_id: str, version: int) -> bytes:
+        sealed = self.keys[key_id]["versions"][str(version)]["material"]
+        cache_key = (str(self.path), key_id, version, sealed)
+        with _CACHE_LOCK:
+            hit = _MATERIAL.get(cache_key)
+        if hit is not None:
+            return hit
+        assert self.root_key is not None
+        material = decrypt_material(self.root_key, key_id, version, sealed, self.path)
+        with _CACHE_LOCK:
+            if len(_MATERIAL) >= _MATERIAL_MAX:
+                _MATERIAL.clear()
+            _MATERIAL[cache_key] = material
+        return material
+
+
+def load_keystore(keystore_dir: Path, root_key_option: bytes | None, *, create: bool) -> KeystoreView:
+    """Read ``keystore.json`` (call under the keystore lock); an empty view if there is none yet."""
+    path = keystore_dir / KEYSTORE_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        root_key = load_root_key(keystore_dir, root_key_option, create=create)
+        empty = {"format": KEYSTORE_FORMAT, "generation": 0, "root_check": None, "keys": {}, "aliases": {}}
+        return KeystoreView(path, empty, root_key, exists=False)
+    root_key = load_root_key(keystore_dir, root_key_option, create=False)
+    if root_key is None:
+        raise _keystore_error_no_root(keystore_dir)
+    digest = _root_digest(root_key)
+    cache_key = str(path)
+    with _CACHE_LOCK:
+        cached = _PARSED.get(cache_key)
+    if cached is not None and cached[0] == raw and cached[1] == digest:
+        return KeystoreView(path, cached[2], root_key, exists=True)
+    data = parse_keystore(raw, path)
+    verify_root_check(root_key, data["root_check"], keystore_dir)
+    with _CACHE_LOCK:
+        _PARSED[cache_key] = (raw, digest, data)
+    return KeystoreView(path, data, root_key, exists=True)
+
+
+def save_keystore(view: KeystoreView) -> None:
+    """Replace ``keystore.json`` atomically with the view's data (call under the keystore lock)."""
+    data = view.data
+    assert view.root_key is not None
+    if not data.get("root_check"):
+        data["root_check"] = make_root_check(view.root_key)
+    data["generation"] = int(data.get("generation", 0)) + 1
+    raw = json.dumps(data, indent=1, sort_keys=True).encode()
+    atomic_write_bytes(view.path, raw)  # temp files are 0600 (mkstemp)
+    with _CACHE_LOCK:
+        _PARSED[str(view.path)] = (raw, _root_digest(view.root_key), data)
+
+
+def _keystore_error_no_root(keystore_dir: Path) -> KeystoreError:
+    return KeystoreError(
+        f"keystore {keystore_dir} exists but no root key was given: pass root_key=, set "
+        f"{ROOT_KEY_ENV}, or restore {keystore_dir / ROOT_KEY_FILE}"
+    )
+
+
+# ---------------------------------------------------------------- the cross-process lock
+class KeystoreLock:
+    """The cross-process lock of one keystore (``<keystore>/keystore.lock``).
+
+    Every :class:`~spark_kms.kms.local.LocalKms` call holds it for its whole duration, so
+    processes sharing a keystore (Spark executors) see each other's changes whole. Re-entrant
+    within one object; a timeout is a :class:`~spark_kms.errors.KmsUnavailableError`. The
+    keystore directory must exist.
+    """
+
+    def __init__(self, keystore_dir: str | os.PathLike[str], *, timeout: float = LOCK_TIMEOUT_S) -> None:
+        self.keystore_dir = Path(keystore_dir)
+        self.timeout = timeout
+        self._lock = filelock.FileLock(
+            str(self.keystore_dir / LOCK_FILE), timeout=timeout, poll_interval=0.001
+        )
+
+    def __enter__(self) -> KeystoreLock:
+        try:
+            self._lock.acquire()
+        except filelock.Timeout as exc:
+            raise KmsUnavailableError(
+                f"could not lock keystore {self.keystore_dir} within {self.timeout:.0f}s "
+                f"(is a process stuck holding {self.keystore_dir / LOCK_FILE}?)"
+            ) from exc
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()

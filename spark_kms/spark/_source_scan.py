@@ -1,47 +1,45 @@
 """The reading half of the ``spark_kms`` data source: ``spark.read.format("spark_kms")``, a
-full-scan reader that decrypts in the Python worker (see "Reading" in :mod:`spark_kms.spark.datasource`)."""
+full-scan reader that decrypts in the Python worker (see "Reading" in :mod:`spark_kms.spark.datasource`).
+
+The plan comes from :class:`spark_kms.parquet.dataset.Dataset` (files, footers, the dataset
+root's manifest, the precedence rule), whatever the path names inside a dataset: its root, a
+hive partition directory or one data file. Footers only: planning makes no KMS call.
+"""
 
 from __future__ import annotations
 
-import datetime
 import decimal
+import logging
 import os
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from pyspark.sql.datasource import (
-    DataSourceReader,
-    InputPartition,
-)
+from pyspark.sql.datasource import DataSourceReader, InputPartition
 
 from spark_kms.errors import ConfigurationError, FormatError
-from spark_kms.spark._options import (
-    _HIVE_NULL,
-    _local_path,
-    _parse_json_object,
-    _positive_int,
-)
+from spark_kms.kms import KmsConfig
+from spark_kms.parquet.dataset import Dataset, dataset_path, open_parquet
+from spark_kms.spark._hive import hive_partition_values, infer_partition_type, partition_scalar
+from spark_kms.spark._options import kms_config_option, positive_int
 
-# -- reading: spark.read.format("spark_kms") ---------------------------------------------
+__all__ = ["SparkKmsFilteringReader", "SparkKmsInputPartition", "SparkKmsReader"]
+
+logger = logging.getLogger(__name__)
 
 _DEFAULT_READ_BATCH_ROWS = 65_536
 _DEFAULT_MAX_PARTITION_BYTES = 128 * 1024 * 1024  # Spark's spark.sql.files.maxPartitionBytes default
-_INT_RE = re.compile(r"^[+-]?\d+$")
-_FLOAT_RE = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
-_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_INT32 = (-(2**31), 2**31 - 1)
-_INT64 = (-(2**63), 2**63 - 1)
+_WHAT = "the spark_kms data source"
 
 
 @dataclass(frozen=True)
 class _ScanOptions:
-    """The read options, parsed once (driver side); picklable."""
+    """The read options, parsed once (driver side); picklable (the KmsConfig as options only)."""
 
     path: str
-    kms_options: dict[str, dict[str, Any]]
+    kms: KmsConfig
     batch_size: int
     max_partition_bytes: int
     filter_pushdown: bool
@@ -55,10 +53,10 @@ class _ScanOptions:
         if pushdown not in ("true", "false"):
             raise ConfigurationError(f"option filter_pushdown must be 'true' or 'false', got {pushdown!r}")
         return cls(
-            path=_local_path(opts["path"]),
-            kms_options=_parse_json_object("kms_options", opts.get("kms_options")),
-            batch_size=_positive_int(opts, "batch_size", _DEFAULT_READ_BATCH_ROWS),
-            max_partition_bytes=_positive_int(opts, "max_partition_bytes", _DEFAULT_MAX_PARTITION_BYTES),
+            path=dataset_path(opts["path"], what=_WHAT),
+            kms=kms_config_option(opts),
+            batch_size=positive_int(opts, "batch_size", _DEFAULT_READ_BATCH_ROWS),
+            max_partition_bytes=positive_int(opts, "max_partition_bytes", _DEFAULT_MAX_PARTITION_BYTES),
             filter_pushdown=pushdown == "true",
         )
 
@@ -71,7 +69,7 @@ class _DataFile:
     """One data file as the driver saw its footer: wrapped keys only, no cell."""
 
     path: str
-    key_table: bytes  # the footer's key table (JSON), dataset manifest entries applied
+    key_table: bytes  # the footer's key table (JSON), the dataset manifest applied
     partition_values: tuple[str | None, ...]  # raw hive values, unescaped; None = null
     row_group_bytes: tuple[int, ...]
     arrow_schema: pa.Schema
@@ -93,42 +91,40 @@ class _DatasetPlan:
     partition_types: tuple[Any, ...]  # Spark DataTypes, inferred like Spark's partition discovery
 
     @classmethod
-    def build(cls, root: str) -> _DatasetPlan:
-        from spark_kms.crypto import AES_256_GCM, AES_256_SIV, KeyTable
-        from spark_kms.parquet import dataset_root_of, list_data_files, parse_arrow_type, read_manifest
-        from spark_kms.parquet.reader import _parquet_file, _table_from_metadata
+    def build(cls, path: str) -> _DatasetPlan:
+        """The plan of the files under ``path`` (the dataset root, a hive partition directory or
+        one data file), with the dataset root's manifest applied to every footer.
 
-        if not os.path.exists(root):
-            raise ConfigurationError(f"no such dataset: {root}")
-        paths = list_data_files(root)
-        if not paths:
+        Partition columns are the ``name=value`` directories between ``path`` (or, for a file,
+        the dataset root) and each file, as Spark's partition discovery sees them.
+        """
+        from spark_kms.crypto import AES_256_GCM, AES_256_SIV
+        from spark_kms.parquet import parse_arrow_type
+
+        dataset = Dataset.open(path, job=_WHAT, require_files=False)
+        if not dataset.files:
             raise ConfigurationError(
-                f"dataset {root} has no data files, so its schema cannot be inferred: pass .schema(...)"
+                f"dataset {path} has no data files, so its schema cannot be inferred: pass .schema(...)"
             )
-        base = root if os.path.isdir(root) else dataset_root_of(root)
-        overrides = read_manifest(dataset_root_of(root))
+        base = str(Path(path).resolve()) if os.path.isdir(path) else str(dataset.root)
+        merged = dataset.key_table()
         files: list[_DataFile] = []
-        merged = KeyTable(deks={}, columns={})
         partition_columns: tuple[str, ...] | None = None
-        for path in paths:
-            pf = _parquet_file(path)
-            table = _table_from_metadata(pf.metadata.metadata, path)
-            if overrides:
-                table = table.with_overrides(overrides)
-            merged = merged.merge(table, where=f"dataset {root}")
-            names, values = _hive_values(os.path.relpath(os.path.dirname(path), base), path)
+        for file in dataset.files:
+            names, values = hive_partition_values(os.path.relpath(os.path.dirname(file), base), file)
             if partition_columns is None:
                 partition_columns = names
             elif names != partition_columns:
                 raise FormatError(
-                    f"dataset {root}: file {path} sits in partition directories {list(names)}, "
+                    f"dataset {path}: file {file} sits in partition directories {list(names)}, "
                     f"other files in {list(partition_columns)}"
                 )
+            pf = open_parquet(file)
             meta = pf.metadata
             files.append(
                 _DataFile(
-                    path=path,
-                    key_table=table.to_json(),
+                    path=file,
+                    key_table=dataset.effective_table(file).to_json(),
                     partition_values=values,
                     row_group_bytes=tuple(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)),
                     arrow_schema=pf.schema_arrow,
@@ -137,17 +133,22 @@ class _DatasetPlan:
         stored = files[0].arrow_schema
         clash = [c for c in partition_columns or () if c in stored.names]
         if clash:
-            raise FormatError(f"dataset {root}: partition columns {clash} are also stored in the data files")
+            raise FormatError(f"dataset {path}: partition columns {clash} are also stored in the data files")
         plaintext = {
-            name: parse_arrow_type(spec.arrow_type, column=name, where=f"dataset {root}")
+            name: parse_arrow_type(spec.arrow_type, column=name, where=f"dataset {path}")
             for name, spec in merged.columns.items()
             if spec.algorithm in (AES_256_GCM, AES_256_SIV)
         }
         partition_columns = partition_columns or ()
         types = tuple(
-            _infer_partition_type([f.partition_values[i] for f in files]) for i in range(len(partition_columns))
+            infer_partition_type([f.partition_values[i] for f in files]) for i in range(len(partition_columns))
         )
-        return cls(root, tuple(files), stored, plaintext, frozenset(merged.columns), partition_columns, types)
+        logger.debug(
+            "spark_kms scan of %s (dataset root %s): %d data files, %d manifest entries, encrypted columns %s, "
+            "partition columns %s",
+            path, dataset.root, len(files), len(dataset.manifest), sorted(plaintext), list(partition_columns),
+        )
+        return cls(path, tuple(files), stored, plaintext, frozenset(merged.columns), partition_columns, types)
 
     def spark_schema(self) -> Any:
         """The default schema: stored columns (encrypted ones at their plaintext types, blind
@@ -169,80 +170,6 @@ class _DatasetPlan:
             fields.append(T.StructField(f.name, spark_type, True))
         fields.extend(T.StructField(n, t, True) for n, t in zip(self.partition_columns, self.partition_types, strict=True))
         return T.StructType(fields)
-
-
-def _unescape_hive(text: str) -> str:
-    # The inverse of _hive_value's escaping (Spark's ExternalCatalogUtils.unescapePathName).
-    return re.sub(r"%([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), text)
-
-
-def _hive_values(rel_dir: str, path: str) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
-    if rel_dir in ("", "."):
-        return (), ()
-    names: list[str] = []
-    values: list[str | None] = []
-    for part in rel_dir.split(os.sep):
-        name, sep, value = part.partition("=")
-        if not sep or not name:
-            raise FormatError(f"file {path}: directory {part!r} is not a hive partition directory (name=value)")
-        names.append(_unescape_hive(name))
-        raw = _unescape_hive(value)
-        values.append(None if raw in (_HIVE_NULL, "") else raw)
-    return tuple(names), tuple(values)
-
-
-def _value_type(raw: str) -> Any:
-    from pyspark.sql import types as T
-
-    if _INT_RE.match(raw):
-        n = int(raw)
-        if _INT32[0] <= n <= _INT32[1]:
-            return T.IntegerType()
-        if _INT64[0] <= n <= _INT64[1]:
-            return T.LongType()
-        digits = len(raw.lstrip("+-"))
-        return T.DecimalType(digits, 0) if digits <= 38 else T.StringType()
-    if _FLOAT_RE.match(raw):
-        return T.DoubleType()
-    if _DATE_RE.match(raw):
-        try:
-            datetime.date.fromisoformat(raw)
-        except ValueError:
-            return T.StringType()
-        return T.DateType()
-    return T.StringType()
-
-
-def _infer_partition_type(raws: Sequence[str | None]) -> Any:
-    """Spark's partition value inference, restricted to what the writer produces: int, then
-    long, then decimal(n, 0), then double, then date, else string; mixed numbers widen
-    (int < long < decimal < double), any other mix is string. Timestamps stay strings."""
-    from pyspark.sql import types as T
-
-    kinds = {_value_type(r) for r in raws if r is not None}
-    if not kinds:
-        return T.StringType()
-    if len(kinds) == 1:
-        return kinds.pop()
-    order = (T.IntegerType, T.LongType, T.DecimalType, T.DoubleType)
-    if all(isinstance(k, order) for k in kinds):
-        if any(isinstance(k, T.DoubleType) for k in kinds):
-            return T.DoubleType()
-        decimals = [k for k in kinds if isinstance(k, T.DecimalType)]
-        if decimals:
-            return T.DecimalType(max(d.precision for d in decimals), 0)
-        return T.LongType()
-    return T.StringType()
-
-
-def _partition_scalar(raw: str | None, arrow_type: pa.DataType) -> pa.Scalar:
-    if raw is None:
-        return pa.scalar(None, type=arrow_type)
-    if pa.types.is_date32(arrow_type):
-        return pa.scalar(datetime.date.fromisoformat(raw), type=arrow_type)
-    if pa.types.is_decimal(arrow_type):
-        return pa.scalar(decimal.Decimal(raw), type=arrow_type)
-    return pa.scalar(raw, type=pa.string()).cast(arrow_type)
 
 
 @dataclass
@@ -311,6 +238,8 @@ class SparkKmsReader(DataSourceReader):
             for run in _runs(groups, f.row_group_bytes, self.scan.max_partition_bytes):
                 whole = row_filter is None and len(run) == len(f.row_group_bytes)
                 out.append(SparkKmsInputPartition(f.path, f.key_table, f.partition_values, None if whole else run))
+        logger.info("spark_kms scan of %s: %d read tasks over %d of %d data files; encrypted columns decrypted: %s",
+                    self.root, len(out), len({p.path for p in out}), len(self.files), self.encrypted_columns)
         return out
 
     def _partition_matches(self, f: _DataFile) -> bool:
@@ -319,7 +248,7 @@ class SparkKmsReader(DataSourceReader):
         arrays = {}
         for i, name in enumerate(self.partition_columns):
             t = self._partition_filter_type(name)
-            arrays[name] = pa.array([_partition_scalar(f.partition_values[i], t).as_py()], type=t)
+            arrays[name] = pa.array([partition_scalar(f.partition_values[i], t).as_py()], type=t)
         return pa.table(arrays).filter(_and_all(self.partition_filters)).num_rows == 1
 
     def _partition_filter_type(self, name: str) -> pa.DataType:
@@ -336,10 +265,9 @@ class SparkKmsReader(DataSourceReader):
     def _read_file(self, part: SparkKmsInputPartition) -> Iterator[pa.RecordBatch]:
         from spark_kms.crypto import KeyTable
         from spark_kms.parquet import BatchDecryptor
-        from spark_kms.parquet.reader import _parquet_file
 
         where = f"file {part.path}"
-        pf = _parquet_file(part.path)
+        pf = open_parquet(part.path)
         stored_names = pf.schema_arrow.names
         row_filter = _and_all(self.row_filters)
         filter_columns = sorted(self.row_filter_columns - set(self.stored_columns))
@@ -347,8 +275,10 @@ class SparkKmsReader(DataSourceReader):
         absent = [c for c in needed if c not in stored_names]
         if absent:
             raise FormatError(f"{where} has no columns {absent} (dataset {self.root})")
-        decryptor = BatchDecryptor(KeyTable.from_json(part.key_table, where=where), kms_options=self.scan.kms_options)
+        decryptor = BatchDecryptor(KeyTable.from_json(part.key_table, where=where), kms_options=self.scan.kms)
         constants = self._partition_constants(part)
+        logger.debug("reading %s (row groups %s): decrypting %s", part.path,
+                     "all" if part.row_groups is None else part.row_groups, self.encrypted_columns)
         offset = 0
         for batch in pf.iter_batches(batch_size=self.scan.batch_size, row_groups=part.row_groups, columns=needed):
             read_rows = batch.num_rows
@@ -360,13 +290,14 @@ class SparkKmsReader(DataSourceReader):
                 batch = decryptor.decrypt_batch(batch, self.encrypted_columns, where=at)
                 yield self._output(batch, constants, where)
             offset += read_rows
+        logger.debug("read %s: %d rows, %d KMS Decrypt calls", part.path, offset, decryptor.kms_calls)
 
     def _partition_constants(self, part: SparkKmsInputPartition) -> dict[str, pa.Scalar]:
         out = {}
         for name, t in self.partition_arrow_types.items():
             raw = part.partition_values[self.partition_columns.index(name)]
             try:
-                out[name] = _partition_scalar(raw, t)
+                out[name] = partition_scalar(raw, t)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, decimal.InvalidOperation):
                 raise ConfigurationError(
                     f"file {part.path}: partition directory value of column {name!r} does not convert to {t}"
