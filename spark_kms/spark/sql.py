@@ -35,7 +35,7 @@ from spark_kms.crypto import (
 )
 from spark_kms.errors import ConfigurationError, DecryptionError, UnknownDataKeyError
 from spark_kms.kms import KmsConfig, KmsConfigLike
-from spark_kms.parquet._types import encode_values
+from spark_kms.parquet import encode_values
 from spark_kms.parquet.dataset import read_dataset_key_table
 from spark_kms.parquet.decryptor import BatchDecryptor
 from spark_kms.parquet.encryptor import EncryptionSpec

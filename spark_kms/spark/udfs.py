@@ -40,7 +40,7 @@ from spark_kms.crypto import (
 )
 from spark_kms.errors import ConfigurationError
 from spark_kms.kms import KmsConfig, KmsConfigLike
-from spark_kms.parquet._types import parse_arrow_type
+from spark_kms.parquet import parse_arrow_type
 from spark_kms.parquet.decryptor import BatchDecryptor
 from spark_kms.parquet.encryptor import BatchEncryptor, EncryptionSpec
 from spark_kms.parquet.keys import new_deterministic_entry
