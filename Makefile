@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: install demo test lint format bench clean java
+.PHONY: install demo test lint format bench clean java sanitize
 
 $(STAMP): pyproject.toml setup.py spark_kms/crypto/_fastgcm.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,37 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# `make sanitize`: spark_kms/crypto/_fastgcm.c built with ASan + UBSan into build/sanitize/ (the extension that
+# `pip install -e .` put in the source tree stays as it is), then the crypto tests and a 350,000-case fuzz run
+# against that build. tests/sanitize/sitecustomize.py swaps it in, in the test process and its subprocesses.
+# CPython is not instrumented: libasan is preloaded, leak checks are off (CPython keeps objects alive at exit
+# by design) and PYTHONMALLOC=malloc gives every Python object its own ASan-guarded allocation.
+SAN_DIR    := build/sanitize
+SAN_EXT    := $(SAN_DIR)/_fastgcm.so
+SAN_CFLAGS := -O1 -g -std=c11 -Wall -Wextra -Wno-missing-field-initializers \
+              -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+FUZZ_CASES ?= 350000
+# --capture=sys: a sanitizer report is written to file descriptor 2 just before the process aborts; pytest's
+# default fd capture would swallow it.
+SAN_PYTEST := -q -p no:cacheprovider --capture=sys
+PY_INCLUDE  = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+SAN_ENV     = LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0 \
+              UBSAN_OPTIONS=print_stacktrace=1 PYTHONMALLOC=malloc PYTHONPATH=tests/sanitize \
+              SPARK_KMS_FASTGCM_SO=$(abspath $(SAN_EXT))
+
+$(SAN_EXT): spark_kms/crypto/_fastgcm.c $(STAMP)
+	@command -v gcc >/dev/null 2>&1 && test -f "$$(gcc -print-file-name=libasan.so)" \
+	  && test -f /usr/include/openssl/evp.h && test -f "$(PY_INCLUDE)/Python.h" \
+	  || { apt-get update && apt-get install -y gcc libssl-dev python3-dev; }
+	@mkdir -p $(SAN_DIR)
+	gcc -shared -fPIC $(SAN_CFLAGS) -I"$(PY_INCLUDE)" spark_kms/crypto/_fastgcm.c -lcrypto -o $@
+
+sanitize: $(SAN_EXT)
+	$(SAN_ENV) $(BIN)/python -c 'from spark_kms.crypto import _fastgcm as m; assert m.__file__ == "$(abspath $(SAN_EXT))", m'
+	$(SAN_ENV) $(BIN)/python -m pytest $(SAN_PYTEST) tests/crypto
+	$(SAN_ENV) SPARK_KMS_FUZZ_CASES=$(FUZZ_CASES) $(BIN)/python -m pytest $(SAN_PYTEST) -s \
+	  tests/crypto/test_native_fuzz.py -k test_fuzz_native_and_pure_backends_agree
 
 lint: install
 	$(BIN)/ruff check .

@@ -4,8 +4,12 @@ Each operator only renders its templated fields, turns a Connection into ``kms_o
 (:class:`~airflow_plugins.hooks.spark_kms.SparkKmsHook`), picks a SparkSession where
 the job needs one, and calls :mod:`spark_kms.jobs`. ``execute()`` returns the job's
 ``RunSummary.to_dict()`` (rows, files, DEKs, KMS calls, key versions), which Airflow
-pushes to XCom. spark_kms errors propagate unchanged, so the task fails with the job's
-own message (what and where, never key bytes or cell values).
+pushes to XCom. A failed job fails the task with the spark_kms error's own class and message
+(what and where, never key bytes or cell values; also when Spark raised it in a worker). Errors
+a retry cannot fix (access denied, key state, no such key, a damaged or tampered file, a bad
+setting) fail the task at once, whatever ``retries`` says (``AirflowFailException``); an
+unreachable or throttling KMS, or a job that could not finish, is retried as usual
+(:mod:`airflow_plugins.operators._errors` is the table).
 
 Shared rules:
 
@@ -38,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, AssetAlias, BaseHook, BaseOperator
 
+from airflow_plugins.operators._errors import task_errors
 from spark_kms.errors import ConfigurationError
 from spark_kms.kms import KmsConfig
 
@@ -219,11 +224,15 @@ class EncryptDatasetOperator(SparkKmsBaseOperator):
     :param source_format: ``parquet``, ``csv`` or ``json`` (templated).
     :param mode: ``overwrite`` or ``append`` (templated).
     :param encryption_context: extra context for every GenerateDataKey (templated).
+    :param join_domain: join domain of the deterministic / blind-index columns; default the
+        destination dataset's own (templated).
+    :param join_domain_store: directory holding a named join domain's key (templated).
     """
 
     template_fields: Sequence[str] = (
         "source", "destination", "columns", "key_uri", "deterministic_columns", "blind_index", "partition_by",
-        "source_format", "mode", "encryption_context", *SparkKmsBaseOperator.template_fields,
+        "source_format", "mode", "encryption_context", "join_domain", "join_domain_store",
+        *SparkKmsBaseOperator.template_fields,
     )
 
     def __init__(
@@ -239,9 +248,13 @@ class EncryptDatasetOperator(SparkKmsBaseOperator):
         source_format: str = "parquet",
         mode: str = "overwrite",
         encryption_context: Mapping[str, str] | None = None,
+        join_domain: str | None = None,
+        join_domain_store: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(_output_path=destination, **kwargs)
+        self.join_domain = join_domain
+        self.join_domain_store = join_domain_store
         self.source = source
         self.destination = destination
         self.columns = list(columns)
@@ -253,6 +266,7 @@ class EncryptDatasetOperator(SparkKmsBaseOperator):
         self.mode = mode
         self.encryption_context = dict(encryption_context or {})
 
+    @task_errors()
     def execute(self, context: Context) -> dict[str, Any]:
         from spark_kms.jobs import encrypt_dataset
 
@@ -263,7 +277,8 @@ class EncryptDatasetOperator(SparkKmsBaseOperator):
             deterministic_columns=self.deterministic_columns, blind_index=self.blind_index,
             partition_by=self.partition_by, source_format=self.source_format, mode=self.mode,
             encryption_context=self.encryption_context, kms_options=kms_options, spark=self.spark_session(),
-            run_id=self.run_id_for(context),
+            run_id=self.run_id_for(context), join_domain=self.join_domain or None,
+            join_domain_store=self.join_domain_store or None,
         )
         self.log.info("encrypted %s rows into %s files under %s (%s data keys, KMS calls %s)",
                       summary.rows, summary.files, key_uri, summary.deks, summary.kms_calls)
@@ -274,8 +289,9 @@ class EncryptDatasetOperator(SparkKmsBaseOperator):
 class DecryptDatasetOperator(SparkKmsBaseOperator):
     """Decrypt an encrypted dataset into a *plaintext* copy (:func:`spark_kms.jobs.decrypt_dataset`).
 
-    The destination must be outside the source; it is overwritten, so a retry gives the
-    same result.
+    The destination must be outside the source; it is replaced, so a retry gives the same
+    result. The new output is written beside it and swapped in only once complete: a failed
+    run leaves the destination as it was.
 
     :param source: the encrypted dataset directory (templated).
     :param destination: where the plaintext goes (templated).
@@ -302,6 +318,7 @@ class DecryptDatasetOperator(SparkKmsBaseOperator):
         self.columns = list(columns) if columns is not None else None
         self.output_format = output_format
 
+    @task_errors()
     def execute(self, context: Context) -> dict[str, Any]:
         from spark_kms.jobs import decrypt_dataset
 
@@ -329,9 +346,11 @@ class ReencryptDatasetOperator(SparkKmsBaseOperator):
     :param mode: ``rewrap`` or ``reencrypt`` (templated).
     :param key_uri: a target key other than the one the data keys are wrapped by (templated).
     :param force: ``reencrypt`` only: rewrite files already on the target's primary version too.
+    :param abandon: ``reencrypt`` only: give up the pending run with this id (the refusal of a
+        mismatched pending run names it) instead of starting one (templated).
     """
 
-    template_fields: Sequence[str] = ("path", "mode", "key_uri", *SparkKmsBaseOperator.template_fields)
+    template_fields: Sequence[str] = ("path", "mode", "key_uri", "abandon", *SparkKmsBaseOperator.template_fields)
     MODES = ("rewrap", "reencrypt")
 
     def __init__(
@@ -341,6 +360,7 @@ class ReencryptDatasetOperator(SparkKmsBaseOperator):
         mode: str = "rewrap",
         key_uri: str | None = None,
         force: bool = False,
+        abandon: str | None = None,
         **kwargs: Any,
     ) -> None:
         if not _is_templated(mode) and mode not in self.MODES:
@@ -350,7 +370,9 @@ class ReencryptDatasetOperator(SparkKmsBaseOperator):
         self.mode = mode
         self.key_uri = key_uri
         self.force = force
+        self.abandon = abandon
 
+    @task_errors()
     def execute(self, context: Context) -> dict[str, Any]:
         from spark_kms.jobs import reencrypt_dataset, rewrap_dataset
 
@@ -361,6 +383,8 @@ class ReencryptDatasetOperator(SparkKmsBaseOperator):
         run_id = self.run_id_for(context)
         if self.mode == "rewrap":
             summary = rewrap_dataset(self.path, key_uri=self.key_uri, kms_options=kms_options, run_id=run_id)
+        elif self.abandon:
+            summary = reencrypt_dataset(self.path, kms_options=kms_options, abandon=str(self.abandon))
         else:
             # reencrypt_dataset rewrites files with pyarrow in this process: no SparkSession needed.
             summary = reencrypt_dataset(self.path, key_uri=self.key_uri, kms_options=kms_options, run_id=run_id,

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
+from airflow_plugins.operators._errors import task_errors
+
 if TYPE_CHECKING:  # pragma: no cover
     from airflow.sdk import Context
 
@@ -72,6 +74,7 @@ class DatasetRotationSensor(BaseSensorOperator):
     def _paths(self) -> list[str]:
         return [self.path] if isinstance(self.path, str) else [str(p) for p in self.path]
 
+    @task_errors()  # a denied or missing key fails the sensor at once; an unreachable KMS is retried
     def poke(self, context: Context) -> PokeReturnValue:
         from spark_kms.jobs import needs_rotation
 

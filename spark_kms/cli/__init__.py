@@ -29,6 +29,7 @@ _COMMANDS: dict[str, str] = {
     "rewrap": "spark_kms.cli.jobs:rewrap",
     "reencrypt": "spark_kms.cli.jobs:reencrypt",
     "inspect": "spark_kms.cli.jobs:inspect",
+    "gc": "spark_kms.cli.jobs:gc",
 }
 
 _LIBRARY_LOGGER = "spark_kms"

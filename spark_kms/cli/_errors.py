@@ -7,6 +7,12 @@ parent's code until it gets a row of its own. Click's own usage errors exit 2, l
 exception that is not a spark_kms error (a failure inside Spark, an OS error, a bug) prints its
 traceback and exits 70, so that 1 keeps meaning "data error" only.
 
+A spark_kms error raised inside Spark (a Python worker, the data source's commit) reaches the
+driver wrapped in a Spark exception whose message is the worker's traceback. The jobs re-raise it
+as itself (:mod:`spark_kms.spark._errors`), and :func:`cli_errors` applies the same translation to
+whatever else escapes a verb: such an error exits with its own code and one short message,
+whichever verb ran the Spark action.
+
 :func:`cli_errors` is the one place that applies the table: the root ``spark-kms`` group runs every
 verb of every group inside it. The ``--help`` epilog is generated from the table
 (:func:`exit_codes_help`), so the two cannot drift apart.
@@ -40,6 +46,7 @@ from spark_kms.errors import (
     SparkKmsError,
     ThrottlingError,
 )
+from spark_kms.spark._errors import translate_spark_error
 
 __all__ = [
     "ERROR_TABLE",
@@ -189,9 +196,10 @@ class SparkKmsCliError(click.ClickException):
 def cli_errors() -> Iterator[None]:
     """Turn what a verb raises into :class:`ExitCode` exits.
 
-    A spark_kms error becomes a :class:`SparkKmsCliError` (a short message, its code); click's own
-    exits and usage errors, and a closed stdout pipe, pass through to click; Abort and Ctrl-C exit
-    130; any other exception prints its traceback and exits 70.
+    A spark_kms error -- also one that a Spark exception carries -- becomes a
+    :class:`SparkKmsCliError` (a short message, its code); click's own exits and usage errors, and a
+    closed stdout pipe, pass through to click; Abort and Ctrl-C exit 130; any other exception prints
+    its traceback and exits 70.
     """
     try:
         yield
@@ -204,6 +212,10 @@ def cli_errors() -> Iterator[None]:
         click.echo("Aborted!", err=True)
         raise click.exceptions.Exit(int(exit_code_for(exc))) from None
     except Exception as exc:  # noqa: BLE001 - the last resort: give it a code of its own, keep the traceback
+        carried = translate_spark_error(exc)
+        if carried is not None:
+            logger.debug("%s carried by %s:", type(carried).__name__, type(exc).__name__, exc_info=True)
+            raise SparkKmsCliError(carried) from exc
         click.echo(traceback.format_exc(), err=True, nl=False)
         click.echo(f"{click.style('unexpected error', fg='red', bold=True)} ({type(exc).__name__}): "
                    "not a spark_kms error; the traceback is above", err=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,7 +21,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-__all__ = ["decrypt", "encrypt", "inspect", "reencrypt", "rewrap"]
+__all__ = ["decrypt", "encrypt", "gc", "inspect", "reencrypt", "rewrap"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,6 +58,19 @@ def _job_command(fn: F) -> F:
         return fn(kms_options=_parse_kms_options(keystore, kms_option), **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _spark() -> Any:
+    """The local SparkSession of ``encrypt`` / ``decrypt``. Spark's own log stays off unless
+    ``-v``: for a failed task it prints the worker's whole Python traceback (several times), while
+    the verb reports the error once, short, with its exit code."""
+    from spark_kms.spark.session import local_session
+
+    spark = local_session()
+    ctx = click.get_current_context(silent=True)
+    verbose = ctx.find_root().params.get("verbose", 0) if ctx is not None else 0
+    spark.sparkContext.setLogLevel("ERROR" if verbose else "OFF")
+    return spark
 
 
 def _csv(value: str | None) -> list[str]:
@@ -127,19 +141,25 @@ _run_id_option = click.option("--run-id", help="run id (default: new; reencrypt:
 @click.option("--format", "source_format", type=click.Choice(["parquet", "csv", "json"]), default="parquet",
               show_default=True, help="format of SOURCE")
 @click.option("--mode", type=click.Choice(["overwrite", "append"]), default="overwrite", show_default=True)
+@click.option("--join-domain", default=None,
+              help="join domain of the deterministic / blind-index columns (default: the dataset's own)")
+@click.option("--join-domain-store", default=None, metavar="DIRECTORY",
+              help="where a named join domain's key lives (env SPARK_KMS_JOIN_DOMAIN_STORE)")
 @_run_id_option
 @_json_option
 @_job_command
 def encrypt(source: str, destination: str, key_uri: str, columns: str, deterministic: str,
-            blind_index: tuple[str, ...], partition_by: str, source_format: str, mode: str, run_id: str | None,
-            as_json: bool, kms_options: dict[str, dict[str, Any]]) -> None:
+            blind_index: tuple[str, ...], partition_by: str, source_format: str, mode: str, join_domain: str | None,
+            join_domain_store: str | None, run_id: str | None, as_json: bool,
+            kms_options: dict[str, dict[str, Any]]) -> None:
     """Encrypt the PII columns of SOURCE into the encrypted dataset DESTINATION (runs Spark locally)."""
     from spark_kms.jobs import encrypt_dataset
 
     summary = encrypt_dataset(
         source, destination, key_uri=key_uri, columns=_csv(columns), deterministic_columns=_csv(deterministic),
         blind_index=_blind_index(blind_index), partition_by=_csv(partition_by), source_format=source_format,
-        mode=mode, kms_options=kms_options, run_id=run_id,
+        mode=mode, kms_options=kms_options, run_id=run_id, spark=_spark,
+        join_domain=join_domain, join_domain_store=join_domain_store,
     )
     _print_summary(summary, as_json)
 
@@ -155,11 +175,13 @@ def encrypt(source: str, destination: str, key_uri: str, columns: str, determini
 @_job_command
 def decrypt(source: str, destination: str, columns: str | None, output_format: str, run_id: str | None,
             as_json: bool, kms_options: dict[str, dict[str, Any]]) -> None:
-    """Decrypt the encrypted dataset SOURCE into plaintext at DESTINATION (must differ from SOURCE)."""
+    """Decrypt the encrypted dataset SOURCE into plaintext at DESTINATION (must differ from SOURCE).
+
+    The output replaces DESTINATION only once complete: a failed run leaves it as it was."""
     from spark_kms.jobs import decrypt_dataset
 
     summary = decrypt_dataset(source, destination, columns=_csv(columns) if columns is not None else None,
-                              output_format=output_format, kms_options=kms_options, run_id=run_id)
+                              output_format=output_format, kms_options=kms_options, run_id=run_id, spark=_spark)
     _print_summary(summary, as_json)
 
 
@@ -183,17 +205,28 @@ def rewrap(path: str, key_uri: str | None, run_id: str | None, as_json: bool,
 @click.argument("path")
 @click.option("--key-uri", default=None, help="target key (default: the dataset's key, new primary version)")
 @click.option("--force", is_flag=True, help="re-encrypt every file, even those already under the primary version")
+@click.option("--abandon", metavar="RUN", default=None,
+              help="give up the pending run RUN (journal kept for audit, temp files removed); starts no run")
+@click.option("--rotate-join-domain", is_flag=True,
+              help="also give the dataset's join domain a new deterministic key (rewrites its joinable columns)")
+@click.option("--join-domain-store", default=None, metavar="DIRECTORY",
+              help="where the dataset's named join domain keeps its key (to rotate it)")
 @_run_id_option
 @_json_option
 @_job_command
-def reencrypt(path: str, key_uri: str | None, force: bool, run_id: str | None, as_json: bool,
+def reencrypt(path: str, key_uri: str | None, force: bool, abandon: str | None, rotate_join_domain: bool,
+              join_domain_store: str | None, run_id: str | None, as_json: bool,
               kms_options: dict[str, dict[str, Any]]) -> None:
-    """Re-encrypt the dataset PATH with new data keys, file by file (resumable: run again after a crash)."""
+    """Re-encrypt the dataset PATH with new data keys, file by file (resumable: run again after a crash).
+
+    A pending run is resumed only by a request for the same target key and options, or by --run-id;
+    otherwise the command refuses and names it (give it up with --abandon RUN)."""
     from spark_kms.jobs import reencrypt_dataset
 
     with _ProgressBar("re-encrypting files") as bar:
         summary = reencrypt_dataset(path, key_uri=key_uri, kms_options=kms_options, run_id=run_id, force=force,
-                                    progress=bar)
+                                    abandon=abandon, progress=bar, rotate_join_domain=rotate_join_domain,
+                                    join_domain_store=join_domain_store)
     _print_summary(summary, as_json)
 
 
@@ -211,3 +244,27 @@ def inspect(path: str, as_json: bool, kms_options: dict[str, dict[str, Any]]) ->
         click.echo(inspection.to_json())
     else:
         Console().print(render_inspection(inspection))
+
+
+@click.command()
+@click.argument("dataset")
+@click.option("--dry-run", is_flag=True, help="remove nothing; list what would be removed")
+@click.option("--grace", "grace_s", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="leave alone anything modified less than SECONDS ago (default: 21600, 6 hours)")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+def gc(dataset: str, dry_run: bool, grace_s: float | None, as_json: bool) -> None:
+    """Remove what killed writes and jobs left in DATASET: staging and trash directories of abandoned
+    Spark writes, temp files of killed jobs. Never committed data, a write in progress or a decided commit."""
+    from spark_kms.jobs import collect_garbage
+
+    report = collect_garbage(dataset, dry_run=dry_run, **({} if grace_s is None else {"grace_s": grace_s}))
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"gc of {report.dataset} (grace {report.grace_s:.0f}s{', dry run' if dry_run else ''}): "
+               f"{verb} {len(report.abandoned)}, kept {len(report.leftovers) - len(report.abandoned)}")
+    for item in report.leftovers:
+        action = (verb if item.removed or dry_run else "kept") if item.abandoned else "kept"
+        rel = os.path.relpath(item.path, report.dataset)
+        click.echo(f"  {action:<12} {item.kind:<7} {rel}  ({item.reason})")

@@ -18,7 +18,14 @@
  * each non-null value, output sizes computed up front with overflow checks). Data-dependent problems are
  * returned as a status code and the index of the first cell concerned, never with cell bytes; the Python
  * wrapper (spark_kms/crypto/_native.py) turns them into spark_kms errors. The GIL is released during the
- * crypto loops: the input buffers are pinned by Py_buffer views and the outputs are not yet shared.
+ * crypto loops; the outputs are not yet shared.
+ *
+ * Py_buffer views pin the input buffers' memory and size, not their contents: a writable buffer (bytearray,
+ * numpy, a mutable Arrow buffer) may change during a call, from another thread while the GIL is released, or
+ * from __del__ code that the garbage collector runs whenever a Python object is created. Hence: bounds are
+ * re-checked wherever a buffer is read, never carried over from an earlier pass; the output validity is
+ * written by the loop from the very bits it acted on; a call fails unless its loop wrote every output byte
+ * the first pass sized; and dek_ids reads every cell before it creates a Python object.
  * Key copies are wiped with OPENSSL_cleanse. No global state.
  */
 #define PY_SSIZE_T_CLEAN
@@ -45,7 +52,7 @@
 /* Status codes, mirrored in _native.py. */
 enum {
     ST_OK = 0,
-    ST_BAD_OFFSETS = 1,    /* offsets decrease, are negative or run past the data buffer */
+    ST_BAD_OFFSETS = 1,    /* offsets decrease, are negative, run past the data buffer or changed mid-call */
     ST_SHORT_CELL = 2,     /* decrypt: a cell shorter than 37 bytes */
     ST_NOT_GCM = 3,        /* decrypt: a cell whose first byte is not 0x11 */
     ST_UNKNOWN_DEK = 4,    /* decrypt: a DEK id missing from the key table passed in */
@@ -118,22 +125,13 @@ max_for_width(int width)
     return width == 4 ? (int64_t)INT32_MAX : (int64_t)PY_SSIZE_T_MAX;
 }
 
-/* Copy the validity bits [offset, offset + length) to a bitmap starting at bit 0. */
-static void
-copy_validity(const array_view *v, uint8_t *out)
+/* The output bitmap is built row by row by the loops (set_valid), from the bit each loop read once and acted
+   on: reading the input bitmap again afterwards could see other bits than the loop did. Bits past the end
+   are unspecified in Arrow; they stay zero here. */
+static inline void
+set_valid(uint8_t *out, int64_t i)
 {
-    size_t nbytes = (size_t)((v->length + 7) / 8);
-    if ((v->offset & 7) == 0) {
-        memcpy(out, v->validity + (v->offset >> 3), nbytes);
-    }
-    else {
-        memset(out, 0, nbytes);
-        for (int64_t i = 0; i < v->length; i++)
-            if (is_valid(v, i))
-                out[i >> 3] |= (uint8_t)(1u << (i & 7));
-    }
-    if (v->length & 7) /* bits past the end are unspecified in Arrow; keep them zero */
-        out[nbytes - 1] &= (uint8_t)((1u << (v->length & 7)) - 1);
+    out[i >> 3] |= (uint8_t)(1u << (i & 7));
 }
 
 /* The buffers behind one array. */
@@ -315,6 +313,8 @@ fastgcm_encrypt(PyObject *self, PyObject *args)
     uint8_t *od = (uint8_t *)PyBytes_AS_STRING(out_data);
     uint8_t *oo = (uint8_t *)PyBytes_AS_STRING(out_offsets);
     uint8_t *ov = out_validity ? (uint8_t *)PyBytes_AS_STRING(out_validity) : NULL;
+    if (ov != NULL)
+        memset(ov, 0, (size_t)PyBytes_GET_SIZE(out_validity));
     const uint8_t *aad_buf = (const uint8_t *)aad.buf;
     int aad_len = (int)aad.len;
     int status = ST_OK;
@@ -363,12 +363,21 @@ fastgcm_encrypt(PyObject *self, PyObject *args)
                 break;
             }
             pos += n + OVERHEAD;
+            if (ov != NULL)
+                set_valid(ov, i);
         }
         store_offset(oo, out_width, i + 1, pos);
     }
     EVP_CIPHER_CTX_free(ctx); /* frees and wipes the key schedule */
-    if (status == ST_OK && ov != NULL)
-        copy_validity(&v, ov);
+    /* Inputs changed since pass 1 (values shorter, bits cleared) leave output bytes unwritten: fail. */
+    if (status == ST_OK && counter - counter_start != (uint64_t)expected) {
+        status = ST_COUNT_MISMATCH;
+        fail_at = (int64_t)(counter - counter_start);
+    }
+    else if (status == ST_OK && pos != total) {
+        status = ST_BAD_OFFSETS;
+        fail_at = v.length - 1;
+    }
     Py_END_ALLOW_THREADS
 
     if (status != ST_OK) {
@@ -426,6 +435,44 @@ PyDoc_STRVAR(dek_ids_doc,
 "The distinct DEK ids (8 bytes each, in order of first use) of an array of GCM cells. A status other than\n"
 "0 names the first cell the fast path cannot take (malformed, not GCM, bad offsets, too many DEKs).");
 
+/* Pass 2 of dek_ids: the distinct DEK ids, in order of first use, copied out of the cells into seen. */
+static int
+collect_dek_ids(const array_view *v, uint8_t seen[MAX_DEKS][DEK_ID_BYTES], int *n_seen, int64_t *fail_at)
+{
+    int last = -1;
+    *n_seen = 0;
+    for (int64_t i = 0; i < v->length; i++) {
+        int64_t s, e;
+        if (!is_valid(v, i))
+            continue;
+        /* Checked again, as everywhere a buffer is read: pass 1 vouches for nothing here. */
+        if (!value_bounds(v, i, &s, &e) || e - s < OVERHEAD) {
+            *fail_at = i;
+            return ST_BAD_OFFSETS;
+        }
+        const uint8_t *id = v->data + s + 1;
+        if (last >= 0 && memcmp(seen[last], id, DEK_ID_BYTES) == 0)
+            continue;
+        int found = -1;
+        for (int k = 0; k < *n_seen; k++)
+            if (memcmp(seen[k], id, DEK_ID_BYTES) == 0) {
+                found = k;
+                break;
+            }
+        if (found < 0) {
+            if (*n_seen == MAX_DEKS) {
+                *fail_at = i;
+                return ST_TOO_MANY_DEKS;
+            }
+            memcpy(seen[*n_seen], id, DEK_ID_BYTES);
+            found = (*n_seen)++;
+        }
+        last = found;
+    }
+    *fail_at = -1;
+    return ST_OK;
+}
+
 static PyObject *
 fastgcm_dek_ids(PyObject *self, PyObject *args)
 {
@@ -439,54 +486,29 @@ fastgcm_dek_ids(PyObject *self, PyObject *args)
     array_view v;
     if (open_array(offsets_obj, data_obj, validity_obj, length, array_offset, width, &bufs, &v) < 0)
         return NULL;
-    PyObject *ids = NULL, *ret = NULL;
+    uint8_t seen[MAX_DEKS][DEK_ID_BYTES];
+    int n_seen = 0;
     int64_t total = 0, fail_at = -1;
     int status = check_gcm_cells(&v, 8, &total, &fail_at);
-    if (status != ST_OK) {
-        ret = Py_BuildValue("iL[]", status, (long long)fail_at);
-        goto done;
-    }
-    ids = PyList_New(0);
-    if (ids == NULL)
-        goto done;
-    {
-        uint8_t seen[MAX_DEKS][DEK_ID_BYTES];
-        int n_seen = 0, last = -1;
-        for (int64_t i = 0; i < v.length; i++) {
-            if (!is_valid(&v, i))
-                continue;
-            const uint8_t *id = v.data + offset_at(&v, i) + 1;
-            if (last >= 0 && memcmp(seen[last], id, DEK_ID_BYTES) == 0)
-                continue;
-            int found = -1;
-            for (int k = 0; k < n_seen; k++)
-                if (memcmp(seen[k], id, DEK_ID_BYTES) == 0) {
-                    found = k;
-                    break;
-                }
-            if (found < 0) {
-                if (n_seen == MAX_DEKS) {
-                    Py_CLEAR(ids);
-                    ret = Py_BuildValue("iL[]", ST_TOO_MANY_DEKS, (long long)i);
-                    goto done;
-                }
-                memcpy(seen[n_seen], id, DEK_ID_BYTES);
-                PyObject *b = PyBytes_FromStringAndSize((const char *)id, DEK_ID_BYTES);
-                if (b == NULL || PyList_Append(ids, b) < 0) {
-                    Py_XDECREF(b);
-                    goto done;
-                }
-                Py_DECREF(b);
-                found = n_seen++;
-            }
-            last = found;
-        }
-    }
-    ret = Py_BuildValue("iLO", ST_OK, (long long)-1, ids);
-done:
-    Py_XDECREF(ids);
+    if (status == ST_OK)
+        status = collect_dek_ids(&v, seen, &n_seen, &fail_at);
+    /* The input buffers are not read past this point. Creating the Python objects below may run the garbage
+       collector, and with it __del__ code that changes a writable input buffer. */
     release_buffers(&bufs);
-    return ret;
+    if (status != ST_OK)
+        return Py_BuildValue("iL[]", status, (long long)fail_at);
+    PyObject *ids = PyList_New(n_seen);
+    if (ids == NULL)
+        return NULL;
+    for (int k = 0; k < n_seen; k++) {
+        PyObject *b = PyBytes_FromStringAndSize((const char *)seen[k], DEK_ID_BYTES);
+        if (b == NULL) {
+            Py_DECREF(ids);
+            return NULL;
+        }
+        PyList_SET_ITEM(ids, k, b);
+    }
+    return Py_BuildValue("iLN", ST_OK, (long long)-1, ids);
 }
 
 typedef struct {
@@ -597,6 +619,8 @@ fastgcm_decrypt(PyObject *self, PyObject *args)
     uint8_t *od = (uint8_t *)PyBytes_AS_STRING(out_data);
     uint8_t *oo = (uint8_t *)PyBytes_AS_STRING(out_offsets);
     uint8_t *ov = out_validity ? (uint8_t *)PyBytes_AS_STRING(out_validity) : NULL;
+    if (ov != NULL)
+        memset(ov, 0, (size_t)PyBytes_GET_SIZE(out_validity));
 
     Py_BEGIN_ALLOW_THREADS
     int64_t pos = 0;
@@ -613,10 +637,12 @@ fastgcm_decrypt(PyObject *self, PyObject *args)
             }
             int64_t n = e - s - OVERHEAD;
             const uint8_t *cell = v.data + s;
-            if (last < 0 || memcmp(slots[last].id, cell + 1, DEK_ID_BYTES) != 0) {
+            /* The header is read once: the key is chosen by the same DEK id the AAD authenticates. */
+            memcpy(aad, cell, HEADER_BYTES);
+            if (last < 0 || memcmp(slots[last].id, aad + 1, DEK_ID_BYTES) != 0) {
                 last = -1;
                 for (Py_ssize_t k = 0; k < n_keys; k++)
-                    if (memcmp(slots[k].id, cell + 1, DEK_ID_BYTES) == 0) {
+                    if (memcmp(slots[k].id, aad + 1, DEK_ID_BYTES) == 0) {
                         last = (int)k;
                         break;
                     }
@@ -637,7 +663,6 @@ fastgcm_decrypt(PyObject *self, PyObject *args)
             }
             EVP_CIPHER_CTX *ctx = slots[last].ctx;
             int outl = 0, finl = 0;
-            memcpy(aad, cell, HEADER_BYTES);
             if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, cell + HEADER_BYTES) != 1
                 || EVP_DecryptUpdate(ctx, NULL, &outl, aad, (int)aad_len) != 1
                 || (n > 0 && EVP_DecryptUpdate(ctx, od + pos, &outl, cell + 21, (int)n) != 1)
@@ -652,11 +677,16 @@ fastgcm_decrypt(PyObject *self, PyObject *args)
                 break;
             }
             pos += n;
+            if (ov != NULL)
+                set_valid(ov, i);
         }
         store_offset(oo, out_width, i + 1, pos);
     }
-    if (status == ST_OK && ov != NULL)
-        copy_validity(&v, ov);
+    /* Inputs changed since pass 1 (cells shorter, bits cleared) leave output bytes unwritten: fail. */
+    if (status == ST_OK && pos != total) {
+        status = ST_BAD_OFFSETS;
+        fail_at = v.length - 1;
+    }
     Py_END_ALLOW_THREADS
 
     if (status != ST_OK) {

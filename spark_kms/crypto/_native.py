@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import accumulate
 from typing import Any, NamedTuple
 
@@ -107,25 +107,30 @@ def dek_id_at(buf: BinaryBuffers, row: int) -> bytes:
 # --------------------------------------------------------------------------- pure-Python backend
 
 
-def values_from_buffers(buf: BinaryBuffers) -> tuple[int, int, list[bytes | None]]:
+def values_from_buffers(
+    buf: BinaryBuffers, check: Callable[[bytes], int] | None = None
+) -> tuple[int, int, list[bytes | None]]:
     """``(status, index, values)``: the array's values as bytes (None for nulls), bounds checked.
 
-    A status other than :data:`ST_OK` names the first row whose offsets are out of order or past the data.
+    A status other than :data:`ST_OK` names the first row whose offsets are out of order or past the data, or
+    whose value ``check`` (called on each non-null value in row order) answered with a status other than ST_OK:
+    the rows are checked one by one, in the same order as the first pass of the C functions.
     """
     if buf.width not in _OFFSET_FORMAT:
         raise ValueError("offset width must be 4 (binary) or 8 (large_binary)")
     if buf.length < 0 or buf.offset < 0:
         raise ValueError("length and array offset must be non-negative")
     offsets = memoryview(buf.offsets).cast("B")
-    if len(offsets) < (buf.offset + buf.length + 1) * buf.width:
-        raise ValueError("the offsets buffer is too short for the array")
+    entries = buf.offset + buf.length + 1
+    if len(offsets) < entries * buf.width:  # the messages of the C extension, word for word
+        raise ValueError(f"the offsets buffer holds {len(offsets)} bytes, {entries} entries of {buf.width} bytes needed")
     offs = struct.unpack_from(f"<{buf.length + 1}{_OFFSET_FORMAT[buf.width]}", offsets, buf.offset * buf.width)
     data = bytes(memoryview(buf.data).cast("B"))
     bits = None
     if buf.validity is not None:
         bits = memoryview(buf.validity).cast("B")
         if len(bits) * 8 < buf.offset + buf.length:
-            raise ValueError("the validity bitmap is too short for the array")
+            raise ValueError(f"the validity bitmap holds {len(bits)} bytes, {buf.offset + buf.length} bits needed")
     out: list[bytes | None] = []
     for i in range(buf.length):
         bit = buf.offset + i
@@ -135,7 +140,12 @@ def values_from_buffers(buf: BinaryBuffers) -> tuple[int, int, list[bytes | None
         start, end = offs[i], offs[i + 1]
         if start < 0 or end < start or end > len(data):
             return ST_BAD_OFFSETS, i, []
-        out.append(data[start:end])
+        value = data[start:end]
+        if check is not None:
+            status = check(value)
+            if status != ST_OK:
+                return status, i, []
+        out.append(value)
     return ST_OK, -1, out
 
 
@@ -161,17 +171,22 @@ def _pure_encrypt(
 ) -> tuple[int, int, Any, Any, Any]:
     if len(key) != 32 or len(prefix) != 13 or out_width not in _OFFSET_FORMAT:
         raise ValueError("key must be 32 bytes, prefix 13 bytes, output offset width 4 or 8")
-    status, index, values = values_from_buffers(BinaryBuffers(length, validity, offsets, data, array_offset, width))
+    total, limit = 0, _WIDTH_LIMIT[out_width]
+
+    def fits(value: bytes) -> int:
+        nonlocal total
+        if len(value) > _MAX_CELL - _OVERHEAD or total > limit - (len(value) + _OVERHEAD):
+            return ST_TOO_LARGE
+        total += len(value) + _OVERHEAD
+        return ST_OK
+
+    buf = BinaryBuffers(length, validity, offsets, data, array_offset, width)
+    status, index, values = values_from_buffers(buf, fits)
     if status != ST_OK:
         return status, index, None, None, None
-    total = 0
-    for i, v in enumerate(values):
-        if v is not None:
-            total += len(v) + _OVERHEAD
-            if len(v) > _MAX_CELL - _OVERHEAD or total > _WIDTH_LIMIT[out_width]:
-                return ST_TOO_LARGE, i, None, None, None
     cells = len(values) - values.count(None)
-    if cells != expected_cells:
+    # As in C: the counters must be the ones reserved and all below 2**64 (else a nonce would wrap around).
+    if cells != expected_cells or counter_start > 2**64 - 1 - expected_cells:
         return ST_COUNT_MISMATCH, cells, None, None, None
     enc, salt, counters = AESGCM(bytes(key)).encrypt, bytes(prefix[9:13]), iter(range(counter_start, 2**64))
     out: list[bytes | None] = []
@@ -185,25 +200,29 @@ def _pure_encrypt(
     return ST_OK, -1, res.validity, res.offsets, res.data
 
 
-def _check_gcm_values(values: list[bytes | None]) -> tuple[int, int]:
-    for i, cell in enumerate(values):
-        if cell is None:
-            continue
+def _gcm_cell_check(out_width: int) -> Callable[[bytes], int]:
+    """The per-cell test of C's check_gcm_cells: a GCM cell, and the plaintexts so far fit ``out_width`` offsets."""
+    total, limit = 0, _WIDTH_LIMIT[out_width]
+
+    def check(cell: bytes) -> int:
+        nonlocal total
         if len(cell) < _OVERHEAD:
-            return ST_SHORT_CELL, i
+            return ST_SHORT_CELL
         if cell[0] != _GCM_BYTE0:
-            return ST_NOT_GCM, i
-        if len(cell) > _MAX_CELL:
-            return ST_TOO_LARGE, i
-    return ST_OK, -1
+            return ST_NOT_GCM
+        if len(cell) > _MAX_CELL or total > limit - (len(cell) - _OVERHEAD):
+            return ST_TOO_LARGE
+        total += len(cell) - _OVERHEAD
+        return ST_OK
+
+    return check
 
 
 def _pure_dek_ids(
     offsets: Any, data: Any, validity: Any, length: int, array_offset: int, width: int
 ) -> tuple[int, int, list[bytes]]:
-    status, index, values = values_from_buffers(BinaryBuffers(length, validity, offsets, data, array_offset, width))
-    if status == ST_OK:
-        status, index = _check_gcm_values(values)
+    buf = BinaryBuffers(length, validity, offsets, data, array_offset, width)
+    status, index, values = values_from_buffers(buf, _gcm_cell_check(8))
     if status != ST_OK:
         return status, index, []
     ids: dict[bytes, None] = {}
@@ -221,12 +240,15 @@ def _pure_decrypt(
 ) -> tuple[int, int, Any, Any, Any]:
     if out_width not in _OFFSET_FORMAT:
         raise ValueError("output offset width must be 4 or 8")
-    ciphers = {bytes(i): AESGCM(bytes(k)) for i, k in keys}
-    status, index, values = values_from_buffers(BinaryBuffers(length, validity, offsets, data, array_offset, width))
-    if status == ST_OK:
-        status, index = _check_gcm_values(values)
-    if status == ST_OK and sum(len(c) - _OVERHEAD for c in values if c is not None) > _WIDTH_LIMIT[out_width]:
-        status, index = ST_TOO_LARGE, len(values)
+    if len(keys) > _MAX_DEKS:
+        raise ValueError(f"at most {_MAX_DEKS} keys per call")
+    ciphers: dict[bytes, AESGCM] = {}
+    for dek_id, dek in keys:
+        if len(dek_id) != 8 or len(dek) != 32:
+            raise ValueError("a DEK id is 8 bytes and a DEK 32 bytes")
+        ciphers.setdefault(bytes(dek_id), AESGCM(bytes(dek)))  # as in C: the first pair for an id is used
+    buf = BinaryBuffers(length, validity, offsets, data, array_offset, width)
+    status, index, values = values_from_buffers(buf, _gcm_cell_check(out_width))
     if status != ST_OK:
         return status, index, None, None, None
     tail = bytes(aad_tail)

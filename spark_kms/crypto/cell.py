@@ -18,6 +18,9 @@ followed by, per algorithm:
 
 AAD for GCM and SIV = header (9 bytes) || u16be(len(column_utf8)) || column_utf8 || context, which binds a
 cell to its column, to its DEK and to the caller's context: a cell moved elsewhere fails to authenticate.
+Format version 2 keeps this layout (the header's version nibble stays :data:`CELL_VERSION` = 1): its file
+layer puts the column's spec (and, for row-bound columns, the row's key) into ``context``
+(:func:`spark_kms.crypto.keytable.column_binding`), so the key table's spec is authenticated by every cell.
 
 Plaintext DEKs are kept in ``bytearray`` objects that :meth:`wipe` zeroes. Python and OpenSSL keep their own
 copies (the cipher contexts, temporary ``bytes``), so wiping narrows exposure, it does not guarantee erasure.
@@ -57,6 +60,7 @@ __all__ = [
     "BIDX_CELL_BYTES",
     "BIDX_TAG_BYTES",
     "BlindIndexer",
+    "CELL_VERSION",
     "CellDecryptor",
     "CellEncryptor",
     "CellHeader",
@@ -65,6 +69,7 @@ __all__ = [
     "DEK_ID_BYTES",
     "DeterministicEncryptor",
     "FORMAT_VERSION",
+    "FORMAT_VERSIONS",
     "GCM_NONCE_BYTES",
     "GCM_OVERHEAD",
     "GCM_SALT_BYTES",
@@ -83,7 +88,12 @@ __all__ = [
     "parse_cell_header",
 ]
 
-FORMAT_VERSION = 1
+#: the version nibble of every cell header; format versions 1 and 2 share the cell layout
+CELL_VERSION = 1
+#: the format version writers produce (key tables, manifests, the AAD rule of their cells; docs/FORMAT.md 9)
+FORMAT_VERSION = 2
+#: the format versions this release reads
+FORMAT_VERSIONS = (1, 2)
 AES_256_GCM = "AES_256_GCM_IV12_TAG16"
 AES_256_SIV = "AES_256_SIV"
 HMAC_SHA256_BIDX = "HMAC_SHA256_128"
@@ -116,9 +126,9 @@ MAX_CELLS_PER_DEK_LIMIT = 2**32
 SIV_INFO = b"spark_kms/v1 AES-256-SIV"
 BIDX_INFO = b"spark_kms/v1 HMAC-SHA256 blind index"
 
-_GCM_BYTE0 = (FORMAT_VERSION << 4) | ALGORITHM_IDS[AES_256_GCM]
-_SIV_BYTE0 = (FORMAT_VERSION << 4) | ALGORITHM_IDS[AES_256_SIV]
-_BIDX_BYTE0 = (FORMAT_VERSION << 4) | ALGORITHM_IDS[HMAC_SHA256_BIDX]
+_GCM_BYTE0 = (CELL_VERSION << 4) | ALGORITHM_IDS[AES_256_GCM]
+_SIV_BYTE0 = (CELL_VERSION << 4) | ALGORITHM_IDS[AES_256_SIV]
+_BIDX_BYTE0 = (CELL_VERSION << 4) | ALGORITHM_IDS[HMAC_SHA256_BIDX]
 _COUNTER = struct.Struct(">Q")
 _SHA256_BLOCK = 64
 
@@ -212,7 +222,7 @@ def parse_cell_header(cell: bytes, *, where: str = "") -> CellHeader:
     """Parse and validate a cell's header.
 
     :raises MalformedCellError: shorter than the header, or an unknown algorithm id.
-    :raises UnknownFormatVersionError: the version nibble is not :data:`FORMAT_VERSION`.
+    :raises UnknownFormatVersionError: the version nibble is not :data:`CELL_VERSION`.
     """
     suffix = f" ({where})" if where else ""
     if not isinstance(cell, (bytes, bytearray, memoryview)):
@@ -223,9 +233,10 @@ def parse_cell_header(cell: bytes, *, where: str = "") -> CellHeader:
         )
     byte0 = cell[0]
     version = byte0 >> 4
-    if version != FORMAT_VERSION:
+    if version != CELL_VERSION:
         raise UnknownFormatVersionError(
-            f"cell format version {version} is not supported (this release reads version {FORMAT_VERSION}){suffix}"
+            f"cell format version {version} is not supported (this release reads cells of version "
+            f"{CELL_VERSION}){suffix}"
         )
     algorithm = _ALGORITHM_NAMES.get(byte0 & 0x0F)
     if algorithm is None:
@@ -372,6 +383,34 @@ class CellEncryptor:
         it = map(pack, range(start, start + n))
         nxt = it.__next__
         return [None if v is None else _seal(prefix, salt, nxt(), enc, v, aad) for v in values]
+
+    def encrypt_rows(
+        self, values: Sequence[bytes | None], column: str, contexts: Sequence[bytes]
+    ) -> list[bytes | None]:
+        """Encrypt a batch whose rows each have their own context (row binding); ``None`` stays ``None``.
+
+        ``contexts[i]`` is the AAD context of ``values[i]``; same cells as :meth:`encrypt` row by row, and the
+        same counter rules as :meth:`encrypt_many` (reserved up front, nulls consume none).
+        """
+        if len(contexts) != len(values):
+            raise ConfigurationError(
+                f"column '{column}': {len(contexts)} row contexts for {len(values)} values; one per row is needed"
+            )
+        aead = self._live()
+        col = self._header + _column_aad_part(column)
+        aads = [None if v is None else col + _check_context(c) for v, c in zip(values, contexts, strict=True)]
+        start = self._reserve(sum(v is not None for v in values))
+        enc, pack, salt, prefix = aead.encrypt, _COUNTER.pack, self._salt, self._prefix
+        out: list[bytes | None] = []
+        counter = start
+        for v, aad in zip(values, aads, strict=True):
+            if v is None:
+                out.append(None)
+                continue
+            ctr = pack(counter)
+            counter += 1
+            out.append(prefix + ctr + enc(salt + ctr, v, aad))
+        return out
 
     def encrypt_buffers(
         self, values: BinaryBuffers, column: str, context: bytes = b"", *, out_width: int = 4
@@ -601,7 +640,8 @@ def _unreachable(*_args: object) -> bytes:
 def _auth_failed(dek_id: bytes, at: str) -> DecryptionError:
     # One flat message for every authentication failure: which one it was must not leak (see DecryptionError).
     return DecryptionError(
-        f"authentication failed for DEK {dek_id.hex()} at {at}: wrong key, wrong column or context, or a tampered cell"
+        f"authentication failed for DEK {dek_id.hex()} at {at}: the key table's column spec does not match the "
+        "cells, or the cell was tampered, moved from another column or row, or is under another key"
     )
 
 
@@ -638,16 +678,48 @@ class CellDecryptor:
             ciphers = self._ciphers[dek_id] = _DekCiphers(bytearray(dek))
         return ciphers
 
-    def decrypt(self, cell: bytes, column: str, context: bytes = b"", *, where: str = "") -> bytes:
-        """Decrypt one GCM or SIV cell written for ``column`` (and ``context``)."""
+    def decrypt(
+        self, cell: bytes, column: str, context: bytes = b"", *, where: str = "", alternatives: Sequence[bytes] = ()
+    ) -> bytes:
+        """Decrypt one GCM or SIV cell written for ``column`` (and ``context``).
+
+        ``alternatives`` are further contexts to try, in order, when the cell does not authenticate under
+        ``context`` (a reader that accepts cells of two AAD rules, docs/FORMAT.md section 3).
+        """
         col = _column_aad_part(column)
-        return self._decrypt_one(cell, col + _check_context(context), column, where, None)
+        tails = [col + _check_context(c) for c in (context, *alternatives)]
+        return self._decrypt_one(cell, tails, column, where, None)
+
+    def decrypt_rows(
+        self, cells: Sequence[bytes | None], column: str, contexts: Sequence[bytes], *, where: str = ""
+    ) -> list[bytes | None]:
+        """Decrypt a batch whose rows each have their own context (row binding); ``None`` stays ``None``."""
+        if len(contexts) != len(cells):
+            raise ConfigurationError(
+                f"column '{column}': {len(contexts)} row contexts for {len(cells)} cells; one per row is needed"
+            )
+        col = _column_aad_part(column)
+        return [
+            None if cell is None else self._decrypt_one(cell, [col + _check_context(ctx)], column, where, row)
+            for row, (cell, ctx) in enumerate(zip(cells, contexts, strict=True))
+        ]
 
     def decrypt_many(
-        self, cells: Sequence[bytes | None], column: str, context: bytes = b"", *, where: str = ""
+        self,
+        cells: Sequence[bytes | None],
+        column: str,
+        context: bytes = b"",
+        *,
+        where: str = "",
+        alternatives: Sequence[bytes] = (),
     ) -> list[bytes | None]:
-        """Decrypt a batch; ``None`` stays ``None``. Errors name the row index."""
-        tail = _column_aad_part(column) + _check_context(context)
+        """Decrypt a batch; ``None`` stays ``None``. Errors name the row index.
+
+        ``alternatives``: further contexts each cell may authenticate under (see :meth:`decrypt`).
+        """
+        col = _column_aad_part(column)
+        tail = col + _check_context(context)
+        tails = [tail] + [col + _check_context(c) for c in alternatives]
         out: list[bytes | None] = []
         append = out.append
         # Fast-path state: the cells of one batch almost always share one DEK, so keep the last cipher per
@@ -679,9 +751,15 @@ class CellDecryptor:
                         siv_header, siv_aad = header, [header + tail]
                     append(siv_decrypt(cell[HEADER_BYTES:], siv_aad))
                 else:
-                    append(self._decrypt_one(cell, tail, column, where, row))
+                    append(self._decrypt_one(cell, tails, column, where, row))
             except InvalidTag:
-                raise _auth_failed(bytes(cell[1:HEADER_BYTES]), _at(where, column, row)) from None
+                others = [t for t in tails if t is not tail]
+                if not others:
+                    raise _auth_failed(bytes(cell[1:HEADER_BYTES]), _at(where, column, row)) from None
+                plain, tail = self._open(cell, others, column, where, row)
+                # Neighbouring cells almost always follow the same AAD rule: try the one that fitted first.
+                gcm_header = siv_header = b""
+                append(plain)
         return out
 
     def decrypt_buffers(
@@ -692,6 +770,7 @@ class CellDecryptor:
         *,
         where: str = "",
         out_width: int | None = None,
+        alternatives: Sequence[bytes] = (),
     ) -> BinaryBuffers:
         """Decrypt a whole Arrow-style ``binary`` array of cells; same plaintext and errors as :meth:`decrypt_many`.
 
@@ -701,10 +780,14 @@ class CellDecryptor:
         else (SIV or blind-index cells, malformed cells, DEK ids the lookup does not know) goes through
         :meth:`decrypt_many`, which raises the same errors at the same rows as for a list of cells.
 
+        ``alternatives`` (see :meth:`decrypt`): when the whole array does not authenticate under ``context``,
+        it is tried under each alternative; if none fits every cell, :meth:`decrypt_many` goes cell by cell.
+
         :raises DecryptionError: a cell fails to authenticate (message names where, column, row and DEK id).
         :raises MalformedCellError: corrupt offsets, or a malformed cell (via :meth:`decrypt_many`).
         """
-        tail = _column_aad_part(column) + _check_context(context)
+        col = _column_aad_part(column)
+        tails = [col + _check_context(c) for c in (context, *alternatives)]
         width = cells.width if out_width is None else out_width
         impl = _native.backend()
         with _buffer_arguments(column, where):
@@ -718,14 +801,19 @@ class CellDecryptor:
             except DecryptionError:
                 status = _native.ST_UNKNOWN_DEK  # decrypt_many below raises it at the first row concerned
         if status == _native.ST_OK:
-            with _buffer_arguments(column, where):
-                status, index, validity, offsets, data = impl.decrypt(
-                    keys, tail, cells.offsets, cells.data, cells.validity, cells.length, cells.offset, cells.width, width
-                )
+            for tail in tails:
+                with _buffer_arguments(column, where):
+                    status, index, validity, offsets, data = impl.decrypt(
+                        keys, tail, cells.offsets, cells.data, cells.validity, cells.length, cells.offset,
+                        cells.width, width,
+                    )
+                if status != _native.ST_AUTH_FAILED:
+                    break
             if status == _native.ST_OK:
                 return BinaryBuffers(cells.length, validity, offsets, data, 0, width)
-            if status == _native.ST_AUTH_FAILED:
+            if status == _native.ST_AUTH_FAILED and len(tails) == 1:
                 raise _auth_failed(_native.dek_id_at(cells, index), _at(where, column, index))
+            # With several AAD rules, cells of both may share the array: the per-cell path below decides.
         if status == _native.ST_BAD_OFFSETS:
             raise MalformedCellError(
                 f"the Arrow offsets at {_at(where, column, index)} are out of order or past the data (a corrupt array)"
@@ -733,9 +821,16 @@ class CellDecryptor:
         status, index, values = _native.values_from_buffers(cells)
         if status != _native.ST_OK:  # unreachable after dek_ids, kept so no path reads past a buffer
             raise MalformedCellError(f"the Arrow offsets at {_at(where, column, index)} are corrupt")
-        return _native.buffers_from_values(self.decrypt_many(values, column, context, where=where), width)
+        plain = self.decrypt_many(values, column, context, where=where, alternatives=alternatives)
+        return _native.buffers_from_values(plain, width)
 
-    def _decrypt_one(self, cell: bytes, tail: bytes, column: str, where: str, row: int | None) -> bytes:
+    def _decrypt_one(self, cell: bytes, tails: Sequence[bytes], column: str, where: str, row: int | None) -> bytes:
+        return self._open(cell, tails, column, where, row)[0]
+
+    def _open(
+        self, cell: bytes, tails: Sequence[bytes], column: str, where: str, row: int | None
+    ) -> tuple[bytes, bytes]:
+        """The plaintext of a cell and the first AAD tail of ``tails`` it authenticates under."""
         at = _at(where, column, row)
         header = parse_cell_header(cell, where=at)
         cell = bytes(cell)
@@ -751,13 +846,15 @@ class CellDecryptor:
                 f"{header.algorithm} cell of {len(cell)} bytes is shorter than the {minimum}-byte minimum at {at}"
             )
         ciphers = self._for(header.dek_id, at)
-        aad = cell[:HEADER_BYTES] + tail
-        try:
-            if header.algorithm == AES_256_GCM:
-                return ciphers.gcm.decrypt(cell[HEADER_BYTES:21], cell[21:], aad)
-            return ciphers.siv_cipher().decrypt(cell[HEADER_BYTES:], [aad])
-        except InvalidTag:
-            raise _auth_failed(header.dek_id, at) from None
+        for tail in tails:
+            aad = cell[:HEADER_BYTES] + tail
+            try:
+                if header.algorithm == AES_256_GCM:
+                    return ciphers.gcm.decrypt(cell[HEADER_BYTES:21], cell[21:], aad), tail
+                return ciphers.siv_cipher().decrypt(cell[HEADER_BYTES:], [aad]), tail
+            except InvalidTag:
+                continue
+        raise _auth_failed(header.dek_id, at)
 
     def wipe(self) -> None:
         """Zero the DEK copies held here and drop all cached ciphers."""

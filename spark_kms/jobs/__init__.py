@@ -1,6 +1,7 @@
-"""Dataset jobs: encrypt, decrypt, rewrap, re-encrypt, inspect. Plain functions used by the
-CLI, the Airflow operators and notebooks; each job returns a :class:`RunSummary` and writes
-it to ``<dataset>/_spark_kms_runs/<run_id>.json``.
+"""Dataset jobs: encrypt, decrypt, rewrap, re-encrypt, inspect, and garbage collection of what
+killed writes and jobs left behind. Plain functions used by the CLI, the Airflow operators and
+notebooks; each job returns a :class:`RunSummary` and writes it to
+``<dataset>/_spark_kms_runs/<run_id>.json`` (:func:`collect_garbage` returns a :class:`GcReport`).
 
 >>> from spark_kms.jobs import rewrap_dataset, inspect_dataset
 >>> opts = {"local": {"keystore": "/tmp/ks"}}
@@ -13,6 +14,7 @@ Rotation strategies and their trade-offs: docs/ROTATION.md.
 """
 
 from spark_kms.jobs._summary import RUN_ID_CONTEXT_KEY, RUNS_DIR_NAME, RunSummary, new_run_id
+from spark_kms.jobs.gc import GcReport, collect_garbage
 from spark_kms.jobs.inspect import (
     ColumnInspection,
     DatasetInspection,
@@ -33,8 +35,10 @@ __all__ = [
     "DatasetInspection",
     "DekInspection",
     "FileInspection",
+    "GcReport",
     "KeyInspection",
     "RunSummary",
+    "collect_garbage",
     "decrypt_dataset",
     "encrypt_dataset",
     "inspect_dataset",

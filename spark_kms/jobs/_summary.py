@@ -7,14 +7,17 @@ returns the same record as a :class:`RunSummary`. The directory starts with
 Layout of the JSON record (``RunSummary.to_dict()``)::
 
     {"job": "rewrap", "run_id": "20250101T000000Z-rewrap-1a2b3c", "dataset": "/abs/path",
-     "status": "succeeded" | "failed" | "running",
+     "status": "succeeded" | "failed" | "running" | "abandoned",
      "rows": 1000, "files": 4, "deks": 4,
      "kms_calls": {"local:ReEncrypt": 4, "local:DescribeKey": 1},
      "key_versions_before": {"<key id>": ["1"]}, "key_versions": {"<key id>": ["2"]},
      "started_at": "2025-01-01T00:00:00+00:00", "finished_at": "...", "duration_s": 0.42,
      "details": {...job specific...}, "error": null}
 
-It holds key ids, versions and counts; never key bytes, wrapped keys or cell values.
+It holds key ids, versions and counts; never key bytes, wrapped keys, cell values or secret
+KMS options: a job hands :class:`RunRecorder` its config's secret values
+(:meth:`~spark_kms.kms.KmsConfig.secret_values`) and the record is masked before it is
+written, should an error message ever carry one.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 from spark_kms._atomic import atomic_write_json
 from spark_kms.errors import ConfigurationError
 from spark_kms.kms.base import kms_call_counts
+from spark_kms.spark._errors import error_line
 
 __all__ = [
     "RUNS_DIR_NAME",
@@ -94,6 +98,27 @@ def calls_delta(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str
     return {k: n for k, n in sorted(out.items()) if n}
 
 
+def mask_secrets(value: Any, secrets: Iterable[str]) -> Any:
+    """``value`` (JSON-like: dicts, lists, strings...) with every occurrence of a secret in a string
+    (keys included) replaced by ``***``."""
+    secrets = [s for s in secrets if s]
+    if not secrets:
+        return value
+
+    def mask(v: Any) -> Any:
+        if isinstance(v, str):
+            for secret in secrets:
+                v = v.replace(secret, "***")
+            return v
+        if isinstance(v, Mapping):
+            return {mask(k): mask(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [mask(x) for x in v]
+        return v
+
+    return mask(value)
+
+
 @dataclass
 class RunSummary:
     """What one dataset job did. JSON-serialisable through :meth:`to_dict`.
@@ -101,7 +126,8 @@ class RunSummary:
     :param job: ``encrypt``, ``decrypt``, ``rewrap`` or ``reencrypt``.
     :param run_id: the run id (also in the encryption context of DEKs the run made).
     :param dataset: absolute path of the dataset the run is recorded in.
-    :param status: ``running``, ``succeeded`` or ``failed``.
+    :param status: ``running``, ``succeeded`` or ``failed``; ``abandoned`` for a re-encrypt run
+        given up with ``abandon=``.
     :param rows: rows the job read or wrote; for rewrap, the rows of the files whose keys it
         rewrapped (from the Parquet footers: it reads no row).
     :param files: data files the job wrote or rewrote (for rewrap: files whose DEKs it rewrapped).
@@ -110,7 +136,8 @@ class RunSummary:
     :param key_versions: ``{key_id: [versions]}`` wrapping the dataset's DEKs after the job.
     :param key_versions_before: the same before the job.
     :param details: job-specific facts (skipped DEKs, resumed files, destination...).
-    :param error: the error class and message when ``status == "failed"``.
+    :param error: the error class and message, on one line, when ``status == "failed"`` (a spark_kms
+        error inside a Spark exception as itself; never a traceback).
     """
 
     job: str
@@ -152,10 +179,12 @@ class RunRecorder:
 
     Use as a context manager: on exit the summary is finished (``succeeded``, or
     ``failed`` with the error's class and message) and written; the exception, if
-    any, propagates.
+    any, propagates. ``secrets`` (secret option values) are replaced by ``***`` wherever
+    they would appear in the written record.
     """
 
-    def __init__(self, job: str, dataset: str | Path, run_id: str | None, *, record_dir: str | Path | None = None):
+    def __init__(self, job: str, dataset: str | Path, run_id: str | None, *, record_dir: str | Path | None = None,
+                 secrets: Iterable[str] = ()):
         self.summary = RunSummary(
             job=job,
             run_id=validate_run_id(run_id) if run_id is not None else new_run_id(job),
@@ -163,6 +192,7 @@ class RunRecorder:
             started_at=utc_now().isoformat(),
         )
         self._record_dir = Path(record_dir) if record_dir is not None else runs_dir(self.summary.dataset)
+        self._secrets = sorted({v for v in secrets if v}, key=len, reverse=True)
         self._t0 = time.monotonic()
         self._calls0 = kms_call_counts()
         #: add this process's KMS call delta on exit (off when the job reports its own total, e.g. Spark)
@@ -194,10 +224,10 @@ class RunRecorder:
                         s.job, s.run_id, s.duration_s, s.rows, s.files, s.deks, s.kms_calls)
         else:
             s.status = "failed"
-            s.error = f"{type(exc).__name__}: {exc}"
+            s.error = error_line(exc)  # one line, never a traceback (Spark's messages hold the worker's)
             logger.warning("%s run %s failed after %.1fs: %s", s.job, s.run_id, s.duration_s, s.error)
         try:
-            atomic_write_json(self._record_dir / f"{s.run_id}.json", s.to_dict())
+            atomic_write_json(self._record_dir / f"{s.run_id}.json", mask_secrets(s.to_dict(), self._secrets))
         except OSError:
             if exc is None:
                 raise

@@ -97,12 +97,12 @@ def rewrap_dataset(
                 rewrapped.append(dek_id)
                 unflushed += 1
                 if unflushed >= flush_every:
-                    keys.write_manifest(manifest)
+                    keys.write_manifest(manifest, kms_options=kms)
                     unflushed = 0
         finally:
             # Keep the progress made even when a DEK fails: its predecessors are done.
             if unflushed or pruned:
-                keys.write_manifest(manifest)
+                keys.write_manifest(manifest, kms_options=kms)
         if progress is not None and before:
             progress("", len(before), len(before))
         after = {d: manifest.get(d, e) for d, e in before.items()}

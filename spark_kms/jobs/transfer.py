@@ -7,11 +7,26 @@
 * :func:`decrypt_dataset` reads ``source`` with :func:`spark_kms.spark.read_encrypted`
   (native Parquet scan, lazy per-process unwrap) and writes *plaintext* to an explicit
   ``destination`` that must be neither the source nor inside it (nor contain it): a
-  decrypt never overwrites the encrypted data. The destination is overwritten, so a
+  decrypt never overwrites the encrypted data. The destination is replaced, so a
   retried task (Airflow) gives the same result.
 
+**A failed job never damages the destination.** Encrypt writes through the data source's commit
+protocol (:mod:`spark_kms.spark._commit`: tasks stage, the driver commits; an aborted write
+leaves the previous files in place). Decrypt writes into a staging directory beside the
+destination and swaps it in only when the whole output is written
+(:mod:`spark_kms.jobs._replace`); a failure deletes the staging directory and leaves the
+destination byte for byte as it was.
+
+**Errors are spark_kms errors.** Both jobs run their Spark actions inside
+:func:`spark_kms.spark.errors_translated`: a key that is disabled, denied or unreachable, or a
+cell that does not authenticate, raises ``KeyStateError``, ``AccessDeniedError``,
+``KmsUnavailableError``, ``DecryptionError``... with its own message, not Spark's
+``PythonException`` (which stays chained as ``__cause__``).
+
 Run summaries go to ``<destination>/_spark_kms_runs/`` for encrypt and to
-``<source>/_spark_kms_runs/`` for decrypt (the audit trail stays with the encrypted data).
+``<source>/_spark_kms_runs/`` for decrypt (the audit trail stays with the encrypted data). A
+failed encrypt records its run there too: that record is the one file a failed job adds to the
+destination.
 """
 
 from __future__ import annotations
@@ -24,6 +39,7 @@ import pyarrow.parquet as pq
 
 from spark_kms.errors import ConfigurationError
 from spark_kms.jobs._common import require_dataset_dir
+from spark_kms.jobs._replace import staged_replacement
 from spark_kms.jobs._summary import RunRecorder, RunSummary, key_versions_of
 from spark_kms.kms import KmsConfig, KmsConfigLike
 from spark_kms.parquet.dataset import Dataset
@@ -35,6 +51,8 @@ _MODES = ("overwrite", "append")
 
 
 def _session(spark: Any) -> Any:
+    if callable(spark):  # a factory, called only once the job's arguments passed their checks
+        return spark()
     if spark is not None:
         return spark
     from spark_kms.spark.session import local_session
@@ -87,6 +105,8 @@ def encrypt_dataset(
     kms_options: KmsConfigLike = None,
     spark: Any = None,
     run_id: str | None = None,
+    join_domain: str | None = None,
+    join_domain_store: str | None = None,
 ) -> RunSummary:
     """Encrypt the PII ``columns`` of the dataset at ``source`` into ``destination``.
 
@@ -97,11 +117,16 @@ def encrypt_dataset(
     :param partition_by: hive partition columns of the output (stay plaintext).
     :param source_format: ``parquet``, ``csv`` (header row; types inferred, but the columns to encrypt
         or index are read as text as written, keeping leading zeros) or ``json`` (JSON lines).
-    :param mode: ``overwrite`` or ``append``.
+    :param mode: ``overwrite`` or ``append``. Either way a failed job leaves the destination's
+        data files as they were.
     :param encryption_context: extra context sent to the KMS with every GenerateDataKey.
     :param kms_options: how to reach each KMS (a :class:`~spark_kms.kms.KmsConfig`, or options per key-URI scheme).
-    :param spark: a SparkSession (default: a local one).
+    :param spark: a SparkSession (default: a local one), or a function returning one (called only
+        once the arguments passed their checks).
     :param run_id: the run id (default: new); recorded in each DEK's encryption context.
+    :param join_domain: the join domain of the deterministic / blind-index columns (default: the
+        destination dataset's own); its key is made once and reused by every later writer.
+    :param join_domain_store: the directory holding a named join domain's key.
     """
     _check_format(source_format, "source_format")
     if mode not in _MODES:
@@ -115,10 +140,10 @@ def encrypt_dataset(
         raise ConfigurationError(f"encrypt: source {str(source)!r} does not exist")
     dst = Path(destination).resolve()
     _separate(src, dst, "encrypt")
-    from spark_kms.spark import write_encrypted
+    from spark_kms.spark import errors_translated, write_encrypted
 
     session = _session(spark)
-    with RunRecorder("encrypt", dst, run_id) as recorder:
+    with RunRecorder("encrypt", dst, run_id) as recorder, errors_translated():
         # The Spark write reports KMS calls over driver and tasks; do not add this process's twice.
         recorder.count_local_calls = False
         pii = [*columns, *deterministic_columns, *(blind_index or {})]
@@ -127,7 +152,7 @@ def encrypt_dataset(
             df, str(dst), key_uri=key_uri, columns=list(columns), deterministic_columns=list(deterministic_columns),
             blind_index=dict(blind_index or {}), partition_by=list(partition_by), mode=mode,
             encryption_context=encryption_context, kms_options=KmsConfig.of(kms_options).with_request_tag(recorder.run_id),
-            run_id=recorder.run_id,
+            run_id=recorder.run_id, join_domain=join_domain, join_domain_store=join_domain_store,
         )
         s = recorder.summary
         s.rows, s.files, s.deks = result.rows, len(result.files), len(result.deks)
@@ -155,21 +180,25 @@ def decrypt_dataset(
     :param output_format: ``parquet``, ``csv`` (with a header row) or ``json`` (JSON lines).
     :param kms_options: how to reach each KMS (a :class:`~spark_kms.kms.KmsConfig`, or options per
         key-URI scheme); used by Spark's Python workers.
-    :param spark: a SparkSession (default: a local one).
+    :param spark: a SparkSession (default: a local one), or a function returning one (called only
+        once the arguments passed their checks).
     :param run_id: the run id (default: new). Existing DEKs keep their encryption context, so the
         run id reaches the KMS only as the embedded KMS's audit ``request_tag``; see docs/ROTATION.md.
 
     ``kms_calls`` in the summary counts this (driver) process only: Decrypt calls happen in
     Spark's Python workers and show in the KMS audit log.
+
+    The output is written beside ``destination`` first and replaces it only once complete: a
+    failed decrypt (a denied or disabled key, a tampered cell) leaves ``destination`` as it was.
     """
     _check_format(output_format, "output_format")
     src = require_dataset_dir(source, "decrypt")
     dst = Path(destination).resolve()
     _separate(src, dst, "decrypt")
-    from spark_kms.spark import read_encrypted
+    from spark_kms.spark import errors_translated, read_encrypted
 
     session = _session(spark)
-    with RunRecorder("decrypt", src, run_id) as recorder:
+    with RunRecorder("decrypt", src, run_id) as recorder, errors_translated():
         keys = Dataset.open(src, job="decrypt")
         effective = keys.effective_deks()
         df = read_encrypted(session, str(src), columns=list(columns) if columns is not None else None,
@@ -177,7 +206,8 @@ def decrypt_dataset(
         writer = df.write.mode("overwrite").format(output_format)
         if output_format == "csv":
             writer = writer.option("header", "true")
-        writer.save(str(dst))
+        with staged_replacement(dst, "decrypt") as staging:
+            writer.save(str(staging))
         s = recorder.summary
         # Every row of the source is written: count it from the footers, not by reading the output again.
         s.rows = sum(pq.read_metadata(f).num_rows for f in keys.files)

@@ -18,6 +18,7 @@ in ``secret_options``; :meth:`KmsConfig.public_options` drops them and ``repr`` 
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections.abc import Mapping
@@ -164,8 +165,18 @@ class KmsConfig:
         for scheme, opts in self._options.items():
             secret = secret_option_names(scheme)
             for name, value in opts.items():
-                if value and (secret is None or name in secret) and isinstance(value, (str, bytes)):
-                    values.append(value.decode() if isinstance(value, bytes) else value)
+                if not value or (secret is not None and name not in secret):
+                    continue
+                if isinstance(value, str):
+                    values.append(value)
+                elif isinstance(value, (bytes, bytearray)):
+                    # Raw key bytes: every form they could be printed in.
+                    raw = bytes(value)
+                    values.extend([base64.b64encode(raw).decode(), raw.hex(), repr(raw)])
+                    try:
+                        values.append(raw.decode("utf-8"))
+                    except UnicodeDecodeError:
+                        pass
         return values
 
     # -- providers --------------------------------------------------------------

@@ -8,6 +8,10 @@ all build on these names.
 ...     w.write_batch(table)
 >>> read_decrypted_table("part-0.parquet", kms_options={"local": {"keystore": ks}})  # doctest: +SKIP
 
+Integrity (format version 2): column specs are authenticated by every cell; a dataset can
+declare its encrypted columns in an authenticated manifest (:func:`declare_encryption`), and
+readers can require encryption themselves (``require_encrypted=``, :func:`check_required_encryption`).
+
 Layout and rules: docs/FORMAT.md (cells, key table, manifest) and the docstrings of
 :mod:`spark_kms.parquet.encryptor` (batch layout, keys), :mod:`spark_kms.parquet.writer`
 (footer, empty input) and :mod:`spark_kms.parquet.dataset` (files, dataset root, manifest precedence).
@@ -16,7 +20,9 @@ Layout and rules: docs/FORMAT.md (cells, key table, manifest) and the docstrings
 from spark_kms.parquet._types import check_supported, decode_values, encode_values, parse_arrow_type
 from spark_kms.parquet.dataset import (
     Dataset,
+    check_required_encryption,
     dataset_root_of,
+    declare_encryption,
     list_data_files,
     read_dataset_key_table,
     read_key_table,
@@ -38,7 +44,9 @@ __all__ = [
     "EncryptedParquetWriter",
     "EncryptionSpec",
     "blind_index_values",
+    "check_required_encryption",
     "check_supported",
+    "declare_encryption",
     "decode_values",
     "encode_values",
     "parse_arrow_type",

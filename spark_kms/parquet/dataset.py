@@ -18,7 +18,23 @@ Layout rules (docs/FORMAT.md section 8):
   directory, or a single file -- is the nearest directory that is not a hive partition
   directory (``name=value``), so a reader given one partition still finds the manifest.
 
-Reading all this makes no KMS call: footers and the manifest hold wrapped keys only.
+Reading all this makes no KMS call: footers and the manifest hold wrapped keys only -- except
+to verify an authenticated manifest (below), one KMS Decrypt per process.
+
+Integrity (format version 2, docs/FORMAT.md sections 8 and 13):
+
+* A version-2 manifest may carry the dataset's **declaration** -- its encrypted columns with their
+  exact specs, and the lowest key-table version its files may have -- and is then authenticated:
+  an HMAC-SHA256 over the whole manifest under a data key made for it (encryption context
+  ``{"purpose": "spark_kms.declaration", "dataset": <root>}``), wrapped beside it. Someone who
+  can write to storage but cannot use the KMS key can neither forge nor alter it.
+  :meth:`Dataset.verify` checks it (one unwrap, cached per process); the key tables of a dataset
+  whose manifest is authenticated are not handed out before (:meth:`Dataset.key_table`).
+* A file whose footer stores a declared column in plaintext, or describes it otherwise than the
+  declaration, is refused (:func:`check_required_encryption`); so is one whose key table is older
+  than the declared (or the reader's) ``min_format_version``.
+* Deleting the whole manifest deletes the declaration with it: readers that must not depend on
+  it name the columns themselves (``require_encrypted``).
 """
 
 from __future__ import annotations
@@ -35,21 +51,35 @@ import pyarrow.parquet as pq
 from spark_kms._atomic import atomic_write_bytes
 from spark_kms.crypto import (
     DATASET_MANIFEST_NAME,
+    DECLARATION_PURPOSE,
+    FORMAT_VERSIONS,
     KEY_TABLE_METADATA_KEY,
+    MANIFEST_MAC_ALGORITHM,
     ColumnSpec,
+    Declaration,
     DekEntry,
     KeyTable,
-    decode_manifest,
+    Manifest,
+    authenticate_manifest,
+    decode_manifest_document,
+    dek_id_hex,
     encode_manifest,
+    encode_signed_manifest,
+    new_dek_id,
+    utc_now_iso,
 )
 from spark_kms.errors import ConfigurationError, FormatError, MissingKeyTableError
+from spark_kms.kms import KmsConfig, KmsConfigLike
+from spark_kms.parquet.keys import DekResolver
 
 __all__ = [
     "MANIFEST_NAME",
     "Dataset",
     "apply_manifest",
+    "check_required_encryption",
     "dataset_path",
     "dataset_root_of",
+    "declare_encryption",
     "is_hidden",
     "key_table_from_metadata",
     "list_data_files",
@@ -58,6 +88,8 @@ __all__ = [
     "read_dataset_key_table",
     "read_key_table",
     "read_manifest",
+    "read_manifest_document",
+    "verify_manifest",
     "write_manifest",
 ]
 
@@ -156,43 +188,138 @@ def read_key_table(path: PathLike) -> KeyTable:
     :raises MissingKeyTableError: the footer has no key table (names the file).
     :raises FormatError: the key table is not valid (names the file and field).
     """
-    local = local_path(path)
+    return _read_footer(local_path(path))[0]
+
+
+def _read_footer(local: str) -> tuple[KeyTable, list[str]]:
+    """The footer's key table and the file's (top-level) column names."""
     try:
-        metadata = pq.read_metadata(local).metadata
+        meta = pq.read_metadata(local)
+        names = list(meta.schema.to_arrow_schema().names)
     except FileNotFoundError:
         raise ConfigurationError(f"no such file: {local}") from None
     except (pa.ArrowInvalid, OSError) as exc:
         raise FormatError(f"file {local} is not a readable Parquet file ({type(exc).__name__})") from None
-    return key_table_from_metadata(metadata, local)
+    return key_table_from_metadata(meta.metadata, local), names
 
 
-# -- manifest ---------------------------------------------------------------------------
+# -- manifest ----------------------------------------------------------------------------
 
 
 def manifest_path(dataset_root: PathLike) -> str:
     return os.path.join(local_path(dataset_root), MANIFEST_NAME)
 
 
-def read_manifest(dataset_root: PathLike) -> dict[str, DekEntry]:
-    """The DEK entries of the manifest in ``dataset_root``; empty if there is none."""
+def read_manifest_document(dataset_root: PathLike) -> Manifest | None:
+    """The parsed manifest in ``dataset_root`` (tag not yet checked, see :func:`verify_manifest`); None if absent."""
     path = manifest_path(dataset_root)
     try:
         with open(path, "rb") as fh:
             data = fh.read()
     except FileNotFoundError:
-        return {}
-    return dict(decode_manifest(data, where=f"manifest {path}"))
+        return None
+    return decode_manifest_document(data, where=f"manifest {path}")
 
 
-def write_manifest(dataset_root: PathLike, entries: Mapping[str, DekEntry]) -> None:
-    """Replace the manifest atomically (temp + fsync + rename), or remove it when empty."""
-    path = Path(manifest_path(dataset_root))
+def read_manifest(dataset_root: PathLike) -> dict[str, DekEntry]:
+    """The DEK entries of the manifest in ``dataset_root``; empty if there is none."""
+    document = read_manifest_document(dataset_root)
+    return {} if document is None else dict(document.deks)
+
+
+def _root_text(dataset_root: PathLike) -> str:
+    return str(Path(local_path(dataset_root)).resolve())
+
+
+def verify_manifest(document: Manifest, dataset_root: PathLike, kms_options: KmsConfigLike) -> None:
+    """Check an authenticated manifest: its key unwraps (the KMS checks the encryption context), was made
+    for declarations of *this* dataset, and its HMAC covers the manifest as read. One KMS Decrypt per
+    process (the process key cache serves later checks). An unauthenticated manifest passes unchecked.
+
+    :raises DecryptionError: the tag does not match, or the key was made for another dataset or purpose.
+    :raises KmsError: the key does not unwrap (no access, disabled key version, altered context).
+    """
+    key = document.auth_key
+    if key is None:
+        return
+    where = f"manifest {manifest_path(dataset_root)}"
+    resolver = DekResolver({key.dek_id: key}, kms_options=kms_options, where=where)
+    authenticate_manifest(document, resolver.lookup(key.dek_id_bytes), _root_text(dataset_root), where=where)
+
+
+def write_manifest(
+    dataset_root: PathLike,
+    entries: Mapping[str, DekEntry],
+    *,
+    kms_options: KmsConfigLike = None,
+    declaration: Declaration | None = None,
+    key_uri: str | None = None,
+    _verified: bool = False,
+) -> Manifest | None:
+    """Replace the manifest atomically (temp + fsync + rename), or remove it when it would be empty.
+
+    Without a declaration (given or already in the manifest), the manifest is version 1: entries only, no
+    KMS call. With one, it is version 2 and authenticated: the current manifest is verified first (a
+    manifest is never re-signed unchecked), then a fresh MAC key is made (one GenerateDataKey under
+    ``key_uri``, default the key of the current authentication) and the new manifest is signed with it.
+
+    :param kms_options: how to reach the KMS; required when the manifest is (or becomes) authenticated.
+    :param declaration: a new declaration; default: keep the current one, if any.
+    :returns: the manifest written (None when removed).
+    :raises ConfigurationError: an authenticated manifest and no ``kms_options``, or no key to sign with.
+    """
+    root = Path(local_path(dataset_root))
+    path = Path(manifest_path(root))
+    current = read_manifest_document(root)
+    if declaration is not None and not isinstance(declaration, Declaration):
+        raise ConfigurationError(f"declaration must be a Declaration, got {type(declaration).__name__}")
+    authenticated = current is not None and current.authenticated
+    if authenticated or declaration is not None:
+        if kms_options is None:
+            raise ConfigurationError(
+                f"the manifest of dataset {str(root)!r} is authenticated (it holds the dataset's declaration): "
+                "pass kms_options so it can be verified and signed again"
+            )
+        if authenticated and not _verified:
+            verify_manifest(current, root, kms_options)  # type: ignore[arg-type]
+        keep = declaration if declaration is not None else (current.declaration if current else None)
+        uri = key_uri or (current.auth_key.key_uri if current and current.auth_key else None)
+        if not uri:
+            raise ConfigurationError(f"dataset {str(root)!r}: name the key that authenticates its manifest (key_uri=)")
+        document = _signed_manifest(root, entries, keep, uri, KmsConfig.of(kms_options))
+        logger.info("wrote the authenticated manifest of %s: %d data key entries, %s declared columns",
+                    root, len(entries), len(keep.columns) if keep else 0)
+        return document
     if not entries:
         path.unlink(missing_ok=True)
         logger.info("removed the manifest of %s", dataset_root)
-        return
-    atomic_write_bytes(path, encode_manifest(dict(sorted(entries.items()))))
+        return None
+    data = encode_manifest(dict(sorted(entries.items())))
+    atomic_write_bytes(path, data)
     logger.info("wrote the manifest of %s: %d data key entries", dataset_root, len(entries))
+    return decode_manifest_document(data, where=f"manifest {path}")
+
+
+def _signed_manifest(
+    root: Path, entries: Mapping[str, DekEntry], declaration: Declaration | None, key_uri: str, kms: KmsConfig
+) -> Manifest:
+    provider = kms.provider(key_uri)
+    context = {"dataset": _root_text(root), "purpose": DECLARATION_PURPOSE}
+    with provider.generate_data_key(context) as data_key:
+        auth_key = DekEntry(
+            dek_id=dek_id_hex(new_dek_id()),
+            key_uri=provider.key_uri,
+            key_id=data_key.wrapped.key_id,
+            key_version=data_key.wrapped.key_version,
+            wrapped_dek=bytes(data_key.wrapped.ciphertext),
+            encryption_context=context,
+            algorithm=MANIFEST_MAC_ALGORITHM,
+            created_at=utc_now_iso(),
+        )
+        data = encode_signed_manifest(dict(sorted(entries.items())), declaration, auth_key, data_key.plaintext)
+    path = Path(manifest_path(root))
+    atomic_write_bytes(path, data)
+    return decode_manifest_document(data, where=f"manifest {path}")
 
 
 def apply_manifest(table: KeyTable, manifest: Mapping[str, DekEntry]) -> KeyTable:
@@ -200,6 +327,61 @@ def apply_manifest(table: KeyTable, manifest: Mapping[str, DekEntry]) -> KeyTabl
     replaced by the manifest's; manifest entries ``table`` does not reference are ignored."""
     overrides = {dek_id: entry for dek_id, entry in manifest.items() if dek_id in table.deks}
     return table.with_overrides(overrides) if overrides else table
+
+
+def _describe(spec: ColumnSpec) -> str:
+    parts = [spec.algorithm, spec.arrow_type]
+    if spec.source is not None:
+        parts.append(f"source {spec.source}")
+    if spec.row_binding is not None:
+        parts.append(f"bound to {spec.row_binding}")
+    return "/".join(parts)
+
+
+def check_required_encryption(
+    source: Dataset | KeyTable,
+    required: Iterable[str] | Mapping[str, ColumnSpec],
+    where: str = "",
+    *,
+    columns: Iterable[str] | None = None,
+) -> None:
+    """Refuse data in which a column that must be encrypted is not (or not as declared).
+
+    :param source: a :class:`Dataset` (every file is checked against its own footer) or one file's key table.
+    :param required: column names that must be encrypted (any algorithm), or a declaration's
+        ``{name: ColumnSpec}`` whose specs must also match exactly.
+    :param where: names the file (for a key table) in errors.
+    :param columns: for a key table: the file's column names; a required column absent from them is not
+        checked (it is not in that file). Default: every required column must be in the key table.
+    :raises FormatError: a required column stored in plaintext, or described otherwise than declared
+        (the message names the file and the column).
+    """
+    if isinstance(required, str):
+        raise ConfigurationError(f"required columns must be a sequence of names, not a single string: {required!r}")
+    if isinstance(source, Dataset):
+        for file in source.files:
+            check_required_encryption(
+                source.footers[file], required, f"file {file}", columns=source.file_columns.get(file)
+            )
+        return
+    if not isinstance(source, KeyTable):
+        raise ConfigurationError(f"expected a Dataset or a KeyTable, got {type(source).__name__}")
+    specs = dict(required) if isinstance(required, Mapping) else None
+    present = None if columns is None else set(columns)
+    at = f"{where}: " if where else ""
+    for name in (specs or list(required)):
+        if present is not None and name not in present:
+            continue
+        found = source.columns.get(name)
+        if found is None:
+            raise FormatError(
+                f"{at}column {name!r} must be encrypted but is stored in plaintext (its key table has no spec for it)"
+            )
+        if specs is not None and found != specs[name]:
+            raise FormatError(
+                f"{at}column {name!r} is described by the key table as {_describe(found)}, but the dataset "
+                f"declares it {_describe(specs[name])}"
+            )
 
 
 # -- the dataset ------------------------------------------------------------------------
@@ -214,15 +396,35 @@ class Dataset:
         those under the path it was opened with).
     :param footers: the footer key table of each file, as stored.
     :param manifest: the manifest's DEK entries (see :func:`apply_manifest`).
+    :param document: the parsed manifest (declaration, authentication), if there is one.
+    :param file_columns: the column names of each file.
+    :param required: column names the reader requires to be encrypted (``require_encrypted``).
+    :param requested_min_format_version: the reader's ``min_format_version``.
+    :param verified: whether an authenticated manifest was verified (:meth:`verify`).
     """
 
     root: Path
     files: list[str]
     footers: dict[str, KeyTable]
     manifest: dict[str, DekEntry] = field(default_factory=dict)
+    document: Manifest | None = None
+    file_columns: dict[str, list[str]] = field(default_factory=dict)
+    required: tuple[str, ...] = ()
+    requested_min_format_version: int = 1
+    verified: bool = False
 
     @classmethod
-    def open(cls, path: PathLike, *, job: str = "", missing_ok: bool = False, require_files: bool = True) -> Dataset:
+    def open(
+        cls,
+        path: PathLike,
+        *,
+        job: str = "",
+        missing_ok: bool = False,
+        require_files: bool = True,
+        kms_options: KmsConfigLike = None,
+        require_encrypted: Iterable[str] | None = None,
+        min_format_version: int = 1,
+    ) -> Dataset:
         """Read the footers and the manifest of the dataset at (or around) ``path``.
 
         :param path: the dataset root, a hive partition directory in it, or one data file: the
@@ -231,8 +433,22 @@ class Dataset:
         :param missing_ok: skip files without a key table (a dataset written by Spark's own
             Parquet writer, whose keys travel in a column) instead of raising.
         :param require_files: raise when there is no data file.
+        :param kms_options: given, an authenticated manifest is verified now (:meth:`verify`); without
+            it the key tables of such a dataset are not handed out (a reader must verify).
+        :param require_encrypted: columns every file must store encrypted (refused otherwise), whatever
+            the manifest says -- the guard against a deleted manifest.
+        :param min_format_version: 2 refuses files whose key table is of version 1 (a strict reader).
         """
         prefix = f"{job}: " if job else ""
+        if isinstance(min_format_version, bool) or min_format_version not in FORMAT_VERSIONS:
+            raise ConfigurationError(
+                f"{prefix}min_format_version must be one of {list(FORMAT_VERSIONS)}, got {min_format_version!r}"
+            )
+        if isinstance(require_encrypted, str):
+            raise ConfigurationError(
+                f"{prefix}require_encrypted must be a sequence of column names, not a single string: "
+                f"{require_encrypted!r}"
+            )
         local = dataset_path(path, what=job or "spark_kms")
         if not os.path.exists(local):
             raise ConfigurationError(f"{prefix}dataset {local!r} does not exist")
@@ -240,17 +456,76 @@ class Dataset:
         if not files and require_files:
             raise ConfigurationError(f"{prefix}dataset {local!r} holds no data files")
         footers: dict[str, KeyTable] = {}
+        names: dict[str, list[str]] = {}
         for f in files:
             try:
-                footers[f] = read_key_table(f)
+                footers[f], names[f] = _read_footer(f)
             except MissingKeyTableError:
                 if not missing_ok:
                     raise
         root = Path(dataset_root_of(local)).resolve()
-        dataset = cls(root=root, files=[f for f in files if f in footers], footers=footers,
-                      manifest=read_manifest(root))
+        document = read_manifest_document(root)
+        dataset = cls(
+            root=root, files=[f for f in files if f in footers], footers=footers,
+            manifest=dict(document.deks) if document else {}, document=document, file_columns=names,
+            required=tuple(require_encrypted or ()), requested_min_format_version=min_format_version,
+        )
+        dataset._check(dataset.required, min_format_version)
+        if kms_options is not None and dataset.authenticated:
+            dataset.verify(kms_options)
         logger.debug("dataset %s: %d data files, %d manifest entries", root, len(dataset.files), len(dataset.manifest))
         return dataset
+
+    # -- integrity ---------------------------------------------------------------------
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether the manifest is authenticated (it then holds the dataset's declaration)."""
+        return self.document is not None and self.document.authenticated
+
+    @property
+    def declaration(self) -> Declaration | None:
+        """The dataset's declaration once verified; None if there is none (or it is not verified yet)."""
+        return self.document.declaration if self.document is not None and self.verified else None
+
+    @property
+    def min_format_version(self) -> int:
+        """The lowest key-table version readers accept: the reader's, or the declaration's if higher."""
+        declared = self.declaration.min_format_version if self.declaration else 1
+        return max(self.requested_min_format_version, declared)
+
+    def verify(self, kms_options: KmsConfigLike) -> None:
+        """Verify the authenticated manifest (:func:`verify_manifest`), then check every file against its
+        declaration. A dataset without an authenticated manifest passes (nothing to verify)."""
+        if self.document is None or not self.document.authenticated:
+            return
+        if not self.verified:
+            verify_manifest(self.document, self.root, kms_options)
+            self.verified = True
+        declaration = self.document.declaration
+        if declaration is not None:
+            self._check(declaration.columns, declaration.min_format_version)
+
+    def _check(self, required: Iterable[str] | Mapping[str, ColumnSpec], min_format_version: int) -> None:
+        for file in self.files:
+            footer = self.footers[file]
+            if footer.format_version < min_format_version:
+                raise FormatError(
+                    f"file {file} has key table format_version {footer.format_version}; the dataset's readers "
+                    f"require {min_format_version} or later: re-encrypt the dataset to upgrade it"
+                )
+        if required:
+            check_required_encryption(self, required)
+
+    def _readable(self) -> None:
+        if self.authenticated and not self.verified:
+            raise ConfigurationError(
+                f"dataset {str(self.root)!r} has an authenticated manifest (a declaration of its encrypted "
+                "columns): open it with kms_options (Dataset.open(path, kms_options=...)) or call "
+                "verify(kms_options) before reading it"
+            )
+
+    # -- files and keys ----------------------------------------------------------------
 
     def relpath(self, file: str) -> str:
         return str(Path(file).relative_to(self.root))
@@ -268,18 +543,33 @@ class Dataset:
         return {dek_id: self.manifest.get(dek_id, entry) for dek_id, entry in self.footer_deks().items()}
 
     def effective_table(self, file: str) -> KeyTable:
-        """The key table a reader uses for ``file``: its footer with the manifest applied."""
+        """The key table a reader uses for ``file``: its footer with the manifest applied.
+
+        :raises ConfigurationError: the manifest is authenticated and was not verified.
+        """
+        self._readable()
         return apply_manifest(self.footers[file], self.manifest)
 
     def key_table(self) -> KeyTable:
         """The key tables of all files merged, with the manifest applied.
 
         :raises FormatError: two files describe a DEK or a column differently.
+        :raises ConfigurationError: the manifest is authenticated and was not verified.
         """
+        self._readable()
         merged = KeyTable(deks={}, columns={})
         for file in self.files:
             merged = merged.merge(self.footers[file], where=f"dataset {self.root}")
         return apply_manifest(merged, self.manifest)
+
+    def key_table_for(self, file: str, merged: KeyTable | None = None) -> KeyTable:
+        """The merged key table (:meth:`key_table`, or ``merged``) as a reader of ``file`` uses it: the dataset's
+        data keys and column specs -- a column encrypted in one file is encrypted in all -- with this file's
+        format version and so its AAD rule (docs/FORMAT.md section 3)."""
+        table = self.key_table() if merged is None else merged
+        footer = self.footers[file]
+        return KeyTable(deks=table.deks, columns=table.columns, format_version=footer.format_version,
+                        writer=footer.writer, source_versions=footer.source_versions)
 
     def columns(self) -> dict[str, ColumnSpec]:
         out: dict[str, ColumnSpec] = {}
@@ -292,17 +582,109 @@ class Dataset:
         wanted = set(dek_ids)
         return [f for f in self.files if wanted & set(self.footers[f].deks)]
 
-    def write_manifest(self, entries: Mapping[str, DekEntry]) -> None:
-        """Replace this dataset's manifest (see :func:`write_manifest`) and keep ``manifest`` in step."""
-        write_manifest(self.root, entries)
+    def write_manifest(
+        self,
+        entries: Mapping[str, DekEntry],
+        *,
+        kms_options: KmsConfigLike = None,
+        declaration: Declaration | None = None,
+        key_uri: str | None = None,
+    ) -> None:
+        """Replace this dataset's manifest (see :func:`write_manifest`) and keep ``manifest`` in step.
+
+        An authenticated manifest stays authenticated (and keeps its declaration): pass ``kms_options``.
+        """
+        document = write_manifest(
+            self.root, entries, kms_options=kms_options, declaration=declaration,
+            key_uri=key_uri or self._default_key_uri(), _verified=self.verified,
+        )
         self.manifest = dict(entries)
+        self.document = document
+        self.verified = document is not None and document.authenticated
+
+    def declare(
+        self,
+        kms_options: KmsConfigLike,
+        *,
+        columns: Iterable[str] | None = None,
+        key_uri: str | None = None,
+        min_format_version: int | None = None,
+        replace: bool = False,
+    ) -> Declaration:
+        """Declare the dataset's encrypted columns in an authenticated manifest (version 2).
+
+        The declared specs are those of the footers as they are now (all encrypted columns, or the named
+        ones): declare right after writing. An existing declaration is verified first, unless ``replace``
+        (the way to re-declare a dataset that was moved: its old declaration names the old place).
+
+        :param min_format_version: default the lowest key-table version among the files (2 once every
+            file is of version 2, e.g. after re-encryption).
+        :param key_uri: the KMS key of the manifest's MAC key (default: the current one, else the key of
+            the dataset's data keys when there is exactly one).
+        """
+        if self.authenticated and not replace and not self.verified:
+            self.verify(kms_options)
+        specs = self._merged_columns()
+        if columns is not None:
+            if isinstance(columns, str):
+                raise ConfigurationError(f"columns must be a sequence of names, not a single string: {columns!r}")
+            wanted = list(columns)
+            unknown = [c for c in wanted if c not in specs]
+            if unknown:
+                raise ConfigurationError(
+                    f"dataset {str(self.root)!r}: columns {unknown} are not encrypted in any file; "
+                    f"encrypted columns: {sorted(specs)}"
+                )
+            specs = {c: specs[c] for c in wanted}
+        if min_format_version is None:
+            min_format_version = min((t.format_version for t in self.footers.values()), default=max(FORMAT_VERSIONS))
+        declaration = Declaration(columns=specs, min_format_version=min_format_version)
+        document = write_manifest(
+            self.root, self.manifest, kms_options=kms_options, declaration=declaration,
+            key_uri=key_uri or self._default_key_uri(), _verified=self.verified or replace,
+        )
+        self.document = document
+        self.verified = True
+        self._check(declaration.columns, declaration.min_format_version)
+        return declaration
+
+    def _merged_columns(self) -> dict[str, ColumnSpec]:
+        merged = KeyTable(deks={}, columns={})
+        for file in self.files:
+            merged = merged.merge(KeyTable(deks={}, columns=dict(self.footers[file].columns)),
+                                  where=f"dataset {self.root}")
+        return merged.columns
+
+    def _default_key_uri(self) -> str | None:
+        if self.document is not None and self.document.auth_key is not None:
+            return self.document.auth_key.key_uri
+        uris = {e.key_uri for e in self.effective_deks().values()}
+        return uris.pop() if len(uris) == 1 else None
 
 
-def read_dataset_key_table(path: PathLike, *, missing_ok: bool = False) -> KeyTable:
-    """The merged key table of the dataset at (or around) ``path``, manifest applied (no KMS call).
+def declare_encryption(
+    path: PathLike,
+    *,
+    kms_options: KmsConfigLike,
+    columns: Iterable[str] | None = None,
+    key_uri: str | None = None,
+    min_format_version: int | None = None,
+    replace: bool = False,
+) -> Declaration:
+    """Declare the encrypted columns of the dataset at ``path`` (see :meth:`Dataset.declare`)."""
+    dataset = Dataset.open(path, require_files=False)
+    return dataset.declare(kms_options, columns=columns, key_uri=key_uri,
+                           min_format_version=min_format_version, replace=replace)
+
+
+def read_dataset_key_table(
+    path: PathLike, *, missing_ok: bool = False, kms_options: KmsConfigLike = None
+) -> KeyTable:
+    """The merged key table of the dataset at (or around) ``path``, manifest applied (no KMS call,
+    except to verify an authenticated manifest, which needs ``kms_options``).
 
     :param missing_ok: skip files without a key table instead of raising MissingKeyTableError
         (for datasets written by Spark's own Parquet writer, whose keys travel in a column).
     :raises FormatError: a corrupt key table, or two files describing a DEK or column differently.
     """
-    return Dataset.open(path, missing_ok=missing_ok, require_files=False).key_table()
+    return Dataset.open(path, missing_ok=missing_ok, require_files=False, kms_options=kms_options).key_table()

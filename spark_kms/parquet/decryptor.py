@@ -6,22 +6,46 @@ Data keys are unwrapped lazily, on the first cell that needs them, through a
 :class:`~spark_kms.parquet.DekResolver` (at most one KMS Decrypt per key per process),
 so decrypting only some columns -- or none -- costs only the keys those cells use.
 Blind-index columns are one-way and stay ``binary``.
+
+Format version 2 (docs/FORMAT.md section 3): each GCM / SIV cell authenticates the column's
+spec (:func:`~spark_kms.crypto.column_binding`), so a key table whose ``arrow_type`` or row
+binding was changed makes the cells fail with a DecryptionError naming the file and column,
+instead of being read under the changed spec. Cells of version 1 (no spec in their AAD) are
+accepted from version-1 key tables unless the reader asks for ``min_format_version=2``
+(:meth:`KeyTable.aad_versions <spark_kms.crypto.KeyTable.aad_versions>` is the rule). Blind-index
+columns are checked to hold blind-index cells of a deterministic key of the table, and with
+``verify_blind_indexes=True`` recomputed from their source column.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from spark_kms.crypto import AES_256_GCM, AES_256_SIV, CellDecryptor, ColumnSpec, KeyTable, native_available
-from spark_kms.errors import ConfigurationError, FormatError
+from spark_kms.crypto import (
+    AES_256_GCM,
+    AES_256_SIV,
+    BIDX_CELL_BYTES,
+    FORMAT_VERSIONS,
+    HEADER_BYTES,
+    HMAC_SHA256_BIDX,
+    BlindIndexer,
+    CellDecryptor,
+    ColumnSpec,
+    KeyTable,
+    column_binding,
+    native_available,
+    row_context,
+)
+from spark_kms.errors import ConfigurationError, DecryptionError, FormatError
 from spark_kms.kms import DataKeyCache, KmsConfigLike
 from spark_kms.parquet._types import (
     array_from_buffers,
     binary_buffers,
     decode_array,
-    decode_values,
+    encode_values,
     parse_arrow_type,
 )
 from spark_kms.parquet.keys import DekResolver
@@ -29,6 +53,8 @@ from spark_kms.parquet.keys import DekResolver
 __all__ = ["BatchDecryptor"]
 
 _DECRYPTABLE = (AES_256_GCM, AES_256_SIV)
+_BIDX_BYTE0 = b"\x13"
+RowValues = Sequence[bytes | None]
 
 
 class BatchDecryptor:
@@ -37,6 +63,10 @@ class BatchDecryptor:
     :param key_table: the file's (or dataset's merged) key table, manifest entries applied.
     :param kms_options: how to reach each KMS (a :class:`~spark_kms.kms.KmsConfig` or what its ``of`` takes).
     :param cache: where unwrapped keys live; default the per-process cache.
+    :param min_format_version: 2 refuses a version-1 key table and version-1 cells (a strict reader);
+        1 (default) reads both.
+    :param verify_blind_indexes: recompute every blind-index cell of a batch from its source column (in the
+        same batch) and refuse a mismatch. Costs the deterministic key's unwrap and one HMAC per cell.
 
     Not thread-safe (one per task or reader); cheap to build.
     """
@@ -47,20 +77,35 @@ class BatchDecryptor:
         *,
         kms_options: KmsConfigLike = None,
         cache: DataKeyCache | None = None,
+        min_format_version: int = 1,
+        verify_blind_indexes: bool = False,
     ) -> None:
         if not isinstance(key_table, KeyTable):
             raise ConfigurationError(f"key_table must be a KeyTable, got {type(key_table).__name__}")
+        if isinstance(min_format_version, bool) or min_format_version not in FORMAT_VERSIONS:
+            raise ConfigurationError(
+                f"min_format_version must be one of {list(FORMAT_VERSIONS)}, got {min_format_version!r}"
+            )
+        if key_table.format_version < min_format_version:
+            raise FormatError(
+                f"the key table has format_version {key_table.format_version}; this reader requires "
+                f"{min_format_version} or later (min_format_version={min_format_version}): re-encrypt the "
+                "dataset to upgrade it"
+            )
         self.key_table = key_table
+        self.min_format_version = min_format_version
+        self.verify_blind_indexes = bool(verify_blind_indexes)
         self._resolver = DekResolver(key_table.deks, kms_options=kms_options, cache=cache)
         self.kms = self._resolver.kms
         self._where = ""
         self._cells = CellDecryptor(self._lookup)
         self._types: dict[str, pa.DataType] = {}
+        self._indexers: dict[bytes, BlindIndexer] = {}
 
     def __reduce__(self) -> tuple[object, ...]:
         # Ships to Spark executors as configuration (wrapped keys only); cipher objects,
         # providers and the cache are rebuilt there, and keys unwrapped lazily.
-        return (_rebuild, (self.key_table, self.kms))
+        return (_rebuild, (self.key_table, self.kms, self.min_format_version, self.verify_blind_indexes))
 
     def __repr__(self) -> str:
         return f"BatchDecryptor(columns={self.encrypted_columns}, deks={len(self.key_table.deks)})"
@@ -74,6 +119,23 @@ class BatchDecryptor:
     def encrypted_columns(self) -> list[str]:
         """The columns this decryptor turns back into plaintext (blind indexes excluded)."""
         return [name for name, spec in self.key_table.columns.items() if spec.algorithm in _DECRYPTABLE]
+
+    def required_columns(self, columns: Iterable[str]) -> list[str]:
+        """``columns`` plus what decrypting them needs: the row-binding column of each row-bound column
+        and, with ``verify_blind_indexes``, the source of each blind index (in first-seen order)."""
+        out = list(dict.fromkeys(columns))
+        for name in list(out):
+            spec = self.key_table.columns.get(name)
+            if spec is None:
+                continue
+            if spec.row_binding is not None and spec.row_binding not in out:
+                out.append(spec.row_binding)
+            if self.verify_blind_indexes and spec.source is not None and spec.source not in out:
+                out.append(spec.source)
+                source = self.key_table.columns.get(spec.source)
+                if source is not None and source.row_binding is not None and source.row_binding not in out:
+                    out.append(source.row_binding)
+        return out
 
     def plaintext_type(self, column: str, *, where: str = "") -> pa.DataType:
         """The Arrow type ``column`` decrypts to."""
@@ -92,40 +154,62 @@ class BatchDecryptor:
         return pa.schema(fields, metadata=schema.metadata)
 
     def decrypt_array(
-        self, array: pa.Array | pa.ChunkedArray, column: str, *, where: str = ""
+        self,
+        array: pa.Array | pa.ChunkedArray,
+        column: str,
+        *,
+        where: str = "",
+        row_values: RowValues | None = None,
     ) -> pa.Array | pa.ChunkedArray:
         """Decrypt the cells of one encrypted column back to its original type.
 
-        :raises DecryptionError: a cell fails to authenticate (tampered, moved from another
-            column, unknown DEK); the message names ``where``, the column and the row.
+        :param row_values: for a column bound to rows (``ColumnSpec.row_binding``): the plaintext bytes of the
+            bound column, one per row (:func:`~spark_kms.parquet.encode_values` of it).
+        :raises DecryptionError: a cell fails to authenticate (tampered, moved from another column or row,
+            unknown DEK, or the key table's column spec changed); the message names ``where``, the column
+            and the row.
         """
         t = self.plaintext_type(column, where=where)
         if isinstance(array, pa.ChunkedArray):
-            return pa.chunked_array([self.decrypt_array(c, column, where=where) for c in array.chunks], type=t)
-        if not (pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type)):
-            raise FormatError(
-                f"{where + ': ' if where else ''}encrypted column {column!r} is stored as {array.type}, expected binary"
-            )
-        self._where = where
-        if native_available() and self.key_table.columns[column].algorithm == AES_256_GCM:
-            # The hot path: the whole array through the native extension, no Python object per cell.
-            plain = self._cells.decrypt_buffers(binary_buffers(array), column, where=where, out_width=4)
-            return decode_array(array_from_buffers(plain), t, column=column, where=where)
-        return decode_values(self._cells.decrypt_many(array.to_pylist(), column, where=where), t, column=column, where=where)
+            chunks, start = [], 0
+            for chunk in array.chunks:
+                rows = None if row_values is None else row_values[start : start + len(chunk)]
+                chunks.append(self._decrypt_chunk(chunk, column, t, where, rows))
+                start += len(chunk)
+            return pa.chunked_array(chunks, type=t)
+        return self._decrypt_chunk(array, column, t, where, row_values)
+
+    def decrypt_bytes(
+        self,
+        array: pa.Array | pa.ChunkedArray,
+        column: str,
+        *,
+        where: str = "",
+        row_values: RowValues | None = None,
+    ) -> pa.Array:
+        """The plaintext *bytes* of one encrypted column's cells, as a ``binary`` array (nulls stay null):
+        what :meth:`decrypt_array` returns before the cast back to the column's type. The cells are checked
+        against the column's spec exactly as there -- for callers that want the plaintext in another form
+        (SQL ``kms_decrypt`` as text, ``kms_decrypt_binary`` as bytes) than the recorded ``arrow_type``."""
+        self._spec(column, where)
+        if isinstance(array, pa.ChunkedArray):
+            array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
+        return self._plain_bytes(array, column, where, row_values)
 
     def decrypt_batch(
         self, batch: pa.RecordBatch, columns: Iterable[str] | None = None, *, where: str = ""
     ) -> pa.RecordBatch:
         """Decrypt the encrypted columns of ``batch`` (all of them, or those in ``columns``);
-        other columns, blind indexes included, pass through unchanged."""
+        other columns, blind indexes included, pass through unchanged (blind indexes are checked)."""
         chosen = self._chosen(batch.schema.names, columns)
+        plain = self._decrypt_columns(batch.schema.names, batch.column, len(batch), chosen, where)
         if not chosen:
             return batch
         arrays = []
         fields = []
         for i, f in enumerate(batch.schema):
             if f.name in chosen:
-                arr = self.decrypt_array(batch.column(i), f.name, where=where)
+                arr = plain[f.name]
                 arrays.append(arr)
                 fields.append(f.with_type(arr.type))
             else:
@@ -136,13 +220,142 @@ class BatchDecryptor:
     def decrypt_table(self, table: pa.Table, columns: Iterable[str] | None = None, *, where: str = "") -> pa.Table:
         """:meth:`decrypt_batch` for a table."""
         chosen = self._chosen(table.schema.names, columns)
+        plain = self._decrypt_columns(table.schema.names, table.column, table.num_rows, chosen, where)
         for name in chosen:
             i = table.schema.get_field_index(name)
-            arr = self.decrypt_array(table.column(i), name, where=where)
+            arr = plain[name]
             table = table.set_column(i, table.schema.field(i).with_type(arr.type), arr)
         return table
 
     # -- internals ------------------------------------------------------------
+    def _decrypt_columns(
+        self, names: list[str], column_of: object, num_rows: int, chosen: set[str], where: str
+    ) -> dict[str, pa.Array | pa.ChunkedArray]:
+        get = column_of  # RecordBatch.column or Table.column, by name
+        self._check_index_columns(names, get, where)
+        out: dict[str, pa.Array | pa.ChunkedArray] = {}
+        for name in names:
+            if name in chosen:
+                out[name] = self.decrypt_array(
+                    get(name), name, where=where, row_values=self._row_values(names, get, name, where)  # type: ignore[operator]
+                )
+        if self.verify_blind_indexes:
+            self._verify_indexes(names, get, where)
+        return out
+
+    def _decrypt_chunk(
+        self, array: pa.Array, column: str, t: pa.DataType, where: str, row_values: RowValues | None
+    ) -> pa.Array:
+        return decode_array(self._plain_bytes(array, column, where, row_values), t, column=column, where=where)
+
+    def _plain_bytes(self, array: pa.Array, column: str, where: str, row_values: RowValues | None) -> pa.Array:
+        """The plaintexts of one column's cells as a ``binary`` array (nulls stay null)."""
+        if not (pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type)):
+            raise FormatError(
+                f"{where + ': ' if where else ''}encrypted column {column!r} is stored as {array.type}, expected binary"
+            )
+        spec = self._spec(column, where)
+        self._where = where
+        context = column_binding(spec)
+        alternatives = () if self.key_table.aad_versions(column, min_format_version=self.min_format_version) == (2,) \
+            else (b"",)
+        if spec.row_binding is not None:
+            if row_values is None:
+                at = f"{where}: " if where else ""
+                raise ConfigurationError(
+                    f"{at}column {column!r} is bound to rows by column {spec.row_binding!r}: decrypt it together "
+                    "with that column (read both)"
+                )
+            if len(row_values) != len(array):
+                raise ConfigurationError(f"column {column!r}: {len(row_values)} row values for {len(array)} cells")
+            contexts = [row_context(context, v) for v in row_values]
+            return pa.array(self._cells.decrypt_rows(array.to_pylist(), column, contexts, where=where), pa.binary())
+        if native_available() and spec.algorithm == AES_256_GCM:
+            # The hot path: the whole array through the native extension, no Python object per cell.
+            buffers = self._cells.decrypt_buffers(
+                binary_buffers(array), column, context, where=where, out_width=4, alternatives=alternatives
+            )
+            return array_from_buffers(buffers)
+        cells = self._cells.decrypt_many(array.to_pylist(), column, context, where=where, alternatives=alternatives)
+        return pa.array(cells, pa.binary())
+
+    def _row_values(self, names: list[str], get: object, column: str, where: str) -> RowValues | None:
+        spec = self.key_table.columns[column]
+        if spec.row_binding is None:
+            return None
+        if spec.row_binding not in names:
+            at = f"{where}: " if where else ""
+            raise ConfigurationError(
+                f"{at}column {column!r} is bound to rows by column {spec.row_binding!r}, which was not read: "
+                "read it too"
+            )
+        return encode_values(get(spec.row_binding))  # type: ignore[operator]
+
+    def _check_index_columns(self, names: list[str], get: object, where: str) -> None:
+        """A blind-index column must hold 25-byte blind-index cells naming a deterministic key of the table:
+        anything else (a decryptable column relabelled as an index, plaintext) is refused, not returned."""
+        at = f"{where}: " if where else ""
+        for name in names:
+            spec = self.key_table.columns.get(name)
+            if spec is None or spec.algorithm != HMAC_SHA256_BIDX:
+                continue
+            values = get(name)  # type: ignore[operator]
+            if not (pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type)):
+                raise FormatError(f"{at}blind-index column {name!r} is stored as {values.type}, expected binary")
+            present = values.drop_null()
+            if len(present) == 0:
+                continue
+            shaped = pc.all(pc.and_(
+                pc.equal(pc.binary_length(present), BIDX_CELL_BYTES),
+                pc.equal(pc.binary_slice(present, 0, 1), pa.scalar(_BIDX_BYTE0, present.type)),
+            )).as_py()
+            if not shaped:
+                row = next(i for i, v in enumerate(values.to_pylist())
+                           if v is not None and (len(v) != BIDX_CELL_BYTES or v[:1] != _BIDX_BYTE0))
+                raise FormatError(f"{at}blind-index column {name!r}, row {row}: not a blind-index cell")
+            for dek_id in pc.unique(pc.binary_slice(present, 1, HEADER_BYTES)).to_pylist():
+                entry = self.key_table.deks.get(dek_id.hex())
+                if entry is None or entry.algorithm != AES_256_SIV:
+                    raise FormatError(
+                        f"{at}blind-index column {name!r} holds cells of DEK {dek_id.hex()}, which is not a "
+                        "deterministic key of the key table"
+                    )
+
+    def _verify_indexes(self, names: list[str], get: object, where: str) -> None:
+        at = f"{where}: " if where else ""
+        for name in names:
+            spec = self.key_table.columns.get(name)
+            if spec is None or spec.algorithm != HMAC_SHA256_BIDX or spec.source is None:
+                continue
+            if spec.source not in names:
+                raise ConfigurationError(
+                    f"{at}blind-index column {name!r} cannot be verified without its source column {spec.source!r}: "
+                    "read it too"
+                )
+            source = self.key_table.columns.get(spec.source)
+            values = get(spec.source)  # type: ignore[operator]
+            if isinstance(values, pa.ChunkedArray):
+                values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+            if source is not None and source.decryptable:
+                rows = self._row_values(names, get, spec.source, where)
+                plain = self._plain_bytes(values, spec.source, where, rows).to_pylist()
+            else:
+                plain = encode_values(values)
+            stored = get(name).to_pylist()  # type: ignore[operator]
+            for row, (cell, value) in enumerate(zip(stored, plain, strict=True)):
+                expected = None if value is None or cell is None else self._indexer(cell[1:HEADER_BYTES]).index(value, spec.source)
+                if (cell is None) != (value is None) or cell != expected:
+                    raise DecryptionError(
+                        f"{at}blind-index column {name!r}, row {row}: the index does not match its source column "
+                        f"{spec.source!r} (a tampered or moved index cell, or a changed column spec)"
+                    )
+
+    def _indexer(self, dek_id: bytes) -> BlindIndexer:
+        indexer = self._indexers.get(dek_id)
+        if indexer is None:
+            indexer = self._indexers[dek_id] = BlindIndexer(self._lookup(dek_id), dek_id)
+        return indexer
+
     def _lookup(self, dek_id: bytes) -> bytes:
         return self._resolver.lookup(dek_id, where=self._where)
 
@@ -166,5 +379,10 @@ class BatchDecryptor:
         return decryptable & wanted & set(names)
 
 
-def _rebuild(key_table: KeyTable, kms_options: KmsConfigLike) -> BatchDecryptor:
-    return BatchDecryptor(key_table, kms_options=kms_options)
+def _rebuild(
+    key_table: KeyTable, kms_options: KmsConfigLike, min_format_version: int = 1, verify_blind_indexes: bool = False
+) -> BatchDecryptor:
+    return BatchDecryptor(
+        key_table, kms_options=kms_options, min_format_version=min_format_version,
+        verify_blind_indexes=verify_blind_indexes,
+    )

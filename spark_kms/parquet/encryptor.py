@@ -21,6 +21,13 @@ Keys:
 
 Every data key used, wrapped only, ends up in :meth:`BatchEncryptor.key_table`,
 with a :class:`~spark_kms.crypto.ColumnSpec` for every encrypted or derived column.
+
+Format version 2 (docs/FORMAT.md section 3): every GCM and SIV cell is encrypted with
+the column's spec as AAD context (:func:`~spark_kms.crypto.column_binding`), so a reader
+given another spec (another ``arrow_type``, row binding ...) fails instead of misreading.
+With ``EncryptionSpec(row_binding="id")`` each GCM cell's context also holds that row's
+``id`` (:func:`~spark_kms.crypto.row_context`): a cell moved to another row fails. Row-bound
+columns take the per-cell path (the native loop takes one AAD per array).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from spark_kms.crypto import (
     AES_256_GCM,
     AES_256_SIV,
     DEFAULT_MAX_CELLS_PER_DEK,
+    FORMAT_VERSION,
     HMAC_SHA256_BIDX,
     MAX_CELLS_PER_DEK_LIMIT,
     BlindIndexer,
@@ -45,9 +53,11 @@ from spark_kms.crypto import (
     DekEntry,
     DeterministicEncryptor,
     KeyTable,
+    column_binding,
     dek_id_from_hex,
     native_available,
     new_dek_id,
+    row_context,
 )
 from spark_kms.errors import ConfigurationError
 from spark_kms.kms import KmsConfig, KmsConfigLike, KmsProvider
@@ -89,11 +99,16 @@ class EncryptionSpec:
         which cells are equal).
     :param blind_index: source column -> name of a new binary column holding an HMAC
         blind index of the source's plaintext (equality look-ups without decryption).
+    :param row_binding: a plain column (e.g. the primary key) whose value, row by row, goes into
+        the associated data of every AES-256-GCM cell, so a cell moved to another row fails to
+        decrypt. Readers then need that column too. Deterministic columns are not bound (equal
+        values must give equal cells across rows), nor are blind indexes.
     """
 
     columns: Sequence[str] = ()
     deterministic: Sequence[str] = ()
     blind_index: Mapping[str, str] = field(default_factory=dict)
+    row_binding: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "columns", _names(self.columns, "columns"))
@@ -110,9 +125,40 @@ class EncryptionSpec:
         object.__setattr__(self, "blind_index", bidx)
         if not (self.columns or self.deterministic or bidx):
             raise ConfigurationError("an EncryptionSpec needs at least one column to encrypt or index")
+        bound = self.row_binding
+        if bound is not None:
+            if not isinstance(bound, str) or not bound:
+                raise ConfigurationError(f"row_binding must name a plain column, got {bound!r}")
+            if bound in set(self.columns) | set(self.deterministic) | set(bidx.values()):
+                raise ConfigurationError(
+                    f"row_binding column {bound!r} must be a plain column, not an encrypted or index column"
+                )
 
     def __hash__(self) -> int:
-        return hash((self.columns, self.deterministic, tuple(sorted(self.blind_index.items()))))
+        return hash((self.columns, self.deterministic, tuple(sorted(self.blind_index.items())), self.row_binding))
+
+    @classmethod
+    def from_key_table(cls, table: KeyTable) -> EncryptionSpec:
+        """The spec that writes columns as ``table`` describes them (re-encryption keeps a dataset's layout)."""
+        columns, deterministic, blind, bound = [], [], {}, set()
+        for name, spec in table.columns.items():
+            if spec.algorithm == AES_256_GCM:
+                columns.append(name)
+            elif spec.algorithm == AES_256_SIV:
+                deterministic.append(name)
+            elif spec.source is not None:
+                blind[spec.source] = name
+            if spec.row_binding is not None:
+                if spec.algorithm != AES_256_GCM:
+                    raise ConfigurationError(
+                        f"column {name!r} is {spec.algorithm} bound to rows by {spec.row_binding!r}: "
+                        "this writer binds only AES-256-GCM columns"
+                    )
+                bound.add(spec.row_binding)
+        if len(bound) > 1 or (bound and any(table.columns[c].row_binding is None for c in columns)):
+            raise ConfigurationError(f"the columns of the key table are bound to rows differently ({sorted(bound)})")
+        return cls(columns=columns, deterministic=deterministic, blind_index=blind,
+                   row_binding=bound.pop() if bound else None)
 
     @property
     def randomized(self) -> tuple[str, ...]:
@@ -125,11 +171,14 @@ class EncryptionSpec:
         return bool(self.deterministic or self.blind_index)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "columns": list(self.columns),
             "deterministic": list(self.deterministic),
             "blind_index": dict(self.blind_index),
         }
+        if self.row_binding is not None:
+            out["row_binding"] = self.row_binding
+        return out
 
 
 @dataclass(frozen=True)
@@ -142,6 +191,10 @@ class _Plan:
     actions: tuple[str | None, ...]
     # (source position, source name, index column name)
     indexes: tuple[tuple[int, str, str], ...]
+    # per encrypted column: its version-2 AAD context (column_binding of its spec)
+    contexts: Mapping[str, bytes] = field(default_factory=dict)
+    # position of the row-binding column, or None
+    row_binding: int | None = None
 
 
 class BatchEncryptor:
@@ -245,7 +298,9 @@ class BatchEncryptor:
 
     def key_table(self) -> KeyTable:
         """The key table of everything encrypted so far: data keys (wrapped) and column specs."""
-        return KeyTable(deks={e.dek_id: e for e in self.dek_entries}, columns=dict(self._columns))
+        return KeyTable(
+            deks={e.dek_id: e for e in self.dek_entries}, columns=dict(self._columns), format_version=FORMAT_VERSION
+        )
 
     def encrypt_batch(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Encrypt one batch (see the module docstring for the output layout)."""
@@ -258,21 +313,31 @@ class BatchEncryptor:
             )
         encoded: dict[int, list[bytes | None]] = {}
         out: list[pa.Array] = []
+        bound: list[bytes | None] | None = None
+        if plan.row_binding is not None:
+            bound = encoded[plan.row_binding] = encode_values(batch.column(plan.row_binding))
         for i, action in enumerate(plan.actions):
             column = batch.column(i)
             if action is None:
                 out.append(column)
                 continue
             name = plan.input_schema.names[i]
-            if action == AES_256_GCM and native_available():
+            context = plan.contexts[name]
+            if action == AES_256_GCM and bound is not None:
+                # One AAD per row: the per-cell path (the native loop takes one AAD per array).
+                values = encoded[i] = encode_values(column)
+                rows = [row_context(context, v) for v in bound]
+                cells = self._encrypt_gcm(values, len(column) - column.null_count, name, context, rows)
+            elif action == AES_256_GCM and native_available():
                 # The hot path: whole Arrow buffers through the native extension, no Python object per cell.
-                out.append(self._encrypt_gcm_array(encode_binary(column), name))
+                out.append(self._encrypt_gcm_array(encode_binary(column), name, context))
                 continue
-            values = encoded[i] = encode_values(column)
-            if action == AES_256_GCM:
-                cells = self._encrypt_gcm(values, len(column) - column.null_count, name)
             else:
-                cells = self._deterministic()[0].encrypt_many(values, name)
+                values = encoded[i] = encode_values(column)
+                if action == AES_256_GCM:
+                    cells = self._encrypt_gcm(values, len(column) - column.null_count, name, context)
+                else:
+                    cells = self._deterministic()[0].encrypt_many(values, name, context)
             out.append(pa.array(cells, pa.binary()))
         for pos, source, _index_name in plan.indexes:
             values = encoded.get(pos)
@@ -320,13 +385,27 @@ class BatchEncryptor:
             raise ConfigurationError(f"blind index columns {taken} already exist in the data; choose other names")
         det = set(spec.deterministic)
         gcm = set(spec.columns) - det
+        bound_pos = None
+        if spec.row_binding is not None:
+            if spec.row_binding not in names:
+                raise ConfigurationError(
+                    f"row_binding column {spec.row_binding!r} is not in the data; available columns: {names}"
+                )
+            bound_pos = names.index(spec.row_binding)
+            check_supported(spec.row_binding, schema.field(bound_pos).type)
         actions: list[str | None] = []
         fields: list[pa.Field] = []
+        contexts: dict[str, bytes] = {}
         for f in schema:
             if f.name in gcm or f.name in det:
                 algorithm = AES_256_SIV if f.name in det else AES_256_GCM
                 plain_type = check_supported(f.name, f.type)
-                self._note_column(ColumnSpec(name=f.name, algorithm=algorithm, arrow_type=str(plain_type), source=None))
+                column_spec = ColumnSpec(
+                    name=f.name, algorithm=algorithm, arrow_type=str(plain_type), source=None,
+                    row_binding=spec.row_binding if algorithm == AES_256_GCM else None,
+                )
+                self._note_column(column_spec)
+                contexts[f.name] = column_binding(column_spec)
                 actions.append(algorithm)
                 fields.append(pa.field(f.name, pa.binary(), nullable=f.nullable, metadata=f.metadata))
             else:
@@ -342,7 +421,7 @@ class BatchEncryptor:
             indexes.append((names.index(source), source, index_name))
             fields.append(pa.field(index_name, pa.binary(), nullable=True))
         metadata = {k: v for k, v in (schema.metadata or {}).items() if k != b"pandas"} or None
-        return _Plan(schema, pa.schema(fields, metadata=metadata), tuple(actions), tuple(indexes))
+        return _Plan(schema, pa.schema(fields, metadata=metadata), tuple(actions), tuple(indexes), contexts, bound_pos)
 
     def _note_column(self, column: ColumnSpec) -> None:
         known = self._columns.get(column.name)
@@ -370,12 +449,27 @@ class BatchEncryptor:
                      entry.dek_id, entry.key_uri, entry.key_version, self.max_cells_per_dek)
         return self._cell
 
-    def _encrypt_gcm(self, values: list[bytes | None], non_null: int, column: str) -> list[bytes | None]:
+    def _encrypt_gcm(
+        self,
+        values: list[bytes | None],
+        non_null: int,
+        column: str,
+        context: bytes,
+        rows: list[bytes] | None = None,
+    ) -> list[bytes | None]:
+        """GCM cells of ``values`` under ``context``, or under one context per row (``rows``: row binding)."""
+
+        def seal(enc: CellEncryptor, start: int, end: int) -> list[bytes | None]:
+            if rows is None:
+                return enc.encrypt_many(values[start:end] if (start, end) != (0, len(values)) else values,
+                                        column, context)
+            return enc.encrypt_rows(values[start:end], column, rows[start:end])
+
         enc = self._cell
         if enc is None or enc.cells_left == 0:
             enc = self._roll()
         if non_null <= enc.cells_left:
-            return enc.encrypt_many(values, column)
+            return seal(enc, 0, len(values))
         # Roll-over inside the batch: cut it where the current key's cells run out.
         out: list[bytes | None] = []
         start, n = 0, len(values)
@@ -390,17 +484,17 @@ class BatchEncryptor:
                         break
                     left -= 1
                 end += 1
-            out.extend(enc.encrypt_many(values[start:end], column))
+            out.extend(seal(enc, start, end))
             start = end
         return out
 
-    def _encrypt_gcm_array(self, plain: pa.Array, column: str) -> pa.Array:
+    def _encrypt_gcm_array(self, plain: pa.Array, column: str, context: bytes) -> pa.Array:
         """:meth:`_encrypt_gcm` for a whole ``binary`` array through :meth:`CellEncryptor.encrypt_buffers`."""
         enc = self._cell
         if enc is None or enc.cells_left == 0:
             enc = self._roll()
         if len(plain) - plain.null_count <= enc.cells_left:
-            return array_from_buffers(enc.encrypt_buffers(binary_buffers(plain), column))
+            return array_from_buffers(enc.encrypt_buffers(binary_buffers(plain), column, context))
         # Roll-over inside the batch: cut it after the value that uses the current key's last cell.
         pieces: list[pa.Array] = []
         start, n = 0, len(plain)
@@ -414,7 +508,7 @@ class BatchEncryptor:
                 used = pc.cumulative_sum(pc.cast(rest.is_valid(), pa.int64()))
                 end = start + pc.index(used, enc.cells_left).as_py() + 1
             piece = plain.slice(start, end - start)
-            pieces.append(array_from_buffers(enc.encrypt_buffers(binary_buffers(piece), column)))
+            pieces.append(array_from_buffers(enc.encrypt_buffers(binary_buffers(piece), column, context)))
             start = end
         return pa.concat_arrays(pieces)
 

@@ -2,30 +2,34 @@
 
 Where files, key tables and the manifest come from, and the precedence rule between them,
 is :mod:`spark_kms.parquet.dataset`. Reading plain columns only never touches the KMS: keys
-are unwrapped lazily, on the first encrypted cell that needs them.
+are unwrapped lazily, on the first encrypted cell that needs them (a dataset whose manifest is
+authenticated costs one more unwrap per process, to verify it).
+
+Integrity options of both readers (docs/FORMAT.md sections 9 and 13):
+
+* ``require_encrypted=[...]``: columns every file must store encrypted; a file holding one of them
+  in plaintext is refused, not returned -- whether or not the dataset's manifest (which declares
+  its encrypted columns, authenticated) is still there.
+* ``min_format_version=2``: refuse files of format version 1, whose column specs are not
+  authenticated (a strict reader).
+* ``verify_blind_indexes=True``: recompute blind-index cells from their source column.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from spark_kms.crypto import KeyTable
-from spark_kms.errors import ConfigurationError
-from spark_kms.kms import KmsConfigLike
-from spark_kms.parquet.dataset import (
-    Dataset,
-    apply_manifest,
-    dataset_root_of,
-    key_table_from_metadata,
-    local_path,
-    open_parquet,
-    read_manifest,
-)
+from spark_kms.errors import ConfigurationError, FormatError
+from spark_kms.kms import KmsConfig, KmsConfigLike
+from spark_kms.parquet.dataset import Dataset, check_required_encryption, local_path, open_parquet
 from spark_kms.parquet.decryptor import BatchDecryptor
 
 __all__ = ["iter_decrypted_batches", "read_decrypted_table"]
@@ -46,9 +50,31 @@ def _check_columns(columns: Sequence[str] | None, available: list[str], where: s
     return columns
 
 
-def _file_key_table(pf: pq.ParquetFile, path: str) -> KeyTable:
-    """The footer's key table with the dataset manifest applied (no KMS call)."""
-    return apply_manifest(key_table_from_metadata(pf.metadata.metadata, path), read_manifest(dataset_root_of(path)))
+def _to_read(decryptor: BatchDecryptor, chosen: list[str] | None, available: list[str]) -> list[str] | None:
+    """The columns to read for ``chosen``: with those decrypting them needs (row binding, index sources)."""
+    if chosen is None:
+        return None
+    return [c for c in decryptor.required_columns(chosen) if c in available]
+
+
+def _file_decryptor(
+    path: str,
+    names: list[str],
+    kms: KmsConfig,
+    key_table: KeyTable | None,
+    require_encrypted: Sequence[str] | None,
+    min_format_version: int,
+    verify_blind_indexes: bool,
+) -> BatchDecryptor:
+    if key_table is None:
+        dataset = Dataset.open(path, kms_options=kms, require_encrypted=require_encrypted,
+                               min_format_version=min_format_version)
+        key_table = dataset.effective_table(dataset.files[0])
+        min_format_version = dataset.min_format_version
+    else:
+        check_required_encryption(key_table, require_encrypted or (), f"file {path}", columns=names)
+    return BatchDecryptor(key_table, kms_options=kms, min_format_version=min_format_version,
+                          verify_blind_indexes=verify_blind_indexes)
 
 
 def _decrypted_batches(
@@ -56,9 +82,11 @@ def _decrypted_batches(
 ) -> Iterator[pa.RecordBatch]:
     where = f"file {path}"
     offset = 0
-    for batch in pf.iter_batches(batch_size=batch_size, columns=chosen):
+    read = _to_read(decryptor, chosen, pf.schema_arrow.names)
+    for batch in pf.iter_batches(batch_size=batch_size, columns=read):
         at = where if offset == 0 else f"{where} (batch from row {offset})"
-        yield decryptor.decrypt_batch(batch, where=at)
+        out = decryptor.decrypt_batch(batch, where=at)
+        yield out if read == chosen else out.select(chosen)
         offset += batch.num_rows
 
 
@@ -69,29 +97,34 @@ def iter_decrypted_batches(
     kms_options: KmsConfigLike = None,
     key_table: KeyTable | None = None,
     batch_size: int = DEFAULT_BATCH_ROWS,
+    require_encrypted: Sequence[str] | None = None,
+    min_format_version: int = 1,
+    verify_blind_indexes: bool = False,
 ) -> Iterator[pa.RecordBatch]:
     """Stream one encrypted Parquet file as decrypted record batches.
 
-    :param columns: the columns to read (default all); only these are read from disk,
-        and only their data keys are unwrapped -- plain columns alone make no KMS call.
+    :param columns: the columns to read (default all); only these are read from disk (and the
+        columns decrypting them needs), and only their data keys are unwrapped -- plain columns
+        alone make no KMS call.
     :param key_table: use this key table instead of the footer's (+ the dataset manifest's).
+    :param require_encrypted: columns the file must store encrypted (else FormatError).
+    :param min_format_version: 2 refuses a file of format version 1.
+    :param verify_blind_indexes: recompute blind-index cells from their source (read along).
     """
     local = local_path(path)
     pf = open_parquet(local)
-    chosen = _check_columns(columns, pf.schema_arrow.names, f"file {local}")
-    if key_table is None:
-        key_table = _file_key_table(pf, local)
-    decryptor = BatchDecryptor(key_table, kms_options=kms_options)
+    names = pf.schema_arrow.names
+    chosen = _check_columns(columns, names, f"file {local}")
+    decryptor = _file_decryptor(local, names, KmsConfig.of(kms_options), key_table, require_encrypted,
+                                min_format_version, verify_blind_indexes)
     yield from _decrypted_batches(pf, local, chosen, decryptor, batch_size)
 
 
-def _file_table(
-    path: str, columns: list[str] | None, kms_options: KmsConfigLike
-) -> pa.Table:
+def _file_table(path: str, columns: list[str] | None, decryptor_of: object) -> pa.Table:
     # One open and one footer parse per file: the schema and the batches share them.
     pf = open_parquet(path)
     chosen = _check_columns(columns, pf.schema_arrow.names, f"file {path}")
-    decryptor = BatchDecryptor(_file_key_table(pf, path), kms_options=kms_options)
+    decryptor: BatchDecryptor = decryptor_of(pf.schema_arrow.names)  # type: ignore[operator]
     schema = decryptor.plaintext_schema(pf.schema_arrow)
     if chosen is not None:
         schema = pa.schema([schema.field(c) for c in chosen], metadata=schema.metadata)
@@ -104,29 +137,68 @@ def read_decrypted_table(
     columns: Sequence[str] | None = None,
     *,
     kms_options: KmsConfigLike = None,
+    require_encrypted: Sequence[str] | None = None,
+    min_format_version: int = 1,
+    verify_blind_indexes: bool = False,
 ) -> pa.Table:
     """Read and decrypt one file, or a whole dataset directory, into a table.
 
     For a directory, hive partition directories become columns again (typed as
     pyarrow.dataset infers them) and every file is decrypted with the dataset's merged
     key table; a failing cell is reported with its file.
+
+    :param require_encrypted: columns every file must store encrypted (else FormatError naming the file).
+    :param min_format_version: 2 refuses files of format version 1 (unauthenticated column specs).
+    :param verify_blind_indexes: recompute blind-index cells from their source column.
     """
     local = local_path(path_or_dataset)
+    kms = KmsConfig.of(kms_options)
     if os.path.isfile(local):
-        return _file_table(local, None if columns is None else list(columns), kms_options)
+
+        def decryptor_of(names: list[str]) -> BatchDecryptor:
+            return _file_decryptor(local, names, kms, None, require_encrypted, min_format_version,
+                                   verify_blind_indexes)
+
+        return _file_table(local, None if columns is None else list(columns), decryptor_of)
     if not os.path.isdir(local):
         raise ConfigurationError(f"no such file or dataset directory: {local}")
-    key_table = Dataset.open(local, require_files=False).key_table()
-    dataset = ds.dataset(local, format="parquet", partitioning="hive", ignore_prefixes=["_", "."])
+    keys = Dataset.open(local, require_files=False, kms_options=kms, require_encrypted=require_encrypted,
+                        min_format_version=min_format_version)
+    key_table = keys.key_table()
+    with _stored_data(f"dataset {local}"):
+        dataset = ds.dataset(local, format="parquet", partitioning="hive", ignore_prefixes=["_", "."])
     chosen = _check_columns(columns, dataset.schema.names, f"dataset {local}")
-    decryptor = BatchDecryptor(key_table, kms_options=kms_options)
+    decryptor = BatchDecryptor(key_table, kms_options=kms, min_format_version=keys.min_format_version,
+                               verify_blind_indexes=verify_blind_indexes)
     schema = decryptor.plaintext_schema(dataset.schema, chosen)
     if chosen is not None:
         schema = pa.schema([schema.field(c) for c in chosen], metadata=schema.metadata)
+    read = _to_read(decryptor, chosen, dataset.schema.names)
     tables: list[pa.Table] = []
     for fragment in dataset.get_fragments():
-        stored = fragment.to_table(schema=dataset.schema, columns=chosen)
-        tables.append(decryptor.decrypt_table(stored, chosen, where=f"file {fragment.path}"))
+        file = str(Path(fragment.path).resolve())
+        per_file = decryptor if file not in keys.footers else BatchDecryptor(
+            keys.key_table_for(file, key_table), kms_options=kms, min_format_version=keys.min_format_version,
+            verify_blind_indexes=verify_blind_indexes,
+        )
+        with _stored_data(f"file {fragment.path}"):
+            stored = fragment.to_table(schema=dataset.schema, columns=read)
+        out = per_file.decrypt_table(stored, chosen, where=f"file {fragment.path}")
+        tables.append(out if read == chosen else out.select(chosen))
     if not tables:
         return schema.empty_table()
-    return pa.concat_tables(tables).cast(schema) if len(tables) > 1 else tables[0].cast(schema)
+    with _stored_data(f"dataset {local}"):
+        return pa.concat_tables(tables).cast(schema) if len(tables) > 1 else tables[0].cast(schema)
+
+
+@contextmanager
+def _stored_data(where: str) -> Iterator[None]:
+    """Files whose stored columns disagree with each other (a column of another type in one file) are a
+    FormatError naming the place; Arrow's own message is left out, as it may quote stored values."""
+    try:
+        yield
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise FormatError(
+            f"{where}: the stored columns do not fit the dataset's schema ({type(exc).__name__}): a file holds a "
+            "column of another type than the others"
+        ) from None

@@ -12,6 +12,9 @@ Modules, top to bottom (each imports only those below it):
 * :mod:`~spark_kms.spark.udfs`: the Arrow UDF factories
 * :mod:`~spark_kms.spark.key_registry`: the on-disk registry where encrypting UDFs publish data keys
 * :mod:`~spark_kms.spark.session`: ``local_session``
+* ``_errors``: ``errors_translated`` / ``translate_spark_error``: a spark_kms error raised inside Spark
+  back as itself (the library's own Spark actions use it; wrap your actions on ``read_encrypted``
+  DataFrames in it)
 
 Every KMS is reached through a :class:`spark_kms.kms.KmsConfig` (the ``kms_options`` option or
 parameter), every dataset through :mod:`spark_kms.parquet.dataset`.
@@ -42,6 +45,8 @@ _EXPORTS: dict[str, str] = {
     "ColumnEncryptor": "ml",
     "ColumnDecryptor": "ml",
     "KEYS_COLUMN": "ml",
+    "errors_translated": "_errors",
+    "translate_spark_error": "_errors",
 }
 
 __all__ = sorted(_EXPORTS)

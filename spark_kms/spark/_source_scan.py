@@ -23,7 +23,7 @@ from spark_kms.errors import ConfigurationError, FormatError
 from spark_kms.kms import KmsConfig
 from spark_kms.parquet.dataset import Dataset, dataset_path, open_parquet
 from spark_kms.spark._hive import hive_partition_values, infer_partition_type, partition_scalar
-from spark_kms.spark._options import kms_config_option, positive_int
+from spark_kms.spark._options import kms_config_option, positive_int, split_list
 
 __all__ = ["SparkKmsFilteringReader", "SparkKmsInputPartition", "SparkKmsReader"]
 
@@ -43,6 +43,8 @@ class _ScanOptions:
     batch_size: int
     max_partition_bytes: int
     filter_pushdown: bool
+    require_encrypted: tuple[str, ...] = ()
+    min_format_version: int = 1
 
     @classmethod
     def from_options(cls, options: Mapping[str, str]) -> _ScanOptions:
@@ -58,10 +60,12 @@ class _ScanOptions:
             batch_size=positive_int(opts, "batch_size", _DEFAULT_READ_BATCH_ROWS),
             max_partition_bytes=positive_int(opts, "max_partition_bytes", _DEFAULT_MAX_PARTITION_BYTES),
             filter_pushdown=pushdown == "true",
+            require_encrypted=tuple(split_list(opts.get("require_encrypted"))),
+            min_format_version=positive_int(opts, "min_format_version", 1),
         )
 
     def plan(self) -> _DatasetPlan:
-        return _DatasetPlan.build(self.path)
+        return _DatasetPlan.build(self.path, self)
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,7 @@ class _DatasetPlan:
     partition_types: tuple[Any, ...]  # Spark DataTypes, inferred like Spark's partition discovery
 
     @classmethod
-    def build(cls, path: str) -> _DatasetPlan:
+    def build(cls, path: str, scan: _ScanOptions | None = None) -> _DatasetPlan:
         """The plan of the files under ``path`` (the dataset root, a hive partition directory or
         one data file), with the dataset root's manifest applied to every footer.
 
@@ -101,7 +105,11 @@ class _DatasetPlan:
         from spark_kms.crypto import AES_256_GCM, AES_256_SIV
         from spark_kms.parquet import parse_arrow_type
 
-        dataset = Dataset.open(path, job=_WHAT, require_files=False)
+        dataset = Dataset.open(
+            path, job=_WHAT, require_files=False, kms_options=scan.kms if scan else None,
+            require_encrypted=scan.require_encrypted if scan else None,
+            min_format_version=scan.min_format_version if scan else 1,
+        )
         if not dataset.files:
             raise ConfigurationError(
                 f"dataset {path} has no data files, so its schema cannot be inferred: pass .schema(...)"

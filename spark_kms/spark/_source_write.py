@@ -23,6 +23,7 @@ from spark_kms.errors import ConfigurationError, JobError
 from spark_kms.kms import KmsProvider, kms_call_counts
 from spark_kms.parquet.dataset import dataset_path
 from spark_kms.spark._commit import abort_staged, commit_staged, recover_interrupted_commits, staging_dir
+from spark_kms.spark._errors import marked_for_driver
 from spark_kms.spark._hive import hive_dir_value
 from spark_kms.spark._options import (
     KEYS_COLUMN,
@@ -88,6 +89,7 @@ class SparkKmsWriter(DataSourceArrowWriter):
     when pickled: each task builds its own provider for ``key_uri``).
     """
 
+    @marked_for_driver()  # a spark_kms error reaches the driver as itself (spark/_errors.py)
     def __init__(self, options: Mapping[str, str], schema: Any, overwrite: bool) -> None:
         opts = {k.lower(): v for k, v in options.items()}
         if not opts.get("path"):
@@ -119,6 +121,24 @@ class SparkKmsWriter(DataSourceArrowWriter):
             "spark_kms.columns": ",".join(encrypted),
             "spark_kms.job_id": self.job_id,
         }
+        # The one KMS call made here comes before any staging exists: if it fails (a disabled or
+        # denied key), Spark never calls abort() and nothing may be left behind in the dataset.
+        self.deterministic_entry = None
+        self.driver_kms_calls: dict[str, int] = {}
+        if self.deterministic or self.blind_index:
+            from spark_kms.parquet.join_domains import domain_key
+
+            before = kms_call_counts()
+            # One key per join domain, made by the domain's first writer and reused by every later
+            # one (appends, overwrites, other datasets of a named domain): equal values, equal cells.
+            self.deterministic_entry = domain_key(
+                self.path, key_uri=self._provider().key_uri, kms_options=self.kms,
+                domain=opts.get("join_domain") or None, store=opts.get("join_domain_store") or None,
+            )
+            self.driver_kms_calls = counts_delta(before, kms_call_counts())
+            logger.info("write %s: join-domain data key %s (key %s, version %s)", self.write_id,
+                        self.deterministic_entry.dek_id, self.deterministic_entry.key_id,
+                        self.deterministic_entry.key_version)
         # Finish an interrupted commit before staging anything new next to it.
         recover_interrupted_commits(self.path)
         # Tasks only write inside this directory and never create it: once abort() removed it,
@@ -130,18 +150,6 @@ class SparkKmsWriter(DataSourceArrowWriter):
             self.write_id, self.path, self.mode, self.job_id, self.staging_dir, self.columns, self.deterministic,
             self.blind_index, self.partition_by, self.key_uri, self.kms,
         )
-
-        self.deterministic_entry = None
-        self.driver_kms_calls: dict[str, int] = {}
-        if self.deterministic or self.blind_index:
-            from spark_kms.parquet.keys import new_deterministic_entry
-
-            before = kms_call_counts()
-            self.deterministic_entry = new_deterministic_entry(self._provider(), self.encryption_context)
-            self.driver_kms_calls = counts_delta(before, kms_call_counts())
-            logger.info("write %s: job-wide deterministic data key %s (key %s, version %s)", self.write_id,
-                        self.deterministic_entry.dek_id, self.deterministic_entry.key_id,
-                        self.deterministic_entry.key_version)
 
     @property
     def mode(self) -> str:
@@ -209,6 +217,7 @@ class SparkKmsWriter(DataSourceArrowWriter):
         return staging_dir(self.path, self.write_id)
 
     # -- executors -----------------------------------------------------------------
+    @marked_for_driver()  # a spark_kms error reaches the driver as itself (spark/_errors.py)
     def write(self, iterator: Iterator[pa.RecordBatch]) -> SparkKmsCommitMessage:
         from pyspark import TaskContext
 
@@ -236,6 +245,7 @@ class SparkKmsWriter(DataSourceArrowWriter):
         )
 
     # -- driver ----------------------------------------------------------------------
+    @marked_for_driver()  # a spark_kms error reaches the driver as itself (spark/_errors.py)
     def commit(self, messages: list[SparkKmsCommitMessage | None]) -> None:  # type: ignore[override]
         done = [m for m in messages if m is not None]
         if len(done) != len(messages):

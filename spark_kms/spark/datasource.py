@@ -24,6 +24,11 @@ Options (all strings, names lower case):
                           Spark rejects it with "partitioning columns do not match", so use this option.)
 ``max_cells_per_dek``     roll to a new data key after this many cells (default 2**28)
 ``run_id``                the job id recorded in the encryption context (default: a fresh id)
+``join_domain``           the join domain of deterministic / blind-index columns (default: the dataset's own);
+                          its one key is made by the first writer and reused by every later one
+                          (:mod:`spark_kms.parquet.join_domains`)
+``join_domain_store``     the directory where a named join domain's key lives (shared by its datasets;
+                          default ``$SPARK_KMS_JOIN_DOMAIN_STORE``)
 
 Layout and protocol
 -------------------
@@ -71,6 +76,8 @@ JVM). Read options:
                          (:class:`SparkKmsFilteringReader`); Spark also needs
                          ``spark.sql.python.filterPushdown.enabled=true``. Load a fresh
                          DataFrame per query then (a Spark 4.3 caveat, see the class)
+``require_encrypted``    comma list of columns every file must store encrypted (else the read is refused)
+``min_format_version``   ``2`` refuses files whose key tables predate authenticated column specs
 
 * Schema (``.schema(...)`` optional): the stored columns with encrypted ones at their original
   types (from the footers' key tables), blind indexes ``binary``, then hive partition columns

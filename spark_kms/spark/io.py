@@ -41,6 +41,7 @@ from spark_kms.errors import ConfigurationError
 from spark_kms.kms import KmsConfig, KmsConfigLike
 from spark_kms.parquet.dataset import Dataset, apply_manifest, dataset_path
 from spark_kms.spark._commit import recover_interrupted_commits
+from spark_kms.spark._errors import errors_translated
 from spark_kms.spark._options import KEYS_COLUMN, RESULT_OPTION
 from spark_kms.spark._source_write import WriteResult
 from spark_kms.spark.datasource import register
@@ -67,12 +68,18 @@ def write_encrypted(
     kms_options: KmsConfigLike = None,
     max_cells_per_dek: int | None = None,
     run_id: str | None = None,
+    join_domain: str | None = None,
+    join_domain_store: str | None = None,
 ) -> WriteResult:
     """Write ``df`` to ``path`` as encrypted Parquet through the ``spark_kms`` data source.
 
     ``mode`` is ``"overwrite"`` or ``"append"``; ``kms_options`` is a
-    :class:`~spark_kms.kms.KmsConfig` or provider options per key-URI scheme. Returns the
-    totals the commit computed.
+    :class:`~spark_kms.kms.KmsConfig` or provider options per key-URI scheme. Deterministic and
+    blind-index columns use the key of ``join_domain`` (default: the dataset's own domain; a named
+    domain keeps its key in ``join_domain_store``, see :mod:`spark_kms.parquet.join_domains`). Returns the
+    totals the commit computed. A failed write raises the spark_kms error that stopped it (e.g.
+    ``KeyStateError``, ``AccessDeniedError``), not Spark's wrapper of it, and leaves the previous
+    data at ``path`` untouched.
     """
     if mode not in ("overwrite", "append"):
         raise ConfigurationError(f"mode must be 'overwrite' or 'append', got {mode!r}")
@@ -95,6 +102,8 @@ def write_encrypted(
         .option("partition_by", ",".join(partition_by))
         .option("encryption_context", json.dumps(dict(encryption_context or {})))
         .option("kms_options", kms.to_json())
+        .option("join_domain", join_domain or "")
+        .option("join_domain_store", os.fspath(join_domain_store) if join_domain_store else "")
         .option(RESULT_OPTION, result_file)
     )
     if key_uri:
@@ -107,7 +116,8 @@ def write_encrypted(
                 "key %s; %r", target, mode, list(columns), list(deterministic_columns), dict(blind_index or {}),
                 list(partition_by), key_uri, kms)
     try:
-        writer.save(target)
+        with errors_translated():
+            writer.save(target)
         with open(result_file, encoding="utf-8") as fh:
             data = json.load(fh)
     finally:
@@ -122,14 +132,25 @@ def write_encrypted(
 # -- reading ----------------------------------------------------------------------------
 
 
-def _dataset_keys(path: str, df: Any) -> tuple[Dataset, KeyTable]:
+def _dataset_keys(
+    path: str,
+    df: Any,
+    kms: KmsConfigLike = None,
+    require_encrypted: Sequence[str] | None = None,
+    min_format_version: int = 1,
+) -> tuple[Dataset, KeyTable]:
     local = dataset_path(path, what="read_encrypted")
     has_keys_column = KEYS_COLUMN in df.columns
-    dataset = Dataset.open(local, missing_ok=has_keys_column, require_files=False)
+    # The KMS options verify an authenticated manifest (a declared dataset); the required columns
+    # and the minimum format version refuse files that are not encrypted as they must be.
+    dataset = Dataset.open(local, missing_ok=has_keys_column, require_files=False, kms_options=kms,
+                           require_encrypted=require_encrypted, min_format_version=min_format_version)
     table = dataset.key_table()
     if has_keys_column:
         where = f"dataset {local}, column {KEYS_COLUMN}"
-        for row in df.select(KEYS_COLUMN).distinct().collect():
+        with errors_translated():
+            rows = df.select(KEYS_COLUMN).distinct().collect()
+        for row in rows:
             text = row[0]
             if text is not None:
                 # The manifest's precedence holds for keys that travel in the column too.
@@ -153,6 +174,8 @@ def read_encrypted(
     *,
     columns: Sequence[str] | None = None,
     kms_options: KmsConfigLike = None,
+    require_encrypted: Sequence[str] | None = None,
+    min_format_version: int = 1,
 ) -> Any:
     """A DataFrame of the dataset at ``path`` with its encrypted columns decrypted lazily.
 
@@ -160,13 +183,25 @@ def read_encrypted(
     :param columns: keep only these columns (plain or encrypted), in this order; default all.
     :param kms_options: how to reach each KMS, used on executors to unwrap keys (a
         :class:`~spark_kms.kms.KmsConfig`, or provider options per key-URI scheme).
+    :param require_encrypted: columns that must be encrypted in every file: a file that stores one
+        in plaintext is refused (see docs/FORMAT.md, "Threat model"); a declared dataset's
+        authenticated declaration is always checked.
+    :param min_format_version: refuse files older than this key-table format (2: authenticated specs).
     :raises MissingKeyTableError: a data file has no key table (names the file).
     :raises ConfigurationError: ``columns`` names a column the dataset does not have.
+
+    The DataFrame is lazy: a key that does not unwrap or a cell that does not authenticate fails
+    the action you run on it, as Spark's ``PythonException``. Run the action inside
+    :func:`spark_kms.spark.errors_translated` to get the spark_kms error itself::
+
+        with errors_translated():
+            rows = read_encrypted(spark, path).collect()   # KeyStateError, DecryptionError, ...
     """
     from spark_kms.spark.udfs import decrypt_udf
 
     df = spark.read.parquet(path)
-    dataset, table = _dataset_keys(path, df)
+    kms = KmsConfig.of(kms_options)
+    dataset, table = _dataset_keys(path, df, kms, require_encrypted, min_format_version)
     if KEYS_COLUMN in df.columns:
         df = df.drop(KEYS_COLUMN)
     names = list(df.columns)
@@ -175,7 +210,6 @@ def read_encrypted(
         if missing:
             raise ConfigurationError(f"dataset {dataset_path(path)} has no columns {missing} (columns: {names})")
         names = list(columns)
-    kms = KmsConfig.of(kms_options)
     selected = []
     decrypted = []
     for name in names:
@@ -183,6 +217,11 @@ def read_encrypted(
         if spec is None or spec.algorithm == HMAC_SHA256_BIDX:
             selected.append(df[name])
             continue
+        if getattr(spec, "row_binding", None):
+            raise ConfigurationError(
+                f"dataset {dataset_path(path)}: column {name!r} is bound to the rows' {spec.row_binding!r} values; "
+                "read it with spark.read.format('spark_kms') or spark_kms.parquet.read_decrypted_table"
+            )
         udf = decrypt_udf(name, spec.arrow_type, table.deks, kms)
         selected.append(udf(df[name]).alias(name))
         decrypted.append(name)

@@ -3,7 +3,12 @@ and :class:`ColumnDecryptor`.
 
 Both are pure-Python Transformers with ``DefaultParamsReadable/Writable`` (``save``/``load``,
 usable as :class:`pyspark.ml.Pipeline` stages). Every Param is a plain string, list or
-int, so a saved stage holds configuration only -- never key material.
+int, so a saved stage holds configuration only -- never key material, and never a secret
+KMS option: ``save`` (also as a stage of a saved Pipeline or PipelineModel) writes
+``kmsOptions`` as :meth:`KmsConfig.public_options() <spark_kms.kms.KmsConfig.public_options>`,
+without the options each provider declares secret (a local root key, a Vault token, a client
+secret). After ``load``, give them again with ``setKmsOptions``; a stage that needs one and
+lacks it fails with its provider's own error (e.g. the local KMS: "no root key was given").
 
 Layout of :class:`ColumnEncryptor`'s output
     * ``inputCols`` (AES-256-GCM) and ``deterministicCols`` (AES-SIV) keep their names and
@@ -42,7 +47,7 @@ from pyspark import keyword_only
 from pyspark.ml import Transformer
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCols
-from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable, DefaultParamsWriter
 
 from spark_kms.crypto import (
     AES_256_GCM,
@@ -53,6 +58,7 @@ from spark_kms.crypto import (
 from spark_kms.errors import ConfigurationError
 from spark_kms.kms import KmsConfig
 from spark_kms.parquet.encryptor import BatchEncryptor, EncryptionSpec
+from spark_kms.parquet.join_domains import domain_key
 from spark_kms.parquet.keys import new_deterministic_entry
 from spark_kms.spark._options import KEYS_COLUMN
 from spark_kms.spark.udfs import decrypt_udf
@@ -104,6 +110,24 @@ def _kms_options_json(value: Any) -> str:
     return text
 
 
+class _PublicParamsWriter(DefaultParamsWriter):
+    """Saves a stage's Params with ``kmsOptions`` reduced to its public options (see the module docstring)."""
+
+    def saveImpl(self, path: str) -> None:
+        instance = self.instance
+        params = {param.name: value for param, value in instance._paramMap.items()}
+        if "kmsOptions" in params:
+            kms = KmsConfig.of(params["kmsOptions"])
+            public = kms.public_options()
+            params["kmsOptions"] = _json_object(public)
+            dropped = sorted(f"{scheme}.{name}" for scheme, opts in kms.options().items()
+                             for name in opts if name not in public.get(scheme, {}))
+            if dropped:
+                logger.info("%s saved to %s without its secret KMS options %s: set them again with "
+                            "setKmsOptions after load", type(instance).__name__, path, dropped)
+        DefaultParamsWriter.saveMetadata(instance, path, self.sparkSession, paramMap=params)
+
+
 class _KmsParams(Params):
     """Params shared by both transformers."""
 
@@ -128,6 +152,10 @@ class _KmsParams(Params):
         """The kmsOptions Param as the :class:`~spark_kms.kms.KmsConfig` tasks carry."""
         return KmsConfig.of(self.getOrDefault(self.kmsOptions))
 
+    def write(self) -> DefaultParamsWriter:
+        """The writer of ``save``: every Param, ``kmsOptions`` without its secret options."""
+        return _PublicParamsWriter(self)
+
 
 class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadable, DefaultParamsWritable):
     """Encrypts PII columns with one data key per partition (layout in the module docstring).
@@ -137,7 +165,8 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
     :param deterministicCols: columns to encrypt with AES-SIV (joinable, reveals equality).
     :param blindIndexCols: source columns to blind-index (``"email"`` or ``"email=email_idx"``).
     :param encryptionContext: JSON object of str -> str sent to the KMS (audit trail).
-    :param kmsOptions: JSON object of provider options per key-URI scheme (or a KmsConfig, or a mapping).
+    :param kmsOptions: JSON object of provider options per key-URI scheme (or a KmsConfig, or a mapping);
+        ``save`` drops its secret options (set them again after ``load``).
     :param maxCellsPerDek: non-null cells per data key before rolling to a new one.
     """
 
@@ -168,6 +197,19 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         "non-null AES-GCM cells per data key before rolling to a new data key",
         typeConverter=TypeConverters.toInt,
     )
+    joinDomain: Param[str] = Param(
+        Params._dummy(),
+        "joinDomain",
+        "join domain of the deterministic / blind-index columns: its one key is made once and reused by "
+        "every transform (and data source write) naming it; unset: a new key per transform",
+        typeConverter=TypeConverters.toString,
+    )
+    joinDomainStore: Param[str] = Param(
+        Params._dummy(),
+        "joinDomainStore",
+        "directory holding the join domain's key (default $SPARK_KMS_JOIN_DOMAIN_STORE)",
+        typeConverter=TypeConverters.toString,
+    )
 
     @keyword_only
     def __init__(
@@ -180,6 +222,8 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         encryptionContext: Mapping[str, str] | str | None = None,
         kmsOptions: KmsConfig | Mapping[str, Mapping[str, Any]] | str | None = None,
         maxCellsPerDek: int | None = None,
+        joinDomain: str | None = None,
+        joinDomainStore: str | None = None,
     ) -> None:
         super().__init__()
         self._setDefault(
@@ -203,6 +247,8 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         encryptionContext: Mapping[str, str] | str | None = None,
         kmsOptions: KmsConfig | Mapping[str, Mapping[str, Any]] | str | None = None,
         maxCellsPerDek: int | None = None,
+        joinDomain: str | None = None,
+        joinDomainStore: str | None = None,
     ) -> ColumnEncryptor:
         kwargs = self._input_kwargs
         return self._set(**{k: v for k, v in kwargs.items() if v is not None})
@@ -273,9 +319,15 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         BatchEncryptor(spec, key_uri, kms_options=kms, max_cells_per_dek=max_cells).output_schema(
             to_arrow_schema(dataset.schema, timezone="UTC")
         )
-        deterministic_entry = (
-            new_deterministic_entry(kms.provider(key_uri), context) if spec.needs_deterministic_key else None
-        )
+        deterministic_entry = None
+        if spec.needs_deterministic_key:
+            domain = self.getOrDefault(self.joinDomain) if self.isDefined(self.joinDomain) else None
+            if domain:
+                store = self.getOrDefault(self.joinDomainStore) if self.isDefined(self.joinDomainStore) else None
+                deterministic_entry = domain_key(None, key_uri=key_uri, kms_options=kms, domain=domain,
+                                                 store=store or None)
+            else:
+                deterministic_entry = new_deterministic_entry(kms.provider(key_uri), context)
         encrypted = set(spec.columns) | set(spec.deterministic)
         fields = [
             StructField(f.name, BinaryType(), f.nullable) if f.name in encrypted else f
@@ -335,7 +387,8 @@ class ColumnDecryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         present in the DataFrame (blind indexes are one-way and stay as they are).
     :param keyTable: the KeyTable JSON to use; default: the distinct values of
         :data:`KEYS_COLUMN`, gathered with one small Spark job.
-    :param kmsOptions: JSON object of provider options per key-URI scheme (or a KmsConfig, or a mapping).
+    :param kmsOptions: JSON object of provider options per key-URI scheme (or a KmsConfig, or a mapping);
+        ``save`` drops its secret options (set them again after ``load``).
 
     The output drops :data:`KEYS_COLUMN`. Data keys are unwrapped lazily on the executors,
     at most once per data key per worker process (:func:`~spark_kms.spark.udfs.decrypt_udf`).

@@ -104,10 +104,15 @@ def _sql_decrypt(
     table = with_registry_entries(table, key_registry, cells)
     failure: DecryptionError | None = None
     for name in names:
-        spec = ColumnSpec(name, AES_256_GCM, arrow_type, None)
+        # The cells authenticate their column's recorded spec (format 2 binds the type into the
+        # AAD), so decrypt under that spec and only then present the bytes as text or binary.
+        spec = table.columns.get(name)
+        if spec is None or spec.algorithm == HMAC_SHA256_BIDX:
+            spec = ColumnSpec(name, AES_256_GCM, "string", None)
         decryptor = BatchDecryptor(KeyTable(deks=dict(table.deks), columns={name: spec}), kms_options=kms)
         try:
-            return decryptor.decrypt_array(cells, name, where="Spark SQL")
+            plain = decryptor.decrypt_bytes(cells, name, where="Spark SQL")
+            return plain if arrow_type == "binary" else plain.cast(pa.string())
         except DecryptionError as exc:
             if isinstance(exc, UnknownDataKeyError) or label is not None:
                 raise

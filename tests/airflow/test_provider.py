@@ -189,7 +189,8 @@ def test_template_fields_are_set_and_render(airflow_db: object) -> None:
             EncryptDatasetOperator(task_id="enc", source="/land/{{ ds }}", destination="/enc/{{ ds_nodash }}",
                                    columns=["{{ params.col }}"], key_uri="local://alias/{{ params.key }}",
                                    encryption_context={"day": "{{ ds }}"}, kms_options={"local": {"keystore": "/k/{{ ds }}"}},
-                                   job_run_id="run-{{ ds_nodash }}", params={"col": "ssn", "key": "pii"}),
+                                   job_run_id="run-{{ ds_nodash }}", params={"col": "ssn", "key": "pii"},
+                                   join_domain="people-{{ ds_nodash }}", join_domain_store="/domains/{{ ds }}"),
             DecryptDatasetOperator(task_id="dec", source="/enc/{{ ds }}", destination="/out/{{ ds }}",
                                    columns=["id"]),
             ReencryptDatasetOperator(task_id="rew", path="/enc/{{ ds }}", mode="reencrypt"),
@@ -206,6 +207,7 @@ def test_template_fields_are_set_and_render(airflow_db: object) -> None:
         "/land/2025-03-04", "/enc/20250304", ["ssn"], "local://alias/pii")
     assert enc.encryption_context == {"day": "2025-03-04"} and enc.kms_options == {"local": {"keystore": "/k/2025-03-04"}}
     assert enc.job_run_id == "run-20250304"
+    assert (enc.join_domain, enc.join_domain_store) == ("people-20250304", "/domains/2025-03-04")
     assert (dec.source, dec.destination, rew.path, sen.path, sen.min_version) == (
         "/enc/2025-03-04", "/out/2025-03-04", "/enc/2025-03-04", ["/a/2025-03-04", "/b"], "3")
     # A static destination is the operator's outlet Asset; a templated one has none unless aliased.

@@ -11,16 +11,24 @@ from hypothesis import strategies as st
 from spark_kms.crypto import (
     AES_256_GCM,
     AES_256_SIV,
+    DECLARATION_PURPOSE,
     HMAC_SHA256_BIDX,
     KEY_TABLE_METADATA_KEY,
+    MANIFEST_MAC_ALGORITHM,
     ColumnSpec,
+    Declaration,
     DekEntry,
     KeyTable,
+    authenticate_manifest,
+    column_binding,
     decode_manifest,
+    decode_manifest_document,
     encode_manifest,
+    encode_signed_manifest,
+    row_context,
     utc_now_iso,
 )
-from spark_kms.errors import ConfigurationError, FormatError, UnknownFormatVersionError
+from spark_kms.errors import ConfigurationError, DecryptionError, FormatError, UnknownFormatVersionError
 
 
 def entry(dek_id: str = "a1a2a3a4a5a6a7a8", **changes) -> DekEntry:
@@ -121,8 +129,10 @@ def test_manifest_round_trip_and_shape():
     assert json.loads(raw)["format_version"] == 1 and set(json.loads(raw)) == {"deks", "format_version"}
     assert encode_manifest([a, b]) == raw
     assert decode_manifest(raw, where="_spark_kms_keys.json") == {a.dek_id: a, b.dek_id: b}
-    with pytest.raises(UnknownFormatVersionError):
-        decode_manifest(raw.replace(b'"format_version":1', b'"format_version":2'))
+    with pytest.raises(UnknownFormatVersionError, match="format_version 3"):
+        decode_manifest(raw.replace(b'"format_version":1', b'"format_version":3'))
+    # An unauthenticated version-2 manifest is entries only, as version 1.
+    assert decode_manifest(raw.replace(b'"format_version":1', b'"format_version":2')) == {a.dek_id: a, b.dek_id: b}
     with pytest.raises(FormatError, match=r"_spark_kms_keys\.json"):
         decode_manifest(b'{"format_version":1}', where="dataset /d/_spark_kms_keys.json")
 
@@ -164,6 +174,85 @@ def test_column_spec_rules():
         ColumnSpec("e", "AES_128_CBC", "string")
     with pytest.raises(ConfigurationError, match="deks"):
         KeyTable(deks={"0000000000000000": entry()}, columns={})
+
+
+def test_version_1_tables_keep_their_version_and_bytes_and_merges_keep_the_lowest():
+    v1 = KeyTable(deks={"a1a2a3a4a5a6a7a8": entry()}, columns={"email": ColumnSpec("email", AES_256_GCM, "string")},
+                  format_version=1)
+    back = KeyTable.from_json(v1.to_json())
+    assert back.format_version == 1 and back.to_json() == v1.to_json() and back.source_versions == {1}
+    assert b"row_binding" not in v1.to_json()
+    v2 = KeyTable.from_json(table(entry("b1b2b3b4b5b6b7b8")).to_json())
+    assert v2.format_version == 2 and v2.source_versions == {2}
+    merged = v2.merge(back)
+    assert merged.format_version == 1 and merged.source_versions == {1, 2}
+    assert merged.with_overrides({}).source_versions == {1, 2}
+    # The AAD rules a reader tries: version 2 only for version-2 tables, row-bound columns or strict readers.
+    assert v2.aad_versions("email") == (2,)
+    assert back.aad_versions("email") == (2, 1) and merged.aad_versions("email") == (2, 1)
+    assert back.aad_versions("email", min_format_version=2) == (2,)
+    assert KeyTable(deks={}, columns={}).aad_versions("email") == (2, 1)  # built in code: unknown origin
+    bound = KeyTable(deks={}, columns={"ssn": ColumnSpec("ssn", AES_256_GCM, "string", row_binding="id")},
+                     format_version=1)
+    assert bound.aad_versions("ssn") == (2,)
+    with pytest.raises(ConfigurationError, match="format_version"):
+        KeyTable(deks={}, columns={}, format_version=3)
+
+
+def test_row_binding_rules_and_codec():
+    spec = ColumnSpec("ssn", AES_256_GCM, "string", row_binding="customer_id")
+    assert spec.to_dict()["row_binding"] == "customer_id"
+    assert ColumnSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert "row_binding" not in ColumnSpec("ssn", AES_256_GCM, "string").to_dict()
+    for bad, needle in [
+        (lambda: ColumnSpec("b", HMAC_SHA256_BIDX, "string", source="e", row_binding="id"), "row_binding"),
+        (lambda: ColumnSpec("ssn", AES_256_GCM, "string", row_binding="ssn"), "another column"),
+        (lambda: ColumnSpec("ssn", AES_256_GCM, "string", row_binding=""), "row_binding"),
+        (lambda: ColumnSpec("ssn", AES_256_GCM, "x" * 70000), "arrow_type"),
+    ]:
+        with pytest.raises(ConfigurationError, match=needle):
+            bad()
+    a, b = table(entry()), KeyTable(deks={}, columns={"email": ColumnSpec("email", AES_256_GCM, "string",
+                                                                          row_binding="id")})
+    with pytest.raises(FormatError, match="bound to id"):
+        a.merge(b)
+
+
+def test_column_binding_and_row_context_are_length_prefixed():
+    plain = column_binding(ColumnSpec("c", AES_256_SIV, "int64"))
+    assert plain == b"\x02\x00\x05int64\x00\x00"
+    bound = column_binding(ColumnSpec("c", AES_256_GCM, "string", row_binding="id"))
+    assert bound == b"\x02\x00\x06string\x00\x02id"
+    assert row_context(bound, None) == bound + b"\x00"
+    assert row_context(bound, b"") == bound + b"\x01\x00\x00\x00\x00"
+    assert row_context(bound, b"42") == bound + b"\x01\x00\x00\x00\x0242"
+    # The algorithm is not in the binding: the cell header (in the AAD since version 1) carries it.
+    assert column_binding(ColumnSpec("c", AES_256_GCM, "int64")) == plain
+
+
+def test_signed_manifest_round_trip_and_tamper():
+    key = bytes(range(32))
+    auth = entry("c1c2c3c4c5c6c7c8", algorithm=MANIFEST_MAC_ALGORITHM,
+                 encryption_context={"purpose": DECLARATION_PURPOSE, "dataset": "/d"})
+    declaration = Declaration({"email": ColumnSpec("email", AES_256_GCM, "string")})
+    raw = encode_signed_manifest({"a1a2a3a4a5a6a7a8": entry()}, declaration, auth, key)
+    doc = decode_manifest_document(raw, where="m")
+    assert doc.format_version == 2 and doc.authenticated and doc.declaration == declaration
+    assert doc.deks == {"a1a2a3a4a5a6a7a8": entry()}
+    authenticate_manifest(doc, key, "/d")
+    with pytest.raises(DecryptionError, match="not for '/e'"):
+        authenticate_manifest(doc, key, "/e")
+    with pytest.raises(DecryptionError, match="does not authenticate"):
+        authenticate_manifest(doc, bytes(32), "/d")
+    changed = raw.replace(b'"arrow_type":"string"', b'"arrow_type":"binary"')
+    with pytest.raises(DecryptionError, match="does not authenticate"):
+        authenticate_manifest(decode_manifest_document(changed), key, "/d")
+    with pytest.raises(ConfigurationError, match="not a data key"):
+        encode_manifest([auth])
+    with pytest.raises(ConfigurationError, match=MANIFEST_MAC_ALGORITHM):
+        KeyTable(deks={auth.dek_id: auth}, columns={})
+    with pytest.raises(ConfigurationError, match="auth key"):
+        encode_signed_manifest({}, declaration, entry(), key)
 
 
 def test_utc_now_iso_is_accepted_by_the_codec():

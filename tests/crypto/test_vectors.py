@@ -22,15 +22,22 @@ from spark_kms.crypto import (
     BlindIndexer,
     CellDecryptor,
     CellEncryptor,
+    ColumnSpec,
     DeterministicEncryptor,
     KeyTable,
+    authenticate_manifest,
+    column_binding,
     decode_manifest,
+    decode_manifest_document,
+    row_context,
 )
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 POSITIVE = json.loads((VECTORS / "cells_positive.json").read_text())
 NEGATIVE = json.loads((VECTORS / "cells_negative.json").read_text())
 KEYTABLE = json.loads((VECTORS / "keytable.json").read_text())
+FORMAT2 = json.loads((VECTORS / "format2.json").read_text())
+MAC_KEY = bytes.fromhex(FORMAT2["mac_key_hex"])
 DEKS = {bytes.fromhex(k): bytes.fromhex(v) for k, v in POSITIVE["deks"].items()}
 
 
@@ -192,6 +199,8 @@ def test_independent_reader_rejects_the_tampered_vectors(vector):
 def test_valid_key_table_vector_round_trips_byte_for_byte(vector):
     table = KeyTable.from_json(vector["json"], where="vector")
     assert table.to_json().decode("ascii") == vector["json"]
+    assert table.format_version == json.loads(vector["json"])["format_version"]
+    assert table.source_versions == {table.format_version}
     assert table.columns["email_bidx"].source == "email"
     assert all(len(e.wrapped_dek) > 0 for e in table.deks.values())
 
@@ -238,3 +247,142 @@ def test_the_aes_siv_primitive_matches_published_vectors(key, aad, msg, ct):
     siv = AESSIV(bytes.fromhex(key))
     assert siv.encrypt(bytes.fromhex(msg), [bytes.fromhex(aad)]).hex() == ct
     assert siv.decrypt(bytes.fromhex(ct), [bytes.fromhex(aad)]).hex() == msg
+
+
+# --------------------------------------------------------------------------- format version 2
+# tests/vectors/format2.json: cells whose AAD binds the column spec (and the row), blind indexes under the
+# source column's name, authenticated manifests. Replayed by spark_kms, then by the independent reader below.
+
+
+def _v2_context(spec: dict, row_value_hex: str | None) -> bytes:
+    column = ColumnSpec("x", AES_256_GCM, spec["arrow_type"], row_binding=spec["row_binding"])
+    binding = column_binding(column)
+    if spec["row_binding"] is None:
+        return binding
+    return row_context(binding, None if row_value_hex is None else bytes.fromhex(row_value_hex))
+
+
+def test_format2_vectors_cover_every_rule():
+    names = {v["name"] for v in FORMAT2["cells"]}
+    assert {"v2-gcm-row-bound", "v2-gcm-row-bound-null-key", "v2-siv-string", "v2-gcm-double"} <= names
+    assert len(FORMAT2["negative"]) >= 12 and len(FORMAT2["manifests"]) >= 12
+    assert {m["expected"] for m in FORMAT2["manifests"]} == {"valid", "DecryptionError", "FormatError"}
+
+
+@pytest.mark.parametrize("vector", _by_name(FORMAT2["cells"]))
+def test_format2_cell_replays_and_is_rederived(vector):
+    context = _v2_context(vector["spec"], vector["row_value_hex"])
+    assert context.hex() == vector["context_hex"]
+    cell, plaintext = bytes.fromhex(vector["cell_hex"]), bytes.fromhex(vector["plaintext_hex"])
+    assert CellDecryptor(_lookup).decrypt(cell, vector["column"], context) == plaintext
+    # The reader of a version-1 table tries the version-2 context first, then the empty one.
+    assert CellDecryptor(_lookup).decrypt_many([cell], vector["column"], context, alternatives=[b""]) == [plaintext]
+    dek_id = bytes.fromhex(vector["dek_id"])
+    if vector["algorithm"] == AES_256_GCM:
+        nonce = bytes.fromhex(vector["nonce_hex"])
+        again = CellEncryptor(DEKS[dek_id], dek_id)._encrypt_with_nonce(plaintext, vector["column"], context, nonce)
+    else:
+        again = DeterministicEncryptor(DEKS[dek_id], dek_id).encrypt(plaintext, vector["column"], context)
+    assert again == cell
+
+
+@pytest.mark.parametrize("vector", _by_name(FORMAT2["negative"]))
+def test_format2_negative_vector_fails_to_authenticate(vector):
+    cell = bytes.fromhex(vector["cell_hex"])
+    v2 = _v2_context(vector["spec"], vector["row_value_hex"])
+    contexts = [v2 if rule == 2 else b"" for rule in vector["aad_versions"]]
+    with pytest.raises(errors.DecryptionError, match="column spec") as info:
+        CellDecryptor(_lookup).decrypt(cell, vector["column"], contexts[0], alternatives=contexts[1:],
+                                       where="file part-0.parquet")
+    assert type(info.value) is errors.DecryptionError
+    assert "part-0.parquet" in str(info.value) and vector["column"] in str(info.value)
+
+
+@pytest.mark.parametrize("vector", _by_name(FORMAT2["blind_index"]))
+def test_format2_blind_index_is_keyed_by_the_source_column_name(vector):
+    dek_id = bytes.fromhex(vector["dek_id"])
+    indexer = BlindIndexer(DEKS[dek_id], dek_id)
+    value = bytes.fromhex(vector["plaintext_hex"])
+    assert indexer.index(value, vector["source"]).hex() == vector["cell_hex"]
+    assert vector["cell_under_index_name_hex"] != vector["cell_hex"]
+
+
+@pytest.mark.parametrize("vector", _by_name(FORMAT2["manifests"]))
+def test_format2_manifest_vector(vector):
+    if vector["expected"] == "FormatError":
+        with pytest.raises(errors.FormatError):
+            decode_manifest_document(vector["json"], where="_spark_kms_keys.json")
+        return
+    document = decode_manifest_document(vector["json"], where="_spark_kms_keys.json")
+    if vector["expected"] == "valid":
+        authenticate_manifest(document, MAC_KEY, vector["read_at"])
+        assert document.declaration is not None and document.declaration.min_format_version == 2
+        return
+    with pytest.raises(errors.DecryptionError) as info:
+        authenticate_manifest(document, MAC_KEY, vector["read_at"], where="manifest m.json")
+    assert MAC_KEY.hex() not in str(info.value)
+
+
+def _spec_v2_context(arrow_type: str, row_binding: str | None, row_value: bytes | None) -> bytes:
+    """docs/FORMAT.md section 3, version 2."""
+    t, b = arrow_type.encode(), (row_binding or "").encode()
+    context = b"\x02" + len(t).to_bytes(2, "big") + t + len(b).to_bytes(2, "big") + b
+    if row_binding is None:
+        return context
+    if row_value is None:
+        return context + b"\x00"
+    return context + b"\x01" + len(row_value).to_bytes(4, "big") + row_value
+
+
+def _spec_context_of(vector: dict) -> bytes:
+    row = vector["row_value_hex"]
+    return _spec_v2_context(vector["spec"]["arrow_type"], vector["spec"]["row_binding"],
+                            None if row is None else bytes.fromhex(row))
+
+
+@pytest.mark.parametrize("vector", _by_name(FORMAT2["cells"]))
+def test_independent_reader_follows_the_v2_spec(vector):
+    context = _spec_context_of(vector)
+    assert context.hex() == vector["context_hex"]
+    cell = bytes.fromhex(vector["cell_hex"])
+    assert _spec_read(cell, vector["column"], context, DEKS).hex() == vector["plaintext_hex"]
+
+
+@pytest.mark.parametrize("vector", _by_name(FORMAT2["negative"]))
+def test_independent_reader_rejects_the_v2_negatives(vector):
+    cell = bytes.fromhex(vector["cell_hex"])
+    for rule in vector["aad_versions"]:
+        context = _spec_context_of(vector) if rule == 2 else b""
+        with pytest.raises(InvalidTag):
+            _spec_read(cell, vector["column"], context, DEKS)
+
+
+@pytest.mark.parametrize("vector", _by_name(FORMAT2["blind_index"]))
+def test_independent_reader_computes_blind_indexes_from_the_source_name(vector):
+    dek_id = bytes.fromhex(vector["dek_id"])
+    value = bytes.fromhex(vector["plaintext_hex"])
+    assert _spec_blind_index(value, vector["source"], dek_id, DEKS[dek_id]).hex() == vector["cell_hex"]
+
+
+def _spec_check_manifest(text: str, key: bytes, read_at: str) -> str:
+    """docs/FORMAT.md section 8: 'valid', or why the manifest is refused."""
+    doc = json.loads(text)
+    if doc["format_version"] == 1:
+        return "FormatError" if ("declaration" in doc or "auth" in doc) else "valid"
+    auth = doc.get("auth")
+    if auth is None:
+        return "FormatError" if "declaration" in doc else "valid"
+    unsigned = {**doc, "auth": {k: v for k, v in auth.items() if k != "mac"}}
+    signed = json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    mac_key = HKDF(hashes.SHA256(), 32, salt=None, info=b"spark_kms/v2 manifest MAC").derive(key)
+    if not hmac.compare_digest(hmac.new(mac_key, signed, hashlib.sha256).hexdigest(), auth["mac"]):
+        return "DecryptionError"
+    context = auth["key"]["encryption_context"]
+    if context.get("purpose") != "spark_kms.declaration" or context.get("dataset") != read_at:
+        return "DecryptionError"
+    return "valid"
+
+
+@pytest.mark.parametrize("vector", _by_name(FORMAT2["manifests"]))
+def test_independent_reader_checks_manifests(vector):
+    assert _spec_check_manifest(vector["json"], MAC_KEY, vector["read_at"]) == vector["expected"]

@@ -30,7 +30,8 @@ SPARK_KMS = str(Path(sys.executable).parent / "spark-kms")
 def _done_files(root: Path, run_id: str) -> list[str]:
     out = []
     for f in sorted(root.rglob("*.parquet")):
-        deks = read_key_table(f).deks.values()
+        # The per-file (GCM) keys name the run; the deterministic key is the dataset's join-domain key.
+        deks = [e for e in read_key_table(f).deks.values() if e.algorithm != "AES_256_SIV"]
         if deks and all(e.encryption_context.get(RUN_ID_CONTEXT_KEY) == run_id for e in deks):
             out.append(str(f))
     return out

@@ -148,3 +148,12 @@ def test_a_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(builtins, "__import__", no_hvac)
     with pytest.raises(MissingExtraError, match=r"spark-kms\[vault\]"):
         KmsConfig().provider("vault://127.0.0.1:8200/transit/keys/k")
+
+
+def test_raw_secret_bytes_are_masked_in_every_printed_form() -> None:
+    import base64
+
+    raw = bytes(range(200, 232))
+    kms = KmsConfig({"local": {"keystore": "/ks", "root_key": raw}})
+    values = kms.secret_values()
+    assert base64.b64encode(raw).decode() in values and raw.hex() in values and repr(raw) in values

@@ -403,3 +403,46 @@ def test_local_harness_and_throttling():
         throttled = [e for e in h.admin.audit_events() if e["outcome"] == "ThrottlingError"]
         assert len(throttled) >= 2 + 5
         assert LocalKmsProvider(**{"key_uri": f"local://{h.alias}"}, **h.provider_options()) == p
+
+
+# -- the keystore is private, whatever the umask (issue #14, item 7) -----------------------------------
+def _mode(path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+def _use_keystore(keystore, root_key=None) -> None:
+    kms = LocalKms(keystore, principal="alice", root_key=root_key)
+    kms.create_key(alias="alias/pii")
+    dk = kms.generate_data_key("alias/pii", CTX)
+    kms.rotate_key("alias/pii")
+    assert kms.decrypt(dk.wrapped.ciphertext, CTX) == dk.plaintext
+    options = {"root_key": root_key} if root_key else {}
+    p = provider_from_uri("local://alias/pii", keystore=str(keystore), **options)
+    p.decrypt_data_key(p.generate_data_key(CTX).wrapped, CTX)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+@pytest.mark.parametrize("injected_root_key", [False, True])
+def test_keystore_directory_is_0700_and_every_file_0600_whatever_the_umask(tmp_path, umask, injected_root_key):
+    keystore = tmp_path / "home" / "keystore"
+    root_key = os.urandom(32) if injected_root_key else None
+    old = os.umask(umask)
+    try:
+        _use_keystore(keystore, root_key)
+    finally:
+        os.umask(old)
+    files = {p.name: _mode(p) for p in keystore.iterdir()}
+    expected = {"keystore.json", "keystore.lock", "audit.log"} | (set() if injected_root_key else {"root.key"})
+    assert expected <= set(files), files
+    assert files == dict.fromkeys(files, 0o600), {n: oct(m) for n, m in files.items()}
+    assert _mode(keystore) == 0o700
+
+
+def test_a_loose_keystore_is_made_private_by_the_next_call(kms, key_id, keystore):
+    kms.generate_data_key("alias/pii", CTX)
+    os.chmod(keystore, 0o755)
+    for p in keystore.iterdir():
+        os.chmod(p, 0o644)
+    kms.describe_key("alias/pii")
+    assert _mode(keystore) == 0o700
+    assert {p.name: _mode(p) for p in keystore.iterdir()} == {p.name: 0o600 for p in keystore.iterdir()}

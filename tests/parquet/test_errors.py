@@ -220,16 +220,42 @@ def test_writer_refuses_a_batch_of_another_schema(kms: Kms, tmp_path: Path) -> N
     assert not path.exists()  # the partial file is removed on error
 
 
-def test_type_mismatch_in_key_table_is_a_format_error_without_values(kms: Kms, encrypted: Path) -> None:
+def test_type_changed_in_key_table_fails_authentication_without_values(kms: Kms, encrypted: Path) -> None:
+    # Version 2: the arrow_type is in every cell's associated data, so the cells refuse the changed spec
+    # (version 1 read them and then failed -- or not -- to convert them).
     table = pq.read_table(encrypted)
     meta = dict(pq.read_metadata(encrypted).metadata)
     doc = json.loads(meta[KEY])
     doc["columns"]["ssn"]["arrow_type"] = "int64"
     meta[KEY] = json.dumps(doc).encode()
     _rewrite(encrypted, table, meta)
-    with pytest.raises(FormatError, match="int64") as info:
+    with pytest.raises(DecryptionError, match="column spec does not match") as info:
         read_decrypted_table(encrypted, kms_options=kms.options)
+    assert "'ssn'" in str(info.value) and str(encrypted) in str(info.value)
     _assert_clean(info.value)
+
+
+def test_version_1_cells_whose_type_does_not_convert_are_a_format_error_without_values(kms: Kms) -> None:
+    # A version-1 key table (unauthenticated specs) whose arrow_type disagrees with its cells.
+    from spark_kms.crypto import AES_256_GCM, CellEncryptor, ColumnSpec, KeyTable
+
+    enc = BatchEncryptor(EncryptionSpec(columns=["ssn"]), kms.provider)
+    enc.encrypt_batch(pa.record_batch({"ssn": ["x"]}))
+    entry = enc.dek_entries[0]
+    key = kms.provider.decrypt_data_key(_wrapped(entry), entry.encryption_context)
+    cells = CellEncryptor(key, bytes.fromhex(entry.dek_id)).encrypt_many([s.encode() for s in SECRETS[:3]], "ssn")
+    table = KeyTable(deks={entry.dek_id: entry}, columns={"ssn": ColumnSpec("ssn", AES_256_GCM, "int64")},
+                     format_version=1)
+    with pytest.raises(FormatError, match="int64") as info:
+        BatchDecryptor(table, kms_options=kms.options).decrypt_array(pa.array(cells, pa.binary()), "ssn", where="f")
+    _assert_clean(info.value)
+    enc.close()
+
+
+def _wrapped(entry):
+    from spark_kms.kms.base import WrappedKey
+
+    return WrappedKey(entry.wrapped_dek, entry.key_id, entry.key_version)
 
 
 def test_no_plaintext_in_reprs(kms: Kms) -> None:
@@ -243,3 +269,23 @@ def test_no_plaintext_in_reprs(kms: Kms) -> None:
     enc.close()
     with pytest.raises(SparkKmsError, match="closed"):
         enc.encrypt_batch(batch)
+
+
+@pytest.mark.parametrize(("column", "arrow_type"), [("amount", "float"), ("ssn", "binary"), ("ssn", "large_string")])
+def test_a_key_table_that_retypes_a_column_is_refused_not_read(kms: Kms, tmp_path: Path, column: str,
+                                                              arrow_type: str) -> None:
+    # Issue #14, item 1: version 1 returned rounded doubles, bytes for text... silently.
+    path = tmp_path / "d" / "f.parquet"
+    path.parent.mkdir()
+    table = pa.table({"id": [1, 2], "amount": [0.1, 1234567.891], "ssn": SECRETS[:2]})
+    with EncryptedParquetWriter(path, table.schema, EncryptionSpec(columns=["amount", "ssn"]), kms.provider) as w:
+        w.write_batch(table)
+    meta = dict(pq.read_metadata(path).metadata)
+    doc = json.loads(meta[KEY])
+    doc["columns"][column]["arrow_type"] = arrow_type
+    meta[KEY] = json.dumps(doc).encode()
+    _rewrite(path, pq.read_table(path), meta)
+    with pytest.raises(DecryptionError) as info:
+        read_decrypted_table(path, [column], kms_options=kms.options)
+    assert str(path) in str(info.value) and f"'{column}'" in str(info.value)
+    _assert_clean(info.value)

@@ -128,8 +128,12 @@ def test_hive_partitioning_deterministic_and_blind_index(spark, local_kms, tmp_p
     assert kms_ops(ks)["GenerateDataKey"] == 4
     assert len(result.files) == 9
     table = KeyTable.from_json(pq.read_metadata(out / result.files[0]).metadata[KEY_TABLE_METADATA_KEY.encode()])
-    assert all(e.encryption_context["team"] == "payments" for e in table.deks.values())
-    assert all(e.encryption_context["spark_kms.job_id"] == "run-42" for e in table.deks.values())
+    per_task = [e for e in table.deks.values() if e.algorithm != "AES_256_SIV"]
+    assert all(e.encryption_context["team"] == "payments" for e in per_task)
+    assert all(e.encryption_context["spark_kms.job_id"] == "run-42" for e in per_task)
+    # The deterministic key belongs to the dataset's join domain, not to one job.
+    assert [e.encryption_context for e in table.deks.values() if e.algorithm == "AES_256_SIV"] == [
+        {"spark_kms_join_domain": "dataset"}]
 
     back = read_encrypted(spark, str(out), kms_options=opts)
     assert dict(back.dtypes)["email_bidx"] == "binary"

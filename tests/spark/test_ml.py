@@ -195,3 +195,52 @@ def test_decryptor_with_key_table_param_and_clear_errors(spark: Any, local_kms: 
         _encryptor(local_kms, inputCols=["nope"]).transform(df)
     with pytest.raises(ConfigurationError, match="encrypted already"):
         _encryptor(local_kms, inputCols=["name"]).transform(spark.createDataFrame(encrypted))
+
+
+def test_saved_stages_hold_no_secret_option_and_load_takes_them_again(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #14, item 7: a root key given in kmsOptions is not written by save -- of a stage, a
+    Pipeline or a PipelineModel; after load it is given again with setKmsOptions."""
+    import base64
+    import secrets
+
+    from spark_kms.errors import KeystoreError
+    from spark_kms.kms.local import LocalKms
+
+    monkeypatch.delenv("SPARK_KMS_ROOT_KEY", raising=False)
+    root_key = secrets.token_bytes(32)
+    root_b64 = base64.b64encode(root_key).decode()
+    keystore = tmp_path / "keystore"
+    LocalKms(keystore, root_key=root_key).create_key(alias="alias/pii")  # injected: no root.key file
+    opts = {"local": {"keystore": str(keystore), "root_key": root_b64}}
+    public = {"local": {"keystore": str(keystore)}}
+    enc = ColumnEncryptor(keyUri="local://alias/pii", inputCols=["name"], deterministicCols=["email"],
+                          kmsOptions=opts)
+    dec = ColumnDecryptor(kmsOptions=opts)
+    df = spark.createDataFrame([(1, "alice", "a@x.org"), (2, "bob", None)], "id long, name string, email string")
+
+    enc.save(str(tmp_path / "saved" / "enc"))
+    dec.save(str(tmp_path / "saved" / "dec"))
+    Pipeline(stages=[enc, dec]).save(str(tmp_path / "saved" / "pipeline"))
+    Pipeline(stages=[enc, dec]).fit(df).save(str(tmp_path / "saved" / "model"))
+    written = [p for p in (tmp_path / "saved").rglob("*") if p.is_file()]
+    assert len(written) > 8
+    for p in written:
+        data = p.read_bytes()
+        for form in (root_key, root_b64.encode(), root_key.hex().encode(), b"root_key"):
+            assert form not in data, f"{p} holds the root key"
+    assert enc.getKmsOptions() == opts  # the live stage keeps what it was given
+
+    loaded = ColumnEncryptor.load(str(tmp_path / "saved" / "enc"))
+    assert loaded.getKmsOptions() == public
+    with pytest.raises(KeystoreError, match="no root key was given"):  # the provider's own error
+        loaded.transform(df)
+    loaded_dec = ColumnDecryptor.load(str(tmp_path / "saved" / "dec"))
+    assert loaded_dec.getKmsOptions() == public
+
+    out = str(tmp_path / "people")
+    loaded.setKmsOptions(opts).transform(df).write.parquet(out)  # once: each evaluation makes new keys
+    encrypted = spark.read.parquet(out)
+    back = loaded_dec.setKmsOptions(opts).transform(encrypted)
+    assert_df_equality(back, df, ignore_row_order=True, ignore_nullable=True)

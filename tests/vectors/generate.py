@@ -15,13 +15,19 @@ from typing import Any
 from spark_kms.crypto import (
     AES_256_GCM,
     AES_256_SIV,
+    DECLARATION_PURPOSE,
     HMAC_SHA256_BIDX,
+    MANIFEST_MAC_ALGORITHM,
     BlindIndexer,
     CellEncryptor,
     ColumnSpec,
+    Declaration,
     DekEntry,
     DeterministicEncryptor,
     KeyTable,
+    column_binding,
+    encode_signed_manifest,
+    row_context,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -32,6 +38,9 @@ DEKS: dict[str, tuple[bytes, bytes]] = {
     "B": (bytes.fromhex("b1b2b3b4b5b6b7b8"), bytes(range(32, 64))),
 }
 SALT = bytes.fromhex("5a17c0de")
+#: the plaintext of the manifest MAC key of the manifest vectors (a test constant)
+MAC_KEY = bytes(range(64, 96))
+DATASET = "/data/users"
 UNKNOWN_DEK_ID = bytes.fromhex("0000000000000bad")
 
 
@@ -251,6 +260,7 @@ def keytable_vectors() -> dict[str, Any]:
             "customer_id": ColumnSpec("customer_id", AES_256_SIV, "int64"),
             "email_bidx": ColumnSpec("email_bidx", HMAC_SHA256_BIDX, "string", source="email"),
         },
+        format_version=1,
         writer="spark_kms 0.1.0",
     )
     valid = json.loads(table.to_json())
@@ -266,9 +276,9 @@ def keytable_vectors() -> dict[str, Any]:
         ("not-an-object", "[1, 2]", "FormatError", "not a JSON object"),
         (
             "future-version",
-            mutate(lambda d: d.update(format_version=2)),
+            mutate(lambda d: d.update(format_version=3)),
             "UnknownFormatVersionError",
-            "format_version 2",
+            "format_version 3",
         ),
         ("version-missing", mutate(lambda d: d.pop("format_version")), "FormatError", "format_version"),
         ("version-string", mutate(lambda d: d.update(format_version="1")), "FormatError", "format_version"),
@@ -348,15 +358,242 @@ def keytable_vectors() -> dict[str, Any]:
             "FormatError",
             "source",
         ),
+        (
+            "row-binding-on-blind-index",
+            mutate(lambda d: d["columns"]["email_bidx"].update(row_binding="customer_id")),
+            "FormatError",
+            "row_binding",
+        ),
+        (
+            "row-binding-to-itself",
+            mutate(lambda d: d["columns"]["email"].update(row_binding="email")),
+            "FormatError",
+            "row_binding",
+        ),
+        (
+            "row-binding-not-a-string",
+            mutate(lambda d: d["columns"]["email"].update(row_binding=7)),
+            "FormatError",
+            "row_binding",
+        ),
+        (
+            "manifest-mac-key-as-data-key",
+            mutate(lambda d: d["deks"][a].update(algorithm=MANIFEST_MAC_ALGORITHM)),
+            "FormatError",
+            MANIFEST_MAC_ALGORITHM,
+        ),
     ]
+    table_v2 = KeyTable(
+        deks={e.dek_id: e for e in (_entry("A", AES_256_GCM), _entry("B", AES_256_SIV))},
+        columns={
+            "ssn": ColumnSpec("ssn", AES_256_GCM, "string", row_binding="customer_id"),
+            "amount": ColumnSpec("amount", AES_256_GCM, "double", row_binding="customer_id"),
+            "email": ColumnSpec("email", AES_256_SIV, "string"),
+            "email_bidx": ColumnSpec("email_bidx", HMAC_SHA256_BIDX, "string", source="email"),
+        },
+        format_version=2,
+        writer="spark_kms 0.1.0",
+    )
     manifest_valid = {"deks": {a: valid["deks"][a]}, "format_version": 1}
     return {
-        "valid": [{"name": "four-columns-two-deks", "json": table.to_json().decode("ascii")}],
+        "valid": [
+            {"name": "four-columns-two-deks", "json": table.to_json().decode("ascii")},
+            {"name": "v2-row-binding", "json": table_v2.to_json().decode("ascii")},
+        ],
         "valid_manifest": [{"name": "one-rewrapped-dek", "json": json.dumps(manifest_valid, sort_keys=True)}],
         "invalid": [
             {"name": name, "json": text, "expected_error": error, "message_contains": needle}
             for name, text, error, needle in invalid
         ],
+    }
+
+
+# --------------------------------------------------------------------------- format version 2
+
+
+def _v2_context(arrow_type: str, row_binding: str | None, row_value: bytes | None) -> bytes:
+    spec = ColumnSpec("x", AES_256_GCM, arrow_type, row_binding=row_binding)
+    binding = column_binding(spec)
+    return binding if row_binding is None else row_context(binding, row_value)
+
+
+def _spec_doc(arrow_type: str, row_binding: str | None) -> dict[str, Any]:
+    return {"arrow_type": arrow_type, "row_binding": row_binding}
+
+
+def format2_cells() -> list[dict[str, Any]]:
+    """Version-2 cells: the AAD context binds the column spec (and the row, when bound)."""
+    cases: list[tuple[str, str, str, str, str, str | None, bytes | None, bytes, int]] = [
+        ("v2-gcm-string", AES_256_GCM, "A", "email", "string", None, None, b"alice@example.com", 100),
+        ("v2-gcm-int64", AES_256_GCM, "A", "age", "int64", None, None, b"31", 101),
+        ("v2-gcm-double", AES_256_GCM, "A", "amount", "double", None, None, b"12.5", 102),
+        ("v2-gcm-date", AES_256_GCM, "B", "birth", "date32[day]", None, None, b"1994-02-03", 103),
+        ("v2-gcm-empty-value", AES_256_GCM, "A", "email", "string", None, None, b"", 104),
+        ("v2-gcm-row-bound", AES_256_GCM, "A", "ssn", "string", "customer_id", b"42", b"078-05-1120", 105),
+        ("v2-gcm-row-bound-null-key", AES_256_GCM, "A", "ssn", "string", "customer_id", None, b"078-05-1121", 106),
+        ("v2-gcm-row-bound-empty-key", AES_256_GCM, "B", "ssn", "string", "customer_id", b"", b"078-05-1122", 107),
+        ("v2-gcm-unicode-column", AES_256_GCM, "B", "prénom_名前", "string", None, None, "Chloé".encode(), 108),
+        ("v2-siv-string", AES_256_SIV, "A", "email", "string", None, None, b"alice@example.com", 0),
+        ("v2-siv-decimal", AES_256_SIV, "B", "price", "decimal128(10, 2)", None, None, b"19.99", 0),
+    ]
+    out = []
+    for name, algorithm, dek, column, arrow_type, bound, row_value, value, counter in cases:
+        dek_id, key = DEKS[dek]
+        context = _v2_context(arrow_type, bound, row_value)
+        vector: dict[str, Any] = {
+            "name": name,
+            "algorithm": algorithm,
+            "dek_id": dek_id.hex(),
+            "column": column,
+            "spec": _spec_doc(arrow_type, bound),
+            "row_value_hex": None if row_value is None else row_value.hex(),
+            "context_hex": context.hex(),
+            "plaintext_hex": value.hex(),
+        }
+        if algorithm == AES_256_GCM:
+            nonce, cell = _gcm(dek, value, column, context, counter)
+            vector["nonce_hex"] = nonce.hex()
+        else:
+            cell = DeterministicEncryptor(key, dek_id).encrypt(value, column, context)
+        vector["cell_hex"] = cell.hex()
+        out.append(vector)
+    return out
+
+
+def format2_negative(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Version-2 cells read under another spec, row or rule: every one must fail to authenticate."""
+    by_name = {c["name"]: c for c in cells}
+    _, v1_cell = _gcm("A", b"alice@example.com", "email", b"", 0)  # = the v1 vector gcm-ascii
+
+    def case(name: str, description: str, cell: str, column: str, arrow_type: str, bound: str | None,
+             row_value: bytes | None, rules: list[int]) -> dict[str, Any]:
+        return {
+            "name": name, "description": description, "cell_hex": cell, "column": column,
+            "spec": _spec_doc(arrow_type, bound), "row_value_hex": None if row_value is None else row_value.hex(),
+            "aad_versions": rules, "expected_error": "DecryptionError",
+        }
+
+    return [
+        case("double-read-as-float", "arrow_type double -> float in the key table",
+             by_name["v2-gcm-double"]["cell_hex"], "amount", "float", None, None, [2, 1]),
+        case("string-read-as-binary", "arrow_type string -> binary in the key table",
+             by_name["v2-gcm-string"]["cell_hex"], "email", "binary", None, None, [2, 1]),
+        case("int64-read-as-int32", "arrow_type int64 -> int32 in the key table",
+             by_name["v2-gcm-int64"]["cell_hex"], "age", "int32", None, None, [2, 1]),
+        case("siv-decimal-scale-changed", "arrow_type decimal128(10, 2) -> decimal128(10, 3)",
+             by_name["v2-siv-decimal"]["cell_hex"], "price", "decimal128(10, 3)", None, None, [2, 1]),
+        case("row-binding-dropped", "row_binding removed from the key table",
+             by_name["v2-gcm-row-bound"]["cell_hex"], "ssn", "string", None, None, [2, 1]),
+        case("row-binding-renamed", "row_binding names another column (same value)",
+             by_name["v2-gcm-row-bound"]["cell_hex"], "ssn", "string", "account_id", b"42", [2]),
+        case("row-binding-added", "a row_binding added to a column written without one",
+             by_name["v2-gcm-string"]["cell_hex"], "email", "string", "customer_id", b"42", [2]),
+        case("cell-moved-to-another-row", "a row-bound cell read in the row of key 43",
+             by_name["v2-gcm-row-bound"]["cell_hex"], "ssn", "string", "customer_id", b"43", [2]),
+        case("null-key-read-as-empty-key", "bound value null, read where the key is the empty string",
+             by_name["v2-gcm-row-bound-null-key"]["cell_hex"], "ssn", "string", "customer_id", b"", [2]),
+        case("empty-key-read-as-null-key", "bound value empty, read where the key is null",
+             by_name["v2-gcm-row-bound-empty-key"]["cell_hex"], "ssn", "string", "customer_id", None, [2]),
+        case("v2-cell-read-by-v1-rule", "a version-2 cell read with the version-1 (empty) context only",
+             by_name["v2-gcm-string"]["cell_hex"], "email", "string", None, None, [1]),
+        case("v1-cell-read-by-strict-reader", "a version-1 cell read by a reader that accepts version 2 only",
+             v1_cell.hex(), "email", "string", None, None, [2]),
+        case("v2-cell-other-column", "a version-2 cell read as another column with the same spec",
+             by_name["v2-gcm-string"]["cell_hex"], "phone", "string", None, None, [2, 1]),
+    ]
+
+
+def format2_blind_index() -> list[dict[str, Any]]:
+    """Blind index cells (unchanged in version 2): the HMAC message holds the *source* column's name."""
+    dek_id, key = DEKS["B"]
+    cases = [("bidx-source-email", "email_bidx", "email", b"alice@example.com"),
+             ("bidx-source-ssn", "ssn_token", "ssn", b"078-05-1120")]
+    return [
+        {"name": name, "dek_id": dek_id.hex(), "index_column": index, "source": source,
+         "plaintext_hex": value.hex(), "cell_hex": BlindIndexer(key, dek_id).index(value, source).hex(),
+         "cell_under_index_name_hex": BlindIndexer(key, dek_id).index(value, index).hex()}
+        for name, index, source, value in cases
+    ]
+
+
+def _auth_key(dataset: str = DATASET, purpose: str = DECLARATION_PURPOSE) -> DekEntry:
+    return DekEntry(
+        dek_id="c1c2c3c4c5c6c7c8",
+        key_uri="local://alias/pii",
+        key_id="3f0c2d8e-1b7a-4c55-9f3e-0d6a2b9c7e11",
+        key_version="2",
+        wrapped_dek=b"opaque wrapped manifest MAC key",
+        encryption_context={"dataset": dataset, "purpose": purpose},
+        algorithm=MANIFEST_MAC_ALGORITHM,
+        created_at="2025-01-31T12:00:00Z",
+    )
+
+
+def format2_manifests() -> list[dict[str, Any]]:
+    """Authenticated manifests: which must verify (read at DATASET, MAC key MAC_KEY) and which must not."""
+    declaration = Declaration(
+        columns={
+            "ssn": ColumnSpec("ssn", AES_256_GCM, "string", row_binding="customer_id"),
+            "email": ColumnSpec("email", AES_256_SIV, "string"),
+            "email_bidx": ColumnSpec("email_bidx", HMAC_SHA256_BIDX, "string", source="email"),
+        },
+        min_format_version=2,
+    )
+    entries = {_entry("A", AES_256_GCM).dek_id: _entry("A", AES_256_GCM)}
+    signed = encode_signed_manifest(entries, declaration, _auth_key(), MAC_KEY).decode("ascii")
+    base = json.loads(signed)
+
+    def mutate(fn: Any) -> str:
+        doc = json.loads(signed)
+        fn(doc)
+        return json.dumps(doc, sort_keys=True)
+
+    a = DEKS["A"][0].hex()
+    cases: list[tuple[str, str, str, str]] = [
+        ("signed", "a declaration and one rewrapped entry, authenticated", signed, "valid"),
+        ("spaces-and-key-order", "the same document re-serialised with whitespace",
+         json.dumps(base, indent=2), "valid"),
+        ("declared-column-removed", "ssn deleted from the declaration",
+         mutate(lambda d: d["declaration"]["columns"].pop("ssn")), "DecryptionError"),
+        ("declared-type-changed", "declared arrow_type string -> binary",
+         mutate(lambda d: d["declaration"]["columns"]["email"].update(arrow_type="binary")), "DecryptionError"),
+        ("declared-row-binding-removed", "row_binding deleted from a declared column",
+         mutate(lambda d: d["declaration"]["columns"]["ssn"].pop("row_binding")), "DecryptionError"),
+        ("min-version-lowered", "min_format_version 2 -> 1",
+         mutate(lambda d: d["declaration"].update(min_format_version=1)), "DecryptionError"),
+        ("dek-entry-changed", "a rewrapped entry's key_version changed",
+         mutate(lambda d: d["deks"][a].update(key_version="1")), "DecryptionError"),
+        ("dek-entry-removed", "the rewrapped entry deleted",
+         mutate(lambda d: d["deks"].pop(a)), "DecryptionError"),
+        ("field-added", "an unknown top-level field added", mutate(lambda d: d.update(note="x")), "DecryptionError"),
+        ("mac-flipped", "one tag bit flipped",
+         mutate(lambda d: d["auth"].update(mac=f"{int(d['auth']['mac'][0], 16) ^ 1:x}" + d["auth"]["mac"][1:])),
+         "DecryptionError"),
+        ("auth-removed", "the declaration kept, its authentication deleted",
+         mutate(lambda d: d.pop("auth")), "FormatError"),
+        ("declaration-in-version-1", "a declaration in a version-1 manifest",
+         mutate(lambda d: (d.pop("auth"), d.update(format_version=1))), "FormatError"),
+        ("other-dataset", "validly signed, but for dataset /data/other",
+         encode_signed_manifest(entries, declaration, _auth_key("/data/other"), MAC_KEY).decode("ascii"),
+         "DecryptionError"),
+        ("not-a-declaration-key", "validly signed with a key whose context purpose is not a declaration",
+         encode_signed_manifest(entries, declaration, _auth_key(purpose="data"), MAC_KEY).decode("ascii"),
+         "DecryptionError"),
+    ]
+    return [{"name": n, "description": d, "json": j, "read_at": DATASET, "expected": e} for n, d, j, e in cases]
+
+
+def format2() -> dict[str, Any]:
+    cells = format2_cells()
+    return {
+        "format_version": 2,
+        "deks": {dek_id.hex(): key.hex() for dek_id, key in DEKS.values()},
+        "salt_hex": SALT.hex(),
+        "mac_key_hex": MAC_KEY.hex(),
+        "cells": cells,
+        "negative": format2_negative(cells),
+        "blind_index": format2_blind_index(),
+        "manifests": format2_manifests(),
     }
 
 
@@ -372,6 +609,7 @@ def build() -> dict[str, Any]:
         },
         "cells_negative.json": {"format_version": 1, "deks": deks, "vectors": negative_vectors()},
         "keytable.json": keytable_vectors(),
+        "format2.json": format2(),
     }
 
 

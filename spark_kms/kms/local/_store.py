@@ -1,12 +1,17 @@
 """On-disk layout of the embedded local KMS: root key, keystore file, wrapped blobs.
 
-A keystore is a directory::
+A keystore is a directory (mode 0700; every file in it 0600, whatever the umask)::
 
     <keystore>/keystore.json   keys, versions, aliases, policies; master key material
                                encrypted under the root key (replaced atomically)
     <keystore>/keystore.lock   the cross-process lock (filelock) guarding every call
     <keystore>/audit.log       append-only JSON lines, one per call
-    <keystore>/root.key        only when no root key is injected (0600, created on first use)
+    <keystore>/root.key        only when no root key is injected (created on first use)
+
+The modes are set explicitly (``chmod``/``fchmod``), not left to the umask: files are
+created 0600 and the directory 0700, and a keystore found looser -- e.g. made by an older
+release or copied with ``cp -r`` under umask 022 -- is tightened by the first call of a
+process that owns it (:func:`secure_keystore_dir`, run as the lock is taken).
 
 ``keystore.json`` (``"format": "spark_kms.local_keystore/1"``) holds a *root-key check
 value*: AES-256-GCM under the root key of a fixed label, so a wrong root key is told
@@ -45,6 +50,7 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 import struct
 import threading
 import uuid
@@ -64,6 +70,8 @@ __all__ = [
     "AUDIT_FILE",
     "BLOB_HEADER_LEN",
     "BLOB_MAGIC",
+    "DIR_MODE",
+    "FILE_MODE",
     "KEYSTORE_ENV",
     "KEYSTORE_FILE",
     "KEYSTORE_FORMAT",
@@ -81,11 +89,13 @@ __all__ = [
     "encrypt_material",
     "load_keystore",
     "load_root_key",
+    "make_keystore_dir",
     "make_root_check",
     "pack_blob_header",
     "parse_blob",
     "parse_keystore",
     "save_keystore",
+    "secure_keystore_dir",
     "verify_root_check",
 ]
 
@@ -97,6 +107,10 @@ ROOT_KEY_FILE = "root.key"
 KEYSTORE_FORMAT = "spark_kms.local_keystore/1"
 ROOT_KEY_ENV = "SPARK_KMS_ROOT_KEY"
 LOCK_TIMEOUT_S = 60.0
+#: mode of the keystore directory and of every file in it, whatever the umask
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+_KEYSTORE_FILES = (KEYSTORE_FILE, LOCK_FILE, AUDIT_FILE, ROOT_KEY_FILE)
 
 BLOB_MAGIC = b"LK"
 MAC_MAGIC = b"LM"
@@ -114,6 +128,43 @@ def default_keystore_dir() -> Path:
     """``$SPARK_KMS_KEYSTORE``, else ``~/.spark_kms/keystore``."""
     env = os.environ.get(KEYSTORE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".spark_kms" / "keystore"
+
+
+# ---------------------------------------------------------------- the directory and its modes
+_SECURED: set[str] = set()  # keystore dirs whose files this process has checked
+
+
+def make_keystore_dir(keystore_dir: Path) -> None:
+    """Create the keystore directory (and its parents) if missing; then :func:`secure_keystore_dir`."""
+    keystore_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    secure_keystore_dir(keystore_dir)
+
+
+def secure_keystore_dir(keystore_dir: Path) -> None:
+    """Make the keystore directory 0700 and its files 0600 if this process's user owns them.
+
+    One ``stat`` per call once a process has checked a keystore: the directory's mode is
+    checked every time, its files the first time and whenever the directory was found loose.
+    A keystore owned by another user is left as it is (not ours to change, and chmod would fail).
+    """
+    try:
+        st = os.stat(keystore_dir)
+    except FileNotFoundError:
+        return
+    loose = stat.S_IMODE(st.st_mode) != DIR_MODE
+    if (not loose and str(keystore_dir) in _SECURED) or st.st_uid != os.geteuid():
+        return
+    if loose:
+        os.chmod(keystore_dir, DIR_MODE)
+    for name in _KEYSTORE_FILES:
+        path = keystore_dir / name
+        try:
+            fst = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(fst.st_mode) and fst.st_uid == os.geteuid() and stat.S_IMODE(fst.st_mode) != FILE_MODE:
+            os.chmod(path, FILE_MODE)
+    _SECURED.add(str(keystore_dir))
 
 
 # ---------------------------------------------------------------- root key and material
@@ -147,13 +198,14 @@ def load_root_key(keystore_dir: Path, root_key: bytes | None, *, create: bool) -
         return raw
     if not create:
         return None
-    keystore_dir.mkdir(parents=True, exist_ok=True)
+    make_keystore_dir(keystore_dir)
     raw = secrets.token_bytes(32)
     # O_EXCL: two processes creating the store at once must not end with two root keys.
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     except FileExistsError:
         return load_root_key(keystore_dir, None, create=False)
+    os.fchmod(fd, FILE_MODE)  # the umask may have taken bits away
     with os.fdopen(fd, "wb") as fh:
         fh.write(base64.b64encode(raw) + b"\n")
         fh.flush()
@@ -370,17 +422,19 @@ class KeystoreLock:
     Every :class:`~spark_kms.kms.local.LocalKms` call holds it for its whole duration, so
     processes sharing a keystore (Spark executors) see each other's changes whole. Re-entrant
     within one object; a timeout is a :class:`~spark_kms.errors.KmsUnavailableError`. The
-    keystore directory must exist.
+    keystore directory must exist; taking the lock first makes it private
+    (:func:`secure_keystore_dir`), and the lock file is created 0600.
     """
 
     def __init__(self, keystore_dir: str | os.PathLike[str], *, timeout: float = LOCK_TIMEOUT_S) -> None:
         self.keystore_dir = Path(keystore_dir)
         self.timeout = timeout
         self._lock = filelock.FileLock(
-            str(self.keystore_dir / LOCK_FILE), timeout=timeout, poll_interval=0.001
+            str(self.keystore_dir / LOCK_FILE), timeout=timeout, poll_interval=0.001, mode=FILE_MODE
         )
 
     def __enter__(self) -> KeystoreLock:
+        secure_keystore_dir(self.keystore_dir)
         try:
             self._lock.acquire()
         except filelock.Timeout as exc:

@@ -41,7 +41,13 @@ from typing import Any, TypeVar
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from spark_kms.errors import ConfigurationError, InvalidCiphertextError, KeyNotFoundError, KeyStateError
+from spark_kms.errors import (
+    ConfigurationError,
+    InvalidCiphertextError,
+    KeyNotFoundError,
+    KeyStateError,
+    KmsUnavailableError,
+)
 from spark_kms.kms.base import DataKey, KeyDescription, WrappedKey, canonical_context
 from spark_kms.kms.local import _audit, _keys, _policy, _store
 from spark_kms.kms.local._admin import _AdminOperations
@@ -56,6 +62,11 @@ T = TypeVar("T")
 
 #: ``fn(operation, keystore_dir)``, called before each data-plane call (see the module docstring)
 RequestInterceptor = Callable[[str, Path], None]
+
+#: keystores this process has served a call from (read a keystore file and answered)
+_SERVED_KEYSTORES: set[Path] = set()
+#: calls that carry a wrapped key: some keystore made it, so "create a key first" cannot be the fix
+_UNWRAP_OPERATIONS = frozenset({"Decrypt", "ReEncrypt"})
 
 
 class LocalKms(_AdminOperations):
@@ -274,16 +285,25 @@ class LocalKms(_AdminOperations):
         create: bool = False,
         data_plane: bool = False,
     ) -> T:
-        """Run one KMS call under the keystore lock and audit it, whatever the outcome."""
+        """Run one KMS call under the keystore lock and audit it, whatever the outcome.
+
+        A missing keystore (no directory, or no keystore file in it) is *unavailable*
+        (:class:`KmsUnavailableError`, transient: a volume unmounted or a directory moved away
+        mid-job) when this process has served a call from it before, or when the call unwraps a
+        key that a keystore wrapped (Decrypt, ReEncrypt). Otherwise it was never created here:
+        :class:`KeyNotFoundError`, "create a key first".
+        """
         if not self.keystore_dir.is_dir():
             if not create:
+                if self._keystore_was_there(operation):
+                    raise self._keystore_gone(operation, key_ref)
                 raise KeyNotFoundError(
                     f"keystore {self.keystore_dir} does not exist; create a key first "
                     f"(spark-kms keys --keystore {self.keystore_dir} create --alias alias/pii)",
                     key_id=key_ref,
                     operation=operation,
                 )
-            self.keystore_dir.mkdir(parents=True, exist_ok=True)
+            _store.make_keystore_dir(self.keystore_dir)
         request_id = uuid.uuid4().hex
         rec: dict[str, Any] = {"key_id": key_ref, "key_version": None}
         outcome = "ok"
@@ -292,17 +312,37 @@ class LocalKms(_AdminOperations):
                 if data_plane and self._request_interceptor is not None:
                     self._request_interceptor(operation, self.keystore_dir)
                 store = self._load(create=create)
+                if not store.exists and not create and self._keystore_was_there(operation):
+                    raise self._keystore_gone(operation, key_ref)
                 try:
                     self._apply_due(store, request_id)
-                    return fn(store, rec)
+                    result = fn(store, rec)
                 finally:
                     if store.dirty:
                         self._save(store)
+                if store.exists:
+                    _SERVED_KEYSTORES.add(self.keystore_dir)
+                return result
             except Exception as exc:
                 outcome = _audit.outcome_name(exc)
                 raise
             finally:
                 self._audit(operation, rec, context or {}, outcome, request_id)
+
+    def _keystore_was_there(self, operation: str) -> bool:
+        return self.keystore_dir in _SERVED_KEYSTORES or operation in _UNWRAP_OPERATIONS
+
+    def _keystore_gone(self, operation: str, key_ref: str | None) -> KmsUnavailableError:
+        if self.keystore_dir in _SERVED_KEYSTORES:
+            why = "after serving this process: it was moved, unmounted or deleted while in use; restore it"
+        else:
+            why = (f"although a keystore made the wrapped key this {operation} needs: it was moved, unmounted "
+                   "or deleted, or the keystore option points to the wrong directory; restore it or point to it")
+        return KmsUnavailableError(
+            f"keystore {self.keystore_dir} is missing (no keystore file there) {why}, then run again",
+            key_id=key_ref,
+            operation=operation,
+        )
 
     def _audit(
         self,

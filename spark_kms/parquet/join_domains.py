@@ -1,0 +1,249 @@
+"""Join domains: one deterministic key per domain, made once, found and reused by every later writer.
+
+Deterministic (AES-SIV) and blind-index columns are joinable only while equal values give equal
+cells, i.e. while every writer uses the same key. That key belongs to a *join domain*:
+
+* the **default domain** is the dataset itself: its key is recorded in the dataset root, in
+  ``_spark_kms_join_keys.json``; every later write of the dataset (append, partition or full
+  overwrite, re-encrypt) finds and reuses it;
+* a **named domain** (writer option ``join_domain="customers"``) is shared by several datasets:
+  its key lives in a *domain store* directory (``join_domain_store=...`` or the environment
+  variable ``SPARK_KMS_JOIN_DOMAIN_STORE``) as ``<store>/<name>.json``, and each dataset of the
+  domain also records it in its own ``_spark_kms_join_keys.json``.
+
+A domain key is an ordinary wrapped data key (a :class:`~spark_kms.crypto.DekEntry` of
+algorithm AES-256-SIV) with the encryption context ``{"spark_kms_join_domain": <name>}``: the
+KMS sees which domain is unwrapped, and the wrapped key is useless without the KMS. It is made
+by the first writer (one GenerateDataKey); the record is read and written under a lock file
+beside it (and replaced atomically), so writers racing on a new domain agree on one key. Every writer of deterministic columns unwraps
+the domain key once (KMS Decrypt) before any task runs: it therefore needs *Decrypt* on the
+domain key's KMS key as well as *GenerateDataKey* on its own, and gets a clear error naming the
+domain and key when it lacks it.
+
+Rotating a domain key is explicit (``rotate=True``, used by ``reencrypt_dataset(...,
+rotate_join_domain=True)``): a new key becomes current and the old one is kept in the file's
+history (files written under it still name it in their footers); the domain's columns must then
+be rewritten -- re-encrypt does that for one dataset, and every dataset of a named domain must be
+re-encrypted for joins across them to match again (docs/ROTATION.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from spark_kms._atomic import fsync_dir, sibling_temp_path
+from spark_kms.crypto import AES_256_SIV, DekEntry
+from spark_kms.errors import AccessDeniedError, ConfigurationError, FormatError, KmsError
+from spark_kms.kms import KmsConfig, KmsConfigLike
+from spark_kms.parquet.dataset import dataset_path, read_manifest
+from spark_kms.parquet.keys import DekResolver, new_deterministic_entry
+
+__all__ = [
+    "DEFAULT_DOMAIN",
+    "DOMAIN_CONTEXT_KEY",
+    "DOMAIN_STORE_ENV",
+    "JOIN_KEYS_NAME",
+    "domain_key",
+    "read_join_keys",
+]
+
+logger = logging.getLogger(__name__)
+
+#: the name of the default domain: the dataset itself
+DEFAULT_DOMAIN = "dataset"
+#: the dataset root's record of its join-domain keys
+JOIN_KEYS_NAME = "_spark_kms_join_keys.json"
+#: the encryption-context key naming the domain of a domain key
+DOMAIN_CONTEXT_KEY = "spark_kms_join_domain"
+#: where named domains keep their keys when no ``join_domain_store`` is given
+DOMAIN_STORE_ENV = "SPARK_KMS_JOIN_DOMAIN_STORE"
+_FORMAT_VERSION = 1
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _check_name(domain: str) -> str:
+    if not isinstance(domain, str) or not _NAME_RE.match(domain):
+        raise ConfigurationError(
+            f"a join domain name is 1 to 128 letters, digits, '.', '_' or '-' (starting with a letter or digit), "
+            f"got {domain!r}"
+        )
+    return domain
+
+
+def _load(path: Path, what: str) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise FormatError(f"{what} {path} is not valid JSON") from None
+    if not isinstance(doc, dict) or doc.get("format_version") != _FORMAT_VERSION:
+        raise FormatError(f"{what} {path}: expected a JSON object with format_version {_FORMAT_VERSION}")
+    return doc
+
+
+def _entry(doc: Mapping[str, Any], path: Path) -> DekEntry:
+    try:
+        entry = DekEntry.from_dict(doc["current"])
+    except (KeyError, TypeError) as exc:
+        raise FormatError(f"join-domain record {path} has no valid 'current' key entry ({exc})") from None
+    if entry.algorithm != AES_256_SIV:
+        raise FormatError(f"join-domain record {path}: the domain key must be {AES_256_SIV}, got {entry.algorithm}")
+    return entry
+
+
+def _replace(path: Path, doc: Mapping[str, Any]) -> None:
+    temp = sibling_temp_path(path, "join")
+    temp.write_text(json.dumps(doc, sort_keys=True, indent=1))
+    os.replace(temp, path)
+    fsync_dir(path.parent)
+
+
+def read_join_keys(dataset_root: str | os.PathLike[str]) -> dict[str, DekEntry]:
+    """The current key of every join domain the dataset records, by domain name (no KMS call)."""
+    path = Path(dataset_path(dataset_root)) / JOIN_KEYS_NAME
+    doc = _load(path, "join-domain record")
+    out: dict[str, DekEntry] = {}
+    for name, record in (doc.get("domains") or {}).items():
+        out[name] = _entry(record, path)
+    return out
+
+
+def _record_path(dataset_root: str, domain: str, store: str | os.PathLike[str] | None) -> Path:
+    if domain == DEFAULT_DOMAIN:
+        return Path(dataset_root) / JOIN_KEYS_NAME
+    where = store or os.environ.get(DOMAIN_STORE_ENV)
+    if not where:
+        raise ConfigurationError(
+            f"join domain {domain!r} is shared by several datasets, so its key needs a place they all find: "
+            f"pass join_domain_store=<directory> (or set ${DOMAIN_STORE_ENV})"
+        )
+    return Path(dataset_path(where, what="join_domain_store")) / f"{domain}.json"
+
+
+def _new_record(entry: DekEntry, previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    history = list((previous or {}).get("history") or [])
+    if previous and previous.get("current"):
+        history.append(previous["current"])
+    return {"format_version": _FORMAT_VERSION, "current": entry.to_dict(), "history": history}
+
+
+def domain_key(
+    dataset_root: str | os.PathLike[str] | None,
+    *,
+    key_uri: str,
+    kms_options: KmsConfigLike = None,
+    domain: str | None = None,
+    store: str | os.PathLike[str] | None = None,
+    rotate: bool = False,
+) -> DekEntry:
+    """The key of the join domain that ``dataset_root``'s deterministic columns belong to.
+
+    Reuses the domain's key when it exists (no GenerateDataKey), else makes it under ``key_uri``.
+    Either way the key is unwrapped once here, so a writer without Decrypt on it fails before any
+    task runs.
+
+    :param dataset_root: the dataset written (``None`` for writers without one, e.g. the ML
+        transformer: then ``domain`` must name a domain of a store).
+    :param domain: the domain name; default the dataset's own domain (:data:`DEFAULT_DOMAIN`).
+    :param store: the domain store directory of a named domain.
+    :param rotate: make a new key the domain's current one (the old one goes to its history).
+    :raises AccessDeniedError: this principal may not unwrap the domain's key (names domain and key).
+    """
+    kms = KmsConfig.of(kms_options)
+    name = _check_name(domain or DEFAULT_DOMAIN)
+    if dataset_root is None and name == DEFAULT_DOMAIN:
+        raise ConfigurationError("a writer without a dataset path must name its join domain (and its store)")
+    root = dataset_path(dataset_root) if dataset_root is not None else ""
+    path = _record_path(root, name, store)
+    record = _domain_record(path, name)
+    if record is not None and not rotate:
+        entry = _entry(record, path)
+        entry = read_manifest(root).get(entry.dek_id, entry) if root else entry
+        if entry.key_uri != key_uri:
+            # Someone who can write to storage could plant a domain key wrapped under a key *they*
+            # hold; a writer therefore only adopts a domain key wrapped under its own key.
+            raise ConfigurationError(
+                f"join domain {name!r} of {root} has its key wrapped under {entry.key_uri}, not under this "
+                f"writer's key {key_uri}: write with that key, or rotate the domain to this key "
+                f"(reencrypt_dataset(..., rotate_join_domain=True) / spark-kms reencrypt --rotate-join-domain)"
+            )
+        logger.debug("join domain %r: reusing key %s (%s, version %s)", name, entry.dek_id, entry.key_uri,
+                     entry.key_version)
+    else:
+        # The KMS call comes before anything is created: a writer whose key is disabled or denied
+        # leaves no trace. Writers racing on a new domain then settle under a lock file beside the
+        # record: the first to store its key wins, the others use that one.
+        fresh = new_deterministic_entry(kms.provider(key_uri), {DOMAIN_CONTEXT_KEY: name})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with filelock.FileLock(str(path.parent / f".{path.name}.lock"), timeout=60):
+            current = _domain_record(path, name)
+            if current is not None and (not rotate or current != record):
+                entry = _entry(current, path)  # another writer made (or rotated) it meanwhile
+            else:
+                entry = fresh
+                _store_record(path, name, _new_record(entry, current))
+                logger.info("join domain %r: %s key %s under %s", name, "rotated to" if rotate else "made",
+                            entry.dek_id, entry.key_uri)
+    # A rewrap of the dataset re-wrapped this key too (it is in every footer that uses it): the
+    # manifest's entry for it takes precedence, as for every other data key of the dataset.
+    if root:
+        entry = read_manifest(root).get(entry.dek_id, entry)
+    if root and name != DEFAULT_DOMAIN:
+        _remember(root, name, entry)
+    _check_unwrap(entry, kms, name)
+    return entry
+
+
+def _domain_record(path: Path, name: str) -> dict[str, Any] | None:
+    if name == DEFAULT_DOMAIN:
+        return (_load(path, "join-domain record").get("domains") or {}).get(name)
+    return _load(path, "join-domain store record") or None
+
+
+def _store_record(path: Path, name: str, record: dict[str, Any]) -> None:
+    if name == DEFAULT_DOMAIN:
+        doc = _load(path, "join-domain record")
+        domains = dict(doc.get("domains") or {})
+        domains[name] = record
+        _replace(path, {"format_version": _FORMAT_VERSION, "domains": domains})
+    else:
+        _replace(path, record)
+
+
+def _remember(root: str, name: str, entry: DekEntry) -> None:
+    """Record a named domain's current key in the dataset too (inspection, re-encrypt)."""
+    path = Path(root) / JOIN_KEYS_NAME
+    Path(root).mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(str(path.parent / f".{path.name}.lock"), timeout=60):
+        doc = _load(path, "join-domain record") or {"format_version": _FORMAT_VERSION, "domains": {}}
+        domains = dict(doc.get("domains") or {})
+        current = domains.get(name, {}).get("current")
+        if current == entry.to_dict():
+            return
+        domains[name] = _new_record(entry, domains.get(name))
+        _replace(path, {"format_version": _FORMAT_VERSION, "domains": domains})
+
+
+def _check_unwrap(entry: DekEntry, kms: KmsConfig, name: str) -> None:
+    resolver = DekResolver({entry.dek_id: entry}, kms_options=kms, where=f"join domain {name!r}")
+    try:
+        resolver.lookup(entry.dek_id_bytes)
+    except AccessDeniedError as exc:
+        raise AccessDeniedError(
+            f"writing deterministic or blind-index columns of join domain {name!r} needs Decrypt on its key "
+            f"{entry.key_id} ({entry.key_uri}), which this principal lacks: {exc}",
+            key_id=entry.key_id, operation="Decrypt",
+        ) from exc
+    except KmsError:
+        raise
