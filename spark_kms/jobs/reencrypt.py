@@ -496,7 +496,7 @@ def _join_domain_key(
     if len(names) > 1:
         raise ConfigurationError(
             f"reencrypt: the deterministic columns of {str(keys.root)!r} use keys of several join domains "
-            f"{sorted(n for n in names if n)}; a dataset belongs to one join domain"
+            f"{sorted(names)}; a dataset belongs to one join domain"
         )
     name = names.pop() if names else None
     recorded = read_join_keys(keys.root).get(name or DEFAULT_DOMAIN)

@@ -39,9 +39,9 @@ from typing import Any
 
 import filelock
 
-from spark_kms._atomic import fsync_dir, sibling_temp_path
+from spark_kms._atomic import atomic_write_json
 from spark_kms.crypto import AES_256_SIV, DekEntry
-from spark_kms.errors import AccessDeniedError, ConfigurationError, FormatError, KmsError
+from spark_kms.errors import AccessDeniedError, ConfigurationError, FormatError
 from spark_kms.kms import KmsConfig, KmsConfigLike
 from spark_kms.parquet.dataset import dataset_path, read_manifest
 from spark_kms.parquet.keys import DekResolver, new_deterministic_entry
@@ -102,13 +102,6 @@ def _entry(doc: Mapping[str, Any], path: Path) -> DekEntry:
     return entry
 
 
-def _replace(path: Path, doc: Mapping[str, Any]) -> None:
-    temp = sibling_temp_path(path, "join")
-    temp.write_text(json.dumps(doc, sort_keys=True, indent=1))
-    os.replace(temp, path)
-    fsync_dir(path.parent)
-
-
 def read_join_keys(dataset_root: str | os.PathLike[str]) -> dict[str, DekEntry]:
     """The current key of every join domain the dataset records, by domain name (no KMS call)."""
     path = Path(dataset_path(dataset_root)) / JOIN_KEYS_NAME
@@ -167,19 +160,9 @@ def domain_key(
     root = dataset_path(dataset_root) if dataset_root is not None else ""
     path = _record_path(root, name, store)
     record = _domain_record(path, name)
+    fresh: DekEntry | None = None
     if record is not None and not rotate:
         entry = _entry(record, path)
-        entry = read_manifest(root).get(entry.dek_id, entry) if root else entry
-        if entry.key_uri != key_uri:
-            # Someone who can write to storage could plant a domain key wrapped under a key *they*
-            # hold; a writer therefore only adopts a domain key wrapped under its own key.
-            raise ConfigurationError(
-                f"join domain {name!r} of {root} has its key wrapped under {entry.key_uri}, not under this "
-                f"writer's key {key_uri}: write with that key, or rotate the domain to this key "
-                f"(reencrypt_dataset(..., rotate_join_domain=True) / spark-kms reencrypt --rotate-join-domain)"
-            )
-        logger.debug("join domain %r: reusing key %s (%s, version %s)", name, entry.dek_id, entry.key_uri,
-                     entry.key_version)
     else:
         # The KMS call comes before anything is created: a writer whose key is disabled or denied
         # leaves no trace. Writers racing on a new domain then settle under a lock file beside the
@@ -189,18 +172,29 @@ def domain_key(
         with filelock.FileLock(str(path.parent / f".{path.name}.lock"), timeout=60):
             current = _domain_record(path, name)
             if current is not None and (not rotate or current != record):
-                entry = _entry(current, path)  # another writer made (or rotated) it meanwhile
+                entry, fresh = _entry(current, path), None  # another writer made (or rotated) it meanwhile
             else:
                 entry = fresh
                 _store_record(path, name, _new_record(entry, current))
                 logger.info("join domain %r: %s key %s under %s", name, "rotated to" if rotate else "made",
                             entry.dek_id, entry.key_uri)
+    if root and name != DEFAULT_DOMAIN:
+        _remember(root, name, entry)
     # A rewrap of the dataset re-wrapped this key too (it is in every footer that uses it): the
     # manifest's entry for it takes precedence, as for every other data key of the dataset.
     if root:
         entry = read_manifest(root).get(entry.dek_id, entry)
-    if root and name != DEFAULT_DOMAIN:
-        _remember(root, name, entry)
+    if fresh is None:
+        if entry.key_uri != key_uri:
+            # Someone who can write to storage could plant a domain key wrapped under a key *they*
+            # hold; a writer therefore only adopts a domain key wrapped under its own key.
+            raise ConfigurationError(
+                f"join domain {name!r} of {root or 'the store'} has its key wrapped under {entry.key_uri}, not "
+                f"under this writer's key {key_uri}: write with that key, or rotate the domain to this key "
+                f"(reencrypt_dataset(..., rotate_join_domain=True) / spark-kms reencrypt --rotate-join-domain)"
+            )
+        logger.debug("join domain %r: reusing key %s (%s, version %s)", name, entry.dek_id, entry.key_uri,
+                     entry.key_version)
     _check_unwrap(entry, kms, name)
     return entry
 
@@ -216,9 +210,9 @@ def _store_record(path: Path, name: str, record: dict[str, Any]) -> None:
         doc = _load(path, "join-domain record")
         domains = dict(doc.get("domains") or {})
         domains[name] = record
-        _replace(path, {"format_version": _FORMAT_VERSION, "domains": domains})
+        atomic_write_json(path, {"format_version": _FORMAT_VERSION, "domains": domains})
     else:
-        _replace(path, record)
+        atomic_write_json(path, record)
 
 
 def _remember(root: str, name: str, entry: DekEntry) -> None:
@@ -232,7 +226,7 @@ def _remember(root: str, name: str, entry: DekEntry) -> None:
         if current == entry.to_dict():
             return
         domains[name] = _new_record(entry, domains.get(name))
-        _replace(path, {"format_version": _FORMAT_VERSION, "domains": domains})
+        atomic_write_json(path, {"format_version": _FORMAT_VERSION, "domains": domains})
 
 
 def _check_unwrap(entry: DekEntry, kms: KmsConfig, name: str) -> None:
@@ -245,5 +239,3 @@ def _check_unwrap(entry: DekEntry, kms: KmsConfig, name: str) -> None:
             f"{entry.key_id} ({entry.key_uri}), which this principal lacks: {exc}",
             key_id=entry.key_id, operation="Decrypt",
         ) from exc
-    except KmsError:
-        raise
