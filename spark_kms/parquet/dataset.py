@@ -43,12 +43,11 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from spark_kms._atomic import atomic_write_bytes
 from spark_kms.crypto import (
     DATASET_MANIFEST_NAME,
     DECLARATION_PURPOSE,
@@ -71,12 +70,14 @@ from spark_kms.crypto import (
 from spark_kms.errors import ConfigurationError, FormatError, MissingKeyTableError
 from spark_kms.kms import KmsConfig, KmsConfigLike
 from spark_kms.parquet.keys import DekResolver
+from spark_kms.storage import Location, StoragePath, is_hidden, resolve
 
 __all__ = [
     "MANIFEST_NAME",
     "Dataset",
     "apply_manifest",
     "check_required_encryption",
+    "dataset_location",
     "dataset_path",
     "dataset_root_of",
     "declare_encryption",
@@ -114,61 +115,73 @@ def local_path(path: PathLike) -> str:
     return text
 
 
-def dataset_path(path: PathLike, *, what: str = "spark_kms") -> str:
-    """The absolute local path of a dataset (or file) path; a clear error for a URI of another
-    filesystem, which this release does not reach yet."""
-    text = local_path(path)
-    if "://" in text:
-        raise ConfigurationError(f"{what} reads and writes local/POSIX paths only, got {os.fspath(path)!r}")
-    return os.path.abspath(text)
+def dataset_path(path: StoragePath, *, what: str = "spark_kms") -> str:
+    """The text of a dataset (or file) path as spark_kms shows it and hands it to Spark: an absolute
+    local path, or a storage URI (``s3://``, ``s3a://``, ``gs://``, ``abfs[s]://``, ``hdfs://``;
+    :mod:`spark_kms.storage`).
+
+    :raises ConfigurationError: a URI of a scheme spark_kms does not reach (names ``what``).
+    """
+    try:
+        return resolve(path).uri
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{what}: {exc}") from None
 
 
-def is_hidden(name: str) -> bool:
-    """Whether a file or directory name is not data (``_`` or ``.`` prefix)."""
-    return name.startswith(("_", "."))
+def dataset_location(path: StoragePath, options: Mapping[str, str] | str | None = None) -> Location:
+    """The :class:`~spark_kms.storage.Location` of a dataset path (local paths with symlinks resolved,
+    as the dataset's identity is)."""
+    loc = resolve(path, options)
+    if loc.is_local:
+        loc = resolve(os.path.realpath(loc.path), loc.options)
+    return loc
 
 
-def list_data_files(dataset_dir: PathLike) -> list[str]:
+def list_data_files(dataset_dir: StoragePath) -> list[str]:
     """The data files of a dataset, sorted: every file under ``dataset_dir`` (hive partition
     directories included) whose own name and directories do not start with ``_`` or ``.``.
     A path to a file lists just that file."""
-    root = local_path(dataset_dir)
-    if os.path.isfile(root):
-        return [root]
-    if not os.path.isdir(root):
-        raise ConfigurationError(f"no such dataset directory: {root}")
-    found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
-        found.extend(os.path.join(dirpath, f) for f in filenames if not is_hidden(f))
-    return sorted(found)
+    return [loc.uri for loc in _data_files(resolve(dataset_dir))]
 
 
-def _is_partition_dir(path: Path) -> bool:
-    return "=" in path.name and not is_hidden(path.name) and path.parent != path
+def _data_files(loc: Location) -> list[Location]:
+    info = loc.info()
+    if info.type == pafs.FileType.File:
+        return [loc]
+    if info.type == pafs.FileType.NotFound:
+        raise ConfigurationError(f"no such dataset directory: {loc.uri}")
+    return [entry.location for entry in loc.list_files()]
 
 
-def dataset_root_of(path: PathLike) -> str:
+def _is_partition_dir(loc: Location) -> bool:
+    return "=" in loc.name and not is_hidden(loc.name) and loc.parent.path != loc.path
+
+
+def dataset_root_of(path: StoragePath) -> str:
     """The dataset root of any path inside a dataset: the nearest directory (the path itself
     if it is one) that is not a hive partition directory (``name=value``)."""
-    p = Path(local_path(path))
-    directory = p if p.is_dir() else p.parent
+    return _root_of(resolve(path)).uri
+
+
+def _root_of(loc: Location) -> Location:
+    directory = loc if not loc.is_file() else loc.parent
     while _is_partition_dir(directory):
         directory = directory.parent
-    return str(directory)
+    return directory
 
 
 # -- footers ----------------------------------------------------------------------------
 
 
-def open_parquet(path: str) -> pq.ParquetFile:
+def open_parquet(path: StoragePath) -> pq.ParquetFile:
     """A Parquet file opened for reading; clear errors for a missing or unreadable file."""
+    loc = resolve(path)
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(loc.open_input_file())
     except FileNotFoundError:
-        raise ConfigurationError(f"no such file: {path}") from None
+        raise ConfigurationError(f"no such file: {loc.uri}") from None
     except (pa.ArrowInvalid, OSError) as exc:
-        raise FormatError(f"file {path} is not a readable Parquet file ({type(exc).__name__})") from None
+        raise FormatError(f"file {loc.uri} is not a readable Parquet file ({type(exc).__name__})") from None
 
 
 def key_table_from_metadata(metadata: Mapping[bytes, bytes] | None, path: str) -> KeyTable:
@@ -182,56 +195,56 @@ def key_table_from_metadata(metadata: Mapping[bytes, bytes] | None, path: str) -
     return KeyTable.from_json(raw, where=f"file {path}")
 
 
-def read_key_table(path: PathLike) -> KeyTable:
+def read_key_table(path: StoragePath) -> KeyTable:
     """The key table in the footer of one Parquet file, as stored (no manifest, no KMS call).
 
     :raises MissingKeyTableError: the footer has no key table (names the file).
     :raises FormatError: the key table is not valid (names the file and field).
     """
-    return _read_footer(local_path(path))[0]
+    return _read_footer(resolve(path))[0]
 
 
-def _read_footer(local: str) -> tuple[KeyTable, list[str]]:
+def _read_footer(loc: Location) -> tuple[KeyTable, list[str]]:
     """The footer's key table and the file's (top-level) column names."""
     try:
-        meta = pq.read_metadata(local)
+        with loc.open_input_file() as fh:
+            meta = pq.read_metadata(fh)
         names = list(meta.schema.to_arrow_schema().names)
     except FileNotFoundError:
-        raise ConfigurationError(f"no such file: {local}") from None
+        raise ConfigurationError(f"no such file: {loc.uri}") from None
     except (pa.ArrowInvalid, OSError) as exc:
-        raise FormatError(f"file {local} is not a readable Parquet file ({type(exc).__name__})") from None
-    return key_table_from_metadata(meta.metadata, local), names
+        raise FormatError(f"file {loc.uri} is not a readable Parquet file ({type(exc).__name__})") from None
+    return key_table_from_metadata(meta.metadata, loc.uri), names
 
 
 # -- manifest ----------------------------------------------------------------------------
 
 
-def manifest_path(dataset_root: PathLike) -> str:
-    return os.path.join(local_path(dataset_root), MANIFEST_NAME)
+def manifest_path(dataset_root: StoragePath) -> str:
+    return resolve(dataset_root).join(MANIFEST_NAME).uri
 
 
-def read_manifest_document(dataset_root: PathLike) -> Manifest | None:
+def read_manifest_document(dataset_root: StoragePath) -> Manifest | None:
     """The parsed manifest in ``dataset_root`` (tag not yet checked, see :func:`verify_manifest`); None if absent."""
-    path = manifest_path(dataset_root)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
+    loc = resolve(dataset_root).join(MANIFEST_NAME)
+    data = loc.read_bytes_or_none()
+    if data is None:
         return None
-    return decode_manifest_document(data, where=f"manifest {path}")
+    return decode_manifest_document(data, where=f"manifest {loc.uri}")
 
 
-def read_manifest(dataset_root: PathLike) -> dict[str, DekEntry]:
+def read_manifest(dataset_root: StoragePath) -> dict[str, DekEntry]:
     """The DEK entries of the manifest in ``dataset_root``; empty if there is none."""
     document = read_manifest_document(dataset_root)
     return {} if document is None else dict(document.deks)
 
 
-def _root_text(dataset_root: PathLike) -> str:
-    return str(Path(local_path(dataset_root)).resolve())
+def _root_text(dataset_root: StoragePath) -> str:
+    """The dataset's identity bound into its authenticated manifest (:attr:`Location.identity`)."""
+    return resolve(dataset_root).identity
 
 
-def verify_manifest(document: Manifest, dataset_root: PathLike, kms_options: KmsConfigLike) -> None:
+def verify_manifest(document: Manifest, dataset_root: StoragePath, kms_options: KmsConfigLike) -> None:
     """Check an authenticated manifest: its key unwraps (the KMS checks the encryption context), was made
     for declarations of *this* dataset, and its HMAC covers the manifest as read. One KMS Decrypt per
     process (the process key cache serves later checks). An unauthenticated manifest passes unchecked.
@@ -248,7 +261,7 @@ def verify_manifest(document: Manifest, dataset_root: PathLike, kms_options: Kms
 
 
 def write_manifest(
-    dataset_root: PathLike,
+    dataset_root: StoragePath,
     entries: Mapping[str, DekEntry],
     *,
     kms_options: KmsConfigLike = None,
@@ -256,7 +269,8 @@ def write_manifest(
     key_uri: str | None = None,
     _verified: bool = False,
 ) -> Manifest | None:
-    """Replace the manifest atomically (temp + fsync + rename), or remove it when it would be empty.
+    """Replace the manifest atomically (local: temp + fsync + rename; object stores: one PUT), or remove
+    it when it would be empty.
 
     Without a declaration (given or already in the manifest), the manifest is version 1: entries only, no
     KMS call. With one, it is version 2 and authenticated: the current manifest is verified first (a
@@ -268,8 +282,8 @@ def write_manifest(
     :returns: the manifest written (None when removed).
     :raises ConfigurationError: an authenticated manifest and no ``kms_options``, or no key to sign with.
     """
-    root = Path(local_path(dataset_root))
-    path = Path(manifest_path(root))
+    root = resolve(dataset_root)
+    target = root.join(MANIFEST_NAME)
     current = read_manifest_document(root)
     if declaration is not None and not isinstance(declaration, Declaration):
         raise ConfigurationError(f"declaration must be a Declaration, got {type(declaration).__name__}")
@@ -277,7 +291,7 @@ def write_manifest(
     if authenticated or declaration is not None:
         if kms_options is None:
             raise ConfigurationError(
-                f"the manifest of dataset {str(root)!r} is authenticated (it holds the dataset's declaration): "
+                f"the manifest of dataset {root.uri!r} is authenticated (it holds the dataset's declaration): "
                 "pass kms_options so it can be verified and signed again"
             )
         if authenticated and not _verified:
@@ -285,26 +299,26 @@ def write_manifest(
         keep = declaration if declaration is not None else (current.declaration if current else None)
         uri = key_uri or (current.auth_key.key_uri if current and current.auth_key else None)
         if not uri:
-            raise ConfigurationError(f"dataset {str(root)!r}: name the key that authenticates its manifest (key_uri=)")
+            raise ConfigurationError(f"dataset {root.uri!r}: name the key that authenticates its manifest (key_uri=)")
         document = _signed_manifest(root, entries, keep, uri, KmsConfig.of(kms_options))
         logger.info("wrote the authenticated manifest of %s: %d data key entries, %s declared columns",
-                    root, len(entries), len(keep.columns) if keep else 0)
+                    root.uri, len(entries), len(keep.columns) if keep else 0)
         return document
     if not entries:
-        path.unlink(missing_ok=True)
-        logger.info("removed the manifest of %s", dataset_root)
+        target.delete_file()
+        logger.info("removed the manifest of %s", root.uri)
         return None
     data = encode_manifest(dict(sorted(entries.items())))
-    atomic_write_bytes(path, data)
-    logger.info("wrote the manifest of %s: %d data key entries", dataset_root, len(entries))
-    return decode_manifest_document(data, where=f"manifest {path}")
+    target.write_bytes_atomic(data)
+    logger.info("wrote the manifest of %s: %d data key entries", root.uri, len(entries))
+    return decode_manifest_document(data, where=f"manifest {target.uri}")
 
 
 def _signed_manifest(
-    root: Path, entries: Mapping[str, DekEntry], declaration: Declaration | None, key_uri: str, kms: KmsConfig
+    root: Location, entries: Mapping[str, DekEntry], declaration: Declaration | None, key_uri: str, kms: KmsConfig
 ) -> Manifest:
     provider = kms.provider(key_uri)
-    context = {"dataset": _root_text(root), "purpose": DECLARATION_PURPOSE}
+    context = {"dataset": root.identity, "purpose": DECLARATION_PURPOSE}
     with provider.generate_data_key(context) as data_key:
         auth_key = DekEntry(
             dek_id=dek_id_hex(new_dek_id()),
@@ -317,9 +331,9 @@ def _signed_manifest(
             created_at=utc_now_iso(),
         )
         data = encode_signed_manifest(dict(sorted(entries.items())), declaration, auth_key, data_key.plaintext)
-    path = Path(manifest_path(root))
-    atomic_write_bytes(path, data)
-    return decode_manifest_document(data, where=f"manifest {path}")
+    target = root.join(MANIFEST_NAME)
+    target.write_bytes_atomic(data)
+    return decode_manifest_document(data, where=f"manifest {target.uri}")
 
 
 def apply_manifest(table: KeyTable, manifest: Mapping[str, DekEntry]) -> KeyTable:
@@ -387,12 +401,19 @@ def check_required_encryption(
 # -- the dataset ------------------------------------------------------------------------
 
 
+class _FileRef:
+    """Shapes a single file like a listing entry."""
+
+    def __init__(self, location: Location) -> None:
+        self.location = location
+
+
 @dataclass
 class Dataset:
     """A dataset's data files, each file's footer key table, and the manifest entries.
 
-    :param root: the dataset root (absolute; holds the manifest).
-    :param files: the data files read, sorted, as absolute paths (all of the dataset's, or
+    :param root: the dataset root (holds the manifest): an absolute local path or a storage URI.
+    :param files: the data files read, sorted, as absolute paths or URIs (all of the dataset's, or
         those under the path it was opened with).
     :param footers: the footer key table of each file, as stored.
     :param manifest: the manifest's DEK entries (see :func:`apply_manifest`).
@@ -401,9 +422,10 @@ class Dataset:
     :param required: column names the reader requires to be encrypted (``require_encrypted``).
     :param requested_min_format_version: the reader's ``min_format_version``.
     :param verified: whether an authenticated manifest was verified (:meth:`verify`).
+    :param location: the root's :class:`~spark_kms.storage.Location` (filesystem and options).
     """
 
-    root: Path
+    root: str
     files: list[str]
     footers: dict[str, KeyTable]
     manifest: dict[str, DekEntry] = field(default_factory=dict)
@@ -412,6 +434,12 @@ class Dataset:
     required: tuple[str, ...] = ()
     requested_min_format_version: int = 1
     verified: bool = False
+    location: Location | None = None
+
+    def __post_init__(self) -> None:
+        self.root = str(self.root)
+        if self.location is None:
+            self.location = resolve(self.root)
 
     @classmethod
     def open(
@@ -424,11 +452,13 @@ class Dataset:
         kms_options: KmsConfigLike = None,
         require_encrypted: Iterable[str] | None = None,
         min_format_version: int = 1,
+        storage_options: Mapping[str, str] | str | None = None,
     ) -> Dataset:
         """Read the footers and the manifest of the dataset at (or around) ``path``.
 
         :param path: the dataset root, a hive partition directory in it, or one data file: the
-            files read are those under ``path``; the manifest is always the dataset root's.
+            files read are those under ``path``; the manifest is always the dataset root's. A local
+            path or a storage URI (:mod:`spark_kms.storage`).
         :param job: named in errors (``"rewrap: ..."``).
         :param missing_ok: skip files without a key table (a dataset written by Spark's own
             Parquet writer, whose keys travel in a column) instead of raising.
@@ -438,6 +468,7 @@ class Dataset:
         :param require_encrypted: columns every file must store encrypted (refused otherwise), whatever
             the manifest says -- the guard against a deleted manifest.
         :param min_format_version: 2 refuses files whose key table is of version 1 (a strict reader).
+        :param storage_options: options of the store (:data:`spark_kms.storage.OPTION_NAMES`).
         """
         prefix = f"{job}: " if job else ""
         if isinstance(min_format_version, bool) or min_format_version not in FORMAT_VERSIONS:
@@ -449,26 +480,31 @@ class Dataset:
                 f"{prefix}require_encrypted must be a sequence of column names, not a single string: "
                 f"{require_encrypted!r}"
             )
-        local = dataset_path(path, what=job or "spark_kms")
-        if not os.path.exists(local):
-            raise ConfigurationError(f"{prefix}dataset {local!r} does not exist")
-        files = sorted(str(Path(f).resolve()) for f in list_data_files(local))
+        try:
+            loc = dataset_location(path, storage_options)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{prefix}{exc}") from None
+        info = loc.info()
+        if info.type == pafs.FileType.NotFound:
+            raise ConfigurationError(f"{prefix}dataset {loc.uri!r} does not exist")
+        files = [f.location for f in ([_FileRef(loc)] if info.type == pafs.FileType.File else loc.list_files())]
         if not files and require_files:
-            raise ConfigurationError(f"{prefix}dataset {local!r} holds no data files")
+            raise ConfigurationError(f"{prefix}dataset {loc.uri!r} holds no data files")
         footers: dict[str, KeyTable] = {}
         names: dict[str, list[str]] = {}
         for f in files:
             try:
-                footers[f], names[f] = _read_footer(f)
+                footers[f.uri], names[f.uri] = _read_footer(f)
             except MissingKeyTableError:
                 if not missing_ok:
                     raise
-        root = Path(dataset_root_of(local)).resolve()
+        root = _root_of(loc)
         document = read_manifest_document(root)
         dataset = cls(
-            root=root, files=[f for f in files if f in footers], footers=footers,
+            root=root.uri, files=[f.uri for f in files if f.uri in footers], footers=footers,
             manifest=dict(document.deks) if document else {}, document=document, file_columns=names,
             required=tuple(require_encrypted or ()), requested_min_format_version=min_format_version,
+            location=root,
         )
         dataset._check(dataset.required, min_format_version)
         if kms_options is not None and dataset.authenticated:
@@ -500,7 +536,7 @@ class Dataset:
         if self.document is None or not self.document.authenticated:
             return
         if not self.verified:
-            verify_manifest(self.document, self.root, kms_options)
+            verify_manifest(self.document, self.location, kms_options)  # type: ignore[arg-type]
             self.verified = True
         declaration = self.document.declaration
         if declaration is not None:
@@ -528,7 +564,12 @@ class Dataset:
     # -- files and keys ----------------------------------------------------------------
 
     def relpath(self, file: str) -> str:
-        return str(Path(file).relative_to(self.root))
+        """A data file's path relative to the dataset root (``/``-separated)."""
+        return self.file_location(file).relative_to(self.location)  # type: ignore[arg-type]
+
+    def file_location(self, file: str) -> Location:
+        """The :class:`~spark_kms.storage.Location` of one of this dataset's files (the root's options)."""
+        return resolve(file, None).with_options(self.location.options)  # type: ignore[union-attr]
 
     def footer_deks(self) -> dict[str, DekEntry]:
         """Every DEK entry of every footer, by dek_id (first footer wins; they are equal by construction)."""
@@ -595,7 +636,7 @@ class Dataset:
         An authenticated manifest stays authenticated (and keeps its declaration): pass ``kms_options``.
         """
         document = write_manifest(
-            self.root, entries, kms_options=kms_options, declaration=declaration,
+            self.location, entries, kms_options=kms_options, declaration=declaration,
             key_uri=key_uri or self._default_key_uri(), _verified=self.verified,
         )
         self.manifest = dict(entries)
@@ -640,7 +681,7 @@ class Dataset:
             min_format_version = min((t.format_version for t in self.footers.values()), default=max(FORMAT_VERSIONS))
         declaration = Declaration(columns=specs, min_format_version=min_format_version)
         document = write_manifest(
-            self.root, self.manifest, kms_options=kms_options, declaration=declaration,
+            self.location, self.manifest, kms_options=kms_options, declaration=declaration,
             key_uri=key_uri or self._default_key_uri(), _verified=self.verified or replace,
         )
         self.document = document
@@ -663,7 +704,7 @@ class Dataset:
 
 
 def declare_encryption(
-    path: PathLike,
+    path: StoragePath,
     *,
     kms_options: KmsConfigLike,
     columns: Iterable[str] | None = None,
@@ -678,7 +719,7 @@ def declare_encryption(
 
 
 def read_dataset_key_table(
-    path: PathLike, *, missing_ok: bool = False, kms_options: KmsConfigLike = None
+    path: StoragePath, *, missing_ok: bool = False, kms_options: KmsConfigLike = None
 ) -> KeyTable:
     """The merged key table of the dataset at (or around) ``path``, manifest applied (no KMS call,
     except to verify an authenticated manifest, which needs ``kms_options``).

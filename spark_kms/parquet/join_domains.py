@@ -34,17 +34,14 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import filelock
-
-from spark_kms._atomic import atomic_write_json
 from spark_kms.crypto import AES_256_SIV, DekEntry
-from spark_kms.errors import AccessDeniedError, ConfigurationError, FormatError
+from spark_kms.errors import AccessDeniedError, ConfigurationError, FormatError, JobError
 from spark_kms.kms import KmsConfig, KmsConfigLike
 from spark_kms.parquet.dataset import dataset_path, read_manifest
 from spark_kms.parquet.keys import DekResolver, new_deterministic_entry
+from spark_kms.storage import Location, LockTimeout, StoragePath, lock, resolve
 
 __all__ = [
     "DEFAULT_DOMAIN",
@@ -78,10 +75,9 @@ def _check_name(domain: str) -> str:
     return domain
 
 
-def _load(path: Path, what: str) -> dict[str, Any]:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+def _load(path: Location, what: str) -> dict[str, Any]:
+    raw = path.read_bytes_or_none()
+    if raw is None:
         return {}
     try:
         doc = json.loads(raw)
@@ -92,7 +88,7 @@ def _load(path: Path, what: str) -> dict[str, Any]:
     return doc
 
 
-def _entry(doc: Mapping[str, Any], path: Path) -> DekEntry:
+def _entry(doc: Mapping[str, Any], path: Location) -> DekEntry:
     try:
         entry = DekEntry.from_dict(doc["current"])
     except (KeyError, TypeError) as exc:
@@ -102,9 +98,9 @@ def _entry(doc: Mapping[str, Any], path: Path) -> DekEntry:
     return entry
 
 
-def read_join_keys(dataset_root: str | os.PathLike[str]) -> dict[str, DekEntry]:
+def read_join_keys(dataset_root: StoragePath) -> dict[str, DekEntry]:
     """The current key of every join domain the dataset records, by domain name (no KMS call)."""
-    path = Path(dataset_path(dataset_root)) / JOIN_KEYS_NAME
+    path = resolve(dataset_root).join(JOIN_KEYS_NAME)
     doc = _load(path, "join-domain record")
     out: dict[str, DekEntry] = {}
     for name, record in (doc.get("domains") or {}).items():
@@ -112,16 +108,16 @@ def read_join_keys(dataset_root: str | os.PathLike[str]) -> dict[str, DekEntry]:
     return out
 
 
-def _record_path(dataset_root: str, domain: str, store: str | os.PathLike[str] | None) -> Path:
+def _record_path(dataset_root: str, domain: str, store: StoragePath | None) -> Location:
     if domain == DEFAULT_DOMAIN:
-        return Path(dataset_root) / JOIN_KEYS_NAME
+        return resolve(dataset_root).join(JOIN_KEYS_NAME)
     where = store or os.environ.get(DOMAIN_STORE_ENV)
     if not where:
         raise ConfigurationError(
             f"join domain {domain!r} is shared by several datasets, so its key needs a place they all find: "
             f"pass join_domain_store=<directory> (or set ${DOMAIN_STORE_ENV})"
         )
-    return Path(dataset_path(where, what="join_domain_store")) / f"{domain}.json"
+    return resolve(dataset_path(where, what="join_domain_store")).join(f"{domain}.json")
 
 
 def _new_record(entry: DekEntry, previous: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -132,12 +128,12 @@ def _new_record(entry: DekEntry, previous: Mapping[str, Any] | None) -> dict[str
 
 
 def domain_key(
-    dataset_root: str | os.PathLike[str] | None,
+    dataset_root: StoragePath | None,
     *,
     key_uri: str,
     kms_options: KmsConfigLike = None,
     domain: str | None = None,
-    store: str | os.PathLike[str] | None = None,
+    store: StoragePath | None = None,
     rotate: bool = False,
 ) -> DekEntry:
     """The key of the join domain that ``dataset_root``'s deterministic columns belong to.
@@ -165,11 +161,10 @@ def domain_key(
         entry = _entry(record, path)
     else:
         # The KMS call comes before anything is created: a writer whose key is disabled or denied
-        # leaves no trace. Writers racing on a new domain then settle under a lock file beside the
-        # record: the first to store its key wins, the others use that one.
+        # leaves no trace. Writers racing on a new domain then settle under a lock beside the
+        # record (spark_kms.storage.lock): the first to store its key wins, the others use that one.
         fresh = new_deterministic_entry(kms.provider(key_uri), {DOMAIN_CONTEXT_KEY: name})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with filelock.FileLock(str(path.parent / f".{path.name}.lock"), timeout=60):
+        with _record_lock(path):
             current = _domain_record(path, name)
             if current is not None and (not rotate or current != record):
                 entry, fresh = _entry(current, path), None  # another writer made (or rotated) it meanwhile
@@ -199,34 +194,48 @@ def domain_key(
     return entry
 
 
-def _domain_record(path: Path, name: str) -> dict[str, Any] | None:
+def _record_lock(path: Location) -> Any:
+    """The lock beside a join-domain record (60 s to get it)."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def held() -> Any:
+        try:
+            with lock(path.parent.join(f".{path.name}.lock"), timeout=60):
+                yield
+        except LockTimeout as exc:
+            raise JobError(f"join-domain record {path.uri} stayed locked for 60 s ({exc})") from None
+
+    return held()
+
+
+def _domain_record(path: Location, name: str) -> dict[str, Any] | None:
     if name == DEFAULT_DOMAIN:
         return (_load(path, "join-domain record").get("domains") or {}).get(name)
     return _load(path, "join-domain store record") or None
 
 
-def _store_record(path: Path, name: str, record: dict[str, Any]) -> None:
+def _store_record(path: Location, name: str, record: dict[str, Any]) -> None:
     if name == DEFAULT_DOMAIN:
         doc = _load(path, "join-domain record")
         domains = dict(doc.get("domains") or {})
         domains[name] = record
-        atomic_write_json(path, {"format_version": _FORMAT_VERSION, "domains": domains})
+        path.write_json_atomic({"format_version": _FORMAT_VERSION, "domains": domains})
     else:
-        atomic_write_json(path, record)
+        path.write_json_atomic(record)
 
 
 def _remember(root: str, name: str, entry: DekEntry) -> None:
     """Record a named domain's current key in the dataset too (inspection, re-encrypt)."""
-    path = Path(root) / JOIN_KEYS_NAME
-    Path(root).mkdir(parents=True, exist_ok=True)
-    with filelock.FileLock(str(path.parent / f".{path.name}.lock"), timeout=60):
+    path = resolve(root).join(JOIN_KEYS_NAME)
+    with _record_lock(path):
         doc = _load(path, "join-domain record") or {"format_version": _FORMAT_VERSION, "domains": {}}
         domains = dict(doc.get("domains") or {})
         current = domains.get(name, {}).get("current")
         if current == entry.to_dict():
             return
         domains[name] = _new_record(entry, domains.get(name))
-        atomic_write_json(path, {"format_version": _FORMAT_VERSION, "domains": domains})
+        path.write_json_atomic({"format_version": _FORMAT_VERSION, "domains": domains})
 
 
 def _check_unwrap(entry: DekEntry, kms: KmsConfig, name: str) -> None:

@@ -17,10 +17,8 @@ Integrity options of both readers (docs/FORMAT.md sections 9 and 13):
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -29,12 +27,13 @@ import pyarrow.parquet as pq
 from spark_kms.crypto import KeyTable
 from spark_kms.errors import ConfigurationError, FormatError
 from spark_kms.kms import KmsConfig, KmsConfigLike
-from spark_kms.parquet.dataset import Dataset, check_required_encryption, local_path, open_parquet
+from spark_kms.parquet.dataset import Dataset, check_required_encryption, dataset_location, open_parquet
 from spark_kms.parquet.decryptor import BatchDecryptor
+from spark_kms.storage import Location, StoragePath
 
 __all__ = ["iter_decrypted_batches", "read_decrypted_table"]
 
-PathLike = str | os.PathLike[str]
+PathLike = StoragePath
 DEFAULT_BATCH_ROWS = 65_536
 
 
@@ -58,7 +57,7 @@ def _to_read(decryptor: BatchDecryptor, chosen: list[str] | None, available: lis
 
 
 def _file_decryptor(
-    path: str,
+    path: Location,
     names: list[str],
     kms: KmsConfig,
     key_table: KeyTable | None,
@@ -72,7 +71,7 @@ def _file_decryptor(
         key_table = dataset.effective_table(dataset.files[0])
         min_format_version = dataset.min_format_version
     else:
-        check_required_encryption(key_table, require_encrypted or (), f"file {path}", columns=names)
+        check_required_encryption(key_table, require_encrypted or (), f"file {path.uri}", columns=names)
     return BatchDecryptor(key_table, kms_options=kms, min_format_version=min_format_version,
                           verify_blind_indexes=verify_blind_indexes)
 
@@ -111,24 +110,25 @@ def iter_decrypted_batches(
     :param min_format_version: 2 refuses a file of format version 1.
     :param verify_blind_indexes: recompute blind-index cells from their source (read along).
     """
-    local = local_path(path)
-    pf = open_parquet(local)
+    loc = dataset_location(path)
+    local = loc.uri
+    pf = open_parquet(loc)
     names = pf.schema_arrow.names
     chosen = _check_columns(columns, names, f"file {local}")
-    decryptor = _file_decryptor(local, names, KmsConfig.of(kms_options), key_table, require_encrypted,
+    decryptor = _file_decryptor(loc, names, KmsConfig.of(kms_options), key_table, require_encrypted,
                                 min_format_version, verify_blind_indexes)
     yield from _decrypted_batches(pf, local, chosen, decryptor, batch_size)
 
 
-def _file_table(path: str, columns: list[str] | None, decryptor_of: object) -> pa.Table:
+def _file_table(path: Location, columns: list[str] | None, decryptor_of: object) -> pa.Table:
     # One open and one footer parse per file: the schema and the batches share them.
     pf = open_parquet(path)
-    chosen = _check_columns(columns, pf.schema_arrow.names, f"file {path}")
+    chosen = _check_columns(columns, pf.schema_arrow.names, f"file {path.uri}")
     decryptor: BatchDecryptor = decryptor_of(pf.schema_arrow.names)  # type: ignore[operator]
     schema = decryptor.plaintext_schema(pf.schema_arrow)
     if chosen is not None:
         schema = pa.schema([schema.field(c) for c in chosen], metadata=schema.metadata)
-    batches = list(_decrypted_batches(pf, path, chosen, decryptor, DEFAULT_BATCH_ROWS))
+    batches = list(_decrypted_batches(pf, path.uri, chosen, decryptor, DEFAULT_BATCH_ROWS))
     return pa.Table.from_batches(batches, schema=schema)
 
 
@@ -151,22 +151,24 @@ def read_decrypted_table(
     :param min_format_version: 2 refuses files of format version 1 (unauthenticated column specs).
     :param verify_blind_indexes: recompute blind-index cells from their source column.
     """
-    local = local_path(path_or_dataset)
+    loc = dataset_location(path_or_dataset)
+    local = loc.uri
     kms = KmsConfig.of(kms_options)
-    if os.path.isfile(local):
+    if loc.is_file():
 
         def decryptor_of(names: list[str]) -> BatchDecryptor:
-            return _file_decryptor(local, names, kms, None, require_encrypted, min_format_version,
+            return _file_decryptor(loc, names, kms, None, require_encrypted, min_format_version,
                                    verify_blind_indexes)
 
-        return _file_table(local, None if columns is None else list(columns), decryptor_of)
-    if not os.path.isdir(local):
+        return _file_table(loc, None if columns is None else list(columns), decryptor_of)
+    if not loc.is_dir():
         raise ConfigurationError(f"no such file or dataset directory: {local}")
-    keys = Dataset.open(local, require_files=False, kms_options=kms, require_encrypted=require_encrypted,
+    keys = Dataset.open(loc, require_files=False, kms_options=kms, require_encrypted=require_encrypted,
                         min_format_version=min_format_version)
     key_table = keys.key_table()
     with _stored_data(f"dataset {local}"):
-        dataset = ds.dataset(local, format="parquet", partitioning="hive", ignore_prefixes=["_", "."])
+        dataset = ds.dataset(loc.path, filesystem=loc.fs, format="parquet", partitioning="hive",
+                             ignore_prefixes=["_", "."])
     chosen = _check_columns(columns, dataset.schema.names, f"dataset {local}")
     decryptor = BatchDecryptor(key_table, kms_options=kms, min_format_version=keys.min_format_version,
                                verify_blind_indexes=verify_blind_indexes)
@@ -176,7 +178,7 @@ def read_decrypted_table(
     read = _to_read(decryptor, chosen, dataset.schema.names)
     tables: list[pa.Table] = []
     for fragment in dataset.get_fragments():
-        file = str(Path(fragment.path).resolve())
+        file = loc.join(fragment.path[len(loc.path):]).uri
         per_file = decryptor if file not in keys.footers else BatchDecryptor(
             keys.key_table_for(file, key_table), kms_options=kms, min_format_version=keys.min_format_version,
             verify_blind_indexes=verify_blind_indexes,

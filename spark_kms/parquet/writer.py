@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 from spark_kms.crypto import DEFAULT_MAX_CELLS_PER_DEK, KEY_TABLE_METADATA_KEY, DekEntry, KeyTable
 from spark_kms.errors import ConfigurationError
 from spark_kms.kms import KmsConfigLike, KmsProvider
-from spark_kms.parquet.dataset import local_path
 from spark_kms.parquet.encryptor import BatchEncryptor, EncryptionSpec
+from spark_kms.storage import resolve
 
 __all__ = ["EncryptedParquetWriter"]
 
@@ -69,7 +69,8 @@ class EncryptedParquetWriter:
         extra = dict(metadata or {})
         if KEY_TABLE_METADATA_KEY in extra:
             raise ConfigurationError(f"metadata key {KEY_TABLE_METADATA_KEY!r} is reserved for the key table")
-        self.path = local_path(path)
+        self._location = resolve(path)
+        self.path = self._location.uri
         self.schema = schema
         self.write_empty = write_empty
         self._metadata = extra
@@ -85,6 +86,7 @@ class EncryptedParquetWriter:
         # Validates the spec against the schema now, before any row or KMS call.
         self.output_schema = self._encryptor.output_schema(schema)
         self._writer: pq.ParquetWriter | None = None
+        self._sink: Any = None
         self._closed = False
         self.rows = 0
 
@@ -146,6 +148,7 @@ class EncryptedParquetWriter:
                 footer.update(self._metadata)
                 self._writer.add_key_value_metadata(footer)
                 self._writer.close()
+                self._sink.close()  # on an object store, the object appears now, whole
         finally:
             self._encryptor.close()
 
@@ -158,15 +161,18 @@ class EncryptedParquetWriter:
             if self._writer is not None:
                 with contextlib.suppress(Exception):
                     self._writer.close()
+                with contextlib.suppress(Exception):
+                    self._sink.close()
                 with contextlib.suppress(FileNotFoundError):
-                    os.remove(self.path)
+                    self._location.delete_file()
         finally:
             self._encryptor.close()
 
     # -- internals ------------------------------------------------------------
     def _open(self) -> pq.ParquetWriter:
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self.path, self.output_schema, **self._parquet_options)
+            self._sink = self._location.open_output_stream()
+            self._writer = pq.ParquetWriter(self._sink, self.output_schema, **self._parquet_options)
         return self._writer
 
     def _conform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
