@@ -22,8 +22,13 @@ java:
 demo: install
 	$(BIN)/spark-kms demo
 
+# tests/connect runs in a second process: once a process opens a Spark Connect session, pyspark treats it as a
+# Connect client for good, and the rest of the suite uses a classic session (tests/connect/conftest.py keeps a
+# run over more than that directory from collecting it). It starts its own Connect server in a private mount
+# namespace (unshare -m, as root, like CI).
 test: install
 	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest tests/connect
 
 # `make sanitize`: spark_kms/crypto/_fastgcm.c built with ASan + UBSan into build/sanitize/ (the extension that
 # `pip install -e .` put in the source tree stays as it is), then the crypto tests and a 350,000-case fuzz run

@@ -5,7 +5,7 @@ Layout under the demo base directory::
 
     <base>/keystore/                          embedded local KMS (key alias/pii)
     <base>/landing/<ds>/customers.csv         plain landing data (sample, made if absent)
-    <base>/encrypted/<dataset>/...            encrypted Parquet datasets
+    <base>/encrypted/<dataset>/...            encrypted Parquet datasets (or Delta tables)
     <base>/exports/<ds>/customers/            plaintext exports (decrypt)
 
 The base directory is the Airflow Variable ``spark_kms_demo_base``, else the environment
@@ -152,7 +152,9 @@ def seed_dataset(
 
 
 def datasets_under_key(root: str | os.PathLike[str], key_uri: str) -> list[str]:
-    """The encrypted datasets directly under ``root`` that have a data key wrapped by ``key_uri``."""
+    """The encrypted datasets directly under ``root`` that have a data key wrapped by ``key_uri``; a Delta
+    (or Iceberg) table among them is judged by its current snapshot's keys (docs/TABLES.md)."""
+    from spark_kms import tables
     from spark_kms.parquet import read_dataset_key_table
 
     found = []
@@ -162,7 +164,10 @@ def datasets_under_key(root: str | os.PathLike[str], key_uri: str) -> list[str]:
     for child in sorted(base.iterdir()):
         if not child.is_dir() or child.name.startswith(("_", ".")):
             continue
-        table = read_dataset_key_table(str(child))
+        if tables.detect_table(child):
+            table = tables.table_scan(str(child)).key_table  # the snapshot's files only: no KMS call
+        else:
+            table = read_dataset_key_table(str(child))
         if any(entry.key_uri == key_uri for entry in table.deks.values()):
             found.append(str(child))
     return found

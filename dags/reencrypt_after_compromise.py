@@ -7,8 +7,13 @@ the old material can still read the cells. This DAG
    dataset when none under ``<base>/encrypted/`` uses the key.
 2. ``rotate_key``: records the current primary version as compromised (or takes the
    ``compromised_version`` param) and makes a new version primary.
-3. ``reencrypt``: (after ``datasets_to_reencrypt`` lists them) one mapped task per dataset under the key: new data keys under the new
-   version, every cell re-encrypted, files swapped atomically (resumable if interrupted).
+3. ``reencrypt``: (after ``datasets_to_reencrypt`` lists them) one mapped task per dataset under the key,
+   ``force=True``: new data keys under the new version for every file, every cell re-encrypted (resumable
+   if interrupted). A plain dataset's files are swapped atomically; a Delta or Iceberg table gets new files
+   and one commit through its own log, and its older snapshots keep the old files -- still under the old
+   data keys -- until vacuumed: the ``vacuum_retention_hours`` param (opt-in; ``0`` after a compromise)
+   vacuums / expires them in the same task, so the old data keys are then nowhere in the table
+   (docs/TABLES.md, "Older snapshots hold old data keys"). Time travel to the older versions ends.
 4. ``retire_compromised_version``: only when no dataset still has a data key under the
    compromised version, disable that version; then every dataset must still decrypt.
 """
@@ -40,7 +45,10 @@ with DAG(
     tags=["spark_kms", "example"],
     doc_md=__doc__,
     params={"compromised_version": Param(None, type=["null", "integer"],
-                                         description="Key version to retire (default: the current primary).")},
+                                         description="Key version to retire (default: the current primary)."),
+            "vacuum_retention_hours": Param(None, type=["null", "number"], minimum=0,
+                                            description="Tables: then vacuum / expire older snapshots with this "
+                                                        "retention (0: crypto-shredding; default: no vacuum).")},
 ):
 
     @task(multiple_outputs=True)
@@ -71,11 +79,13 @@ with DAG(
 
     reencrypt = ReencryptDatasetOperator.partial(
         task_id="reencrypt", mode="reencrypt", force=True, kms_options=settings["kms_options"],
+        vacuum_retention_hours="{{ params.vacuum_retention_hours }}",
     ).expand(path=datasets_to_reencrypt(settings["datasets"]))
 
     @task
     def retire_compromised_version(datasets: list[str], kms_options: dict[str, Any], keystore: str,
                                    compromised_version: str) -> dict[str, Any]:
+        from spark_kms import tables
         from spark_kms.jobs import inspect_dataset
         from spark_kms.kms.local import LocalKms
         from spark_kms.parquet import read_decrypted_table
@@ -88,7 +98,8 @@ with DAG(
             raise RuntimeError(f"key version {compromised_version} still wraps data keys of {still_used}; "
                                "not disabling it")
         LocalKms(keystore).disable_key_version(_KEY_REF, int(compromised_version))
-        rows = {path: read_decrypted_table(path, kms_options=kms_options).num_rows for path in datasets}
+        rows = {path: (tables.read_table_decrypted(path, kms_options=kms_options) if tables.detect_table(path)
+                       else read_decrypted_table(path, kms_options=kms_options)).num_rows for path in datasets}
         return {"disabled_version": compromised_version, "rows": rows}
 
     rotation >> reencrypt

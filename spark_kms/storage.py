@@ -440,6 +440,13 @@ class Location:
             if not missing_ok:
                 raise
 
+    def remove_dir_if_empty(self) -> None:
+        """Remove this directory if it is empty (local: ``rmdir``, which never removes a file another
+        process just put there); object stores have no directories: nothing to do."""
+        if self.scheme == "file":
+            with contextlib.suppress(OSError):
+                os.rmdir(self.path)
+
     def delete_dir(self) -> None:
         """Delete this directory and everything under it; nothing if it is absent."""
         try:
@@ -605,8 +612,13 @@ def lock(location: Location, *, timeout: float = 0.0, lease_s: float = DEFAULT_L
 
 def _s3_put_if_absent(loc: Location, data: bytes) -> bool:
     """S3's conditional PUT (``If-None-Match: *``) through boto3, which pyarrow does not expose."""
-    import boto3
-    from botocore.exceptions import ClientError
+    try:
+        import boto3
+        from botocore.exceptions import ClientError
+    except ImportError:
+        raise ImportError(
+            "locks and journals on s3:// need boto3 (S3's conditional PUT): pip install 'spark-kms[s3]'"
+        ) from None
 
     o = loc.options
     endpoint = o.get("s3.endpoint_override") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(

@@ -6,13 +6,17 @@
   start it in a subprocess: one SparkContext per JVM.
 * ``local_kms``: a fresh embedded keystore with the key ``alias/pii``, as
   ``LocalKmsFixture(keystore_dir, key_uri, kms_options)``; unpacks as a 3-tuple.
+* ``s3``: ONE session-scoped moto S3 server on 127.0.0.1 (:class:`spark_kms.testing.s3.S3Server`, bucket
+  ``spark-kms-test``; ``.options`` reach it); ``s3_prefix``: a fresh key prefix per test.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -51,3 +55,20 @@ def local_kms(tmp_path: Path) -> LocalKmsFixture:
     kms = LocalKms(keystore)
     kms.create_key(alias="alias/pii")
     return LocalKmsFixture(keystore, "local://alias/pii", {"local": {"keystore": str(keystore)}})
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[Any]:
+    from spark_kms.testing.s3 import S3Server
+
+    server = S3Server().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_prefix(request: pytest.FixtureRequest) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name)[:60].strip("-")
+    return f"t/{name}-{uuid.uuid4().hex[:8]}"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -44,6 +45,7 @@ __all__ = [
     "SparkKmsGcpHook",
     "SparkKmsHook",
     "SparkKmsVaultHook",
+    "mask_mapping_secrets",
     "mask_option_secrets",
 ]
 
@@ -74,6 +76,27 @@ def mask_option_secrets(kms_options: Mapping[str, Any] | KmsConfig | None) -> No
         kms_options = {s: o for s, o in (kms_options or {}).items() if isinstance(o, Mapping)}
     for value in KmsConfig.of(kms_options).secret_values():
         mask_secret(value)
+
+
+#: option names whose values are secrets in storage options, Iceberg catalog properties and table-library
+#: options (``s3.secret_key``, ``s3.secret-access-key``, ``AWS_SECRET_ACCESS_KEY``, ``adls.account-key``,
+#: ``AZURE_STORAGE_SAS_KEY``, ``gcs.oauth2.token``, ``credential``, ``token``, ``password``...)
+_SECRET_NAME = re.compile(r"secret|password|passwd|token|credential|account[-_.]?key|sas[-_.]?(key|token)|"
+                          r"private[-_.]?key", re.IGNORECASE)
+
+
+def mask_mapping_secrets(*mappings: Mapping[str, Any] | None) -> None:
+    """Register the secret values of option mappings (storage options, catalog properties, table options)
+    with Airflow's secrets masker: Airflow redacts rendered fields by key name, and names such as
+    ``adls.account-key`` are not ones it knows. A value is secret by its option's name (:data:`_SECRET_NAME`)."""
+    from airflow.sdk.log import mask_secret
+
+    for mapping in mappings:
+        if not isinstance(mapping, Mapping):
+            continue
+        for name, value in mapping.items():
+            if value not in (None, "") and _SECRET_NAME.search(str(name)):
+                mask_secret(str(value))
 
 
 def _extra(conn: Connection, name: str) -> Any:

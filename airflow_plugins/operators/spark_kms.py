@@ -19,16 +19,26 @@ Shared rules:
   connection's.
 * Spark (encrypt, decrypt): in-process ``local[2]`` by default; with ``spark_conn_id``
   the master comes from that Airflow connection (type ``spark``: host
-  ``spark://127.0.0.1`` and port ``7077``, or the whole master URL in host). A JVM holds
-  one SparkContext: if one is already running in the process it is reused (and a
-  differing master is logged).
+  ``spark://127.0.0.1`` and port ``7077``, or the whole master URL in host; host
+  ``sc://...`` is a Spark Connect server). The session is built by
+  :func:`spark_kms.spark.session.spark_session`. A JVM holds one SparkContext: if one is
+  already running in the process it is reused (and a differing master is logged). A Spark
+  Connect session is the task's own, released on the server when the job succeeds.
+* Rewrap / re-encrypt and the sensor run in the task's process without Spark, unless given
+  ``spark_conn_id``: then through that session, i.e. on a Spark Connect server's side, where
+  the data is.
 * Run ids: ``job_run_id`` if given, else ``af-<dag_id>-<task_id>[-<map index>]-<Airflow run id>``
   made file-name safe. A retry of the same Airflow run reuses it, which is what lets a
   re-encrypt resume its journal, and it lands in the KMS audit log through the
   encryption context of new data keys.
-* Lineage: the dataset an operator writes is its outlet Asset (``file://<abs path>``) when
-  the path is known when the DAG is parsed; for a templated path pass ``asset_alias=`` and
-  the rendered path is attached to that AssetAlias at run time.
+* Lineage: the dataset an operator writes is its outlet Asset (``file://<abs path>``, or the
+  ``iceberg://`` URI of an Iceberg table) when the path is known when the DAG is parsed; for a
+  templated path pass ``asset_alias=`` and the rendered path is attached to that AssetAlias at run time.
+* Tables (docs/TABLES.md): a path that is a Delta table, an ``iceberg://<catalog>/<namespace>.<table>``
+  URI or an Iceberg table's directory is handed to :mod:`spark_kms.tables` by the jobs themselves (no
+  Spark session is started for it). Every operator takes ``storage_options`` (spark_kms's storage options),
+  ``catalog_properties`` (the Iceberg catalog's) and ``table_options`` (the table library's own), all
+  templated; their secret values are registered with Airflow's masker.
 """
 
 from __future__ import annotations
@@ -36,15 +46,18 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
 
 from airflow.sdk import Asset, AssetAlias, BaseHook, BaseOperator
 
 from airflow_plugins.operators._errors import task_errors
 from spark_kms.errors import ConfigurationError
 from spark_kms.kms import KmsConfig
+from spark_kms.spark.session import DEFAULT_MASTER
 
 if TYPE_CHECKING:  # pragma: no cover
     from airflow.sdk import Connection, Context
@@ -56,11 +69,11 @@ __all__ = [
     "SparkKmsBaseOperator",
     "job_run_id_for",
     "spark_master_from_connection",
+    "spark_session_from_connection",
 ]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_RUN_ID = 128
-DEFAULT_MASTER = "local[2]"
 
 
 def job_run_id_for(dag_id: str, task_id: str, airflow_run_id: str, map_index: int = -1) -> str:
@@ -79,23 +92,64 @@ def job_run_id_for(dag_id: str, task_id: str, airflow_run_id: str, map_index: in
 def spark_master_from_connection(conn: Connection) -> str:
     """The Spark master URL an Airflow ``spark`` connection describes.
 
-    ``host`` may hold a whole master (``spark://h:7077``, ``local[2]``, ``yarn``, ``k8s://...``);
-    a bare host name means a standalone master, on ``port`` (default 7077).
+    ``host`` may hold a whole master (``spark://h:7077``, ``local[2]``, ``yarn``, ``k8s://...``, or
+    ``sc://h:15002`` for a Spark Connect server); a bare host name means a standalone master, on
+    ``port`` (default 7077). ``port`` completes a ``spark://`` or ``sc://`` host without one. For
+    ``sc://``, the connection's password, if any, is the server's bearer token (``;token=``: the
+    client then talks TLS); the result holds it, so log it only through
+    :func:`~spark_kms.spark.session.redact_master`.
     """
+    from spark_kms.spark.session import MASTER_FORMS, check_master, redact_master
+
     host = (conn.host or "").strip()
     if not host:
         raise ConfigurationError(f"Spark connection {conn.conn_id!r} has no host: set it to the master URL, "
-                                 "e.g. spark://127.0.0.1 with port 7077, or local[2]")
-    if host.startswith(("local", "yarn", "k8s://")):
-        return host
-    if host.startswith("spark://"):
-        if conn.port and ":" not in host[len("spark://"):]:
-            return f"{host}:{conn.port}"
-        return host
-    if "://" in host:
-        raise ConfigurationError(f"Spark connection {conn.conn_id!r}: unsupported master {host!r}; expected "
-                                 "spark://host:port, local[N], yarn or k8s://...")
-    return f"spark://{host}:{conn.port or 7077}"
+                                 "e.g. spark://127.0.0.1 with port 7077, sc://127.0.0.1 with port 15002, or local[2]")
+    if host in ("local", "yarn") or host.startswith(("local[", "local-cluster[", "k8s://")):
+        master = host
+    elif host.startswith(("spark://", "sc://")):
+        parts = urlsplit(host)  # a master URL, not a key URI
+        authority = parts.netloc
+        if conn.port and ":" not in authority:
+            authority = f"{authority}:{conn.port}"
+        master = f"{parts.scheme}://{authority}{parts.path}"
+        if parts.scheme == "sc" and conn.password and "token=" not in parts.path:
+            master = f"{master}{'' if parts.path else '/'};token={quote(conn.password, safe='')}"
+    elif "://" in host:
+        raise ConfigurationError(f"Spark connection {conn.conn_id!r}: unsupported master {redact_master(host)!r}; "
+                                 f"expected {MASTER_FORMS}")
+    else:
+        master = f"spark://{host}:{conn.port or 7077}"
+    try:
+        return check_master(master)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"Spark connection {conn.conn_id!r}: {exc}") from None
+
+
+def spark_session_from_connection(spark_conn_id: str | None, app_name: str,
+                                  conf: Mapping[str, Any] | None = None) -> Any:
+    """The SparkSession for an Airflow ``spark`` connection (None: in-process ``local[2]``)."""
+    from spark_kms.spark.session import spark_session
+
+    master = DEFAULT_MASTER
+    if spark_conn_id:
+        master = spark_master_from_connection(BaseHook.get_connection(spark_conn_id))
+    return spark_session(master, app_name, conf=conf)
+
+
+@contextmanager
+def job_session(spark_conn_id: str | None, app_name: str, conf: Mapping[str, Any] | None = None,
+                *, required: bool = True) -> Iterator[Any]:
+    """The session a job runs on (None when ``required`` is false and there is no ``spark_conn_id``).
+
+    A Spark Connect session is released on the server once the job succeeded; after a failure the
+    server may be unreachable (releasing would retry for minutes) and drops the idle session itself."""
+    from spark_kms.spark.remote import is_connect
+
+    spark = spark_session_from_connection(spark_conn_id, app_name, conf) if (required or spark_conn_id) else None
+    yield spark
+    if is_connect(spark):
+        spark.stop()
 
 
 def _is_templated(value: Any) -> bool:
@@ -103,7 +157,39 @@ def _is_templated(value: Any) -> bool:
 
 
 def _asset_of(path: str) -> Asset:
+    if str(path).lower().startswith("iceberg://"):  # a catalog table: its URI names it
+        return Asset(uri=str(path))
     return Asset(uri=Path(path).absolute().as_uri())
+
+
+def _optional_float(value: Any, what: str) -> float | None:
+    """A number from a rendered template field: ``None``, ``""`` and ``"None"`` mean "not set"."""
+    if value is None or (isinstance(value, str) and value.strip() in ("", "None")):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{what} must be a number, got {value!r}") from None
+
+
+def _optional_int(value: Any, what: str) -> int | None:
+    number = _optional_float(value, what)
+    if number is None:
+        return None
+    if number != int(number):
+        raise ConfigurationError(f"{what} must be a whole number, got {value!r}")
+    return int(number)
+
+
+def _table_version(value: Any) -> Any:
+    """``version`` from a rendered template: a whole number (Delta version, Iceberg snapshot id), else the
+    text (an ISO-8601 timestamp); ``""`` / ``"None"``: the current snapshot."""
+    if value is None or isinstance(value, int) or not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text in ("", "None"):
+        return None
+    return int(text) if text.isdigit() else text
 
 
 class SparkKmsBaseOperator(BaseOperator):
@@ -112,13 +198,20 @@ class SparkKmsBaseOperator(BaseOperator):
     :param kms_conn_id: a ``spark_kms_*`` connection (optional when ``kms_options`` and
         ``key_uri`` say everything).
     :param kms_options: ``{scheme: provider options}`` laid over the connection's (templated).
-    :param spark_conn_id: an Airflow ``spark`` connection naming the master (default: in-process ``local[2]``).
+    :param spark_conn_id: an Airflow ``spark`` connection naming the master (default: in-process ``local[2]``);
+        its host may be ``sc://host:port``, a Spark Connect server.
     :param spark_conf: extra Spark settings for a session this operator starts.
     :param job_run_id: the spark_kms run id (templated; default: derived from the Airflow task run).
     :param asset_alias: name of an AssetAlias to attach a templated output path to at run time.
+    :param storage_options: spark_kms storage options of the paths' store (templated; docs/STORAGE.md).
+    :param catalog_properties: Iceberg tables: the catalog's properties for pyiceberg's ``load_catalog``
+        (templated), e.g. ``{"type": "sql", "uri": "sqlite:////var/lib/cat.db", "warehouse": "s3://b/wh"}``.
+    :param table_options: tables: the table library's own options (templated; delta-rs storage options,
+        pyiceberg FileIO properties).
     """
 
-    template_fields: Sequence[str] = ("kms_options", "job_run_id")
+    template_fields: Sequence[str] = ("kms_options", "job_run_id", "storage_options", "catalog_properties",
+                                      "table_options")
     ui_color = "#e8f0d8"
 
     def __init__(
@@ -130,6 +223,9 @@ class SparkKmsBaseOperator(BaseOperator):
         spark_conf: Mapping[str, Any] | None = None,
         job_run_id: str | None = None,
         asset_alias: str | None = None,
+        storage_options: Mapping[str, str] | None = None,
+        catalog_properties: Mapping[str, str] | None = None,
+        table_options: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         self._output_path_for_lineage = kwargs.pop("_output_path", None)
@@ -146,13 +242,30 @@ class SparkKmsBaseOperator(BaseOperator):
         self.spark_conf = dict(spark_conf or {})
         self.job_run_id = job_run_id
         self.asset_alias = asset_alias
+        self.storage_options = storage_options
+        self.catalog_properties = catalog_properties
+        self.table_options = table_options
 
     def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
         super().render_template_fields(context, jinja_env)
-        # Before Airflow stores the rendered fields: a root key passed in kms_options is masked too.
-        from airflow_plugins.hooks.spark_kms import mask_option_secrets
+        # Before Airflow stores the rendered fields: a root key passed in kms_options is masked too,
+        # and so are the secrets of storage options, catalog properties and table options.
+        from airflow_plugins.hooks.spark_kms import mask_mapping_secrets, mask_option_secrets
 
         mask_option_secrets(self.kms_options)
+        mask_mapping_secrets(self.storage_options, self.catalog_properties, self.table_options)
+
+    def location_kwargs(self) -> dict[str, Any]:
+        """``storage_options`` / ``catalog_properties`` / ``table_options`` for a job (only those set)."""
+        out: dict[str, Any] = {}
+        for name in ("storage_options", "catalog_properties", "table_options"):
+            value = getattr(self, name)
+            if value:
+                if not isinstance(value, Mapping):
+                    raise ConfigurationError(f"task {self.task_id!r}: {name} is a mapping of option names to "
+                                             f"values, got {type(value).__name__}")
+                out[name] = {str(k): str(v) for k, v in value.items()}
+        return out
 
     # -- shared plumbing -----------------------------------------------------------------
     def _hook(self, key_uri: str | None = None) -> Any:
@@ -182,16 +295,11 @@ class SparkKmsBaseOperator(BaseOperator):
 
     def spark_session(self) -> Any:
         """The SparkSession the job runs on (see the module docstring)."""
-        from spark_kms.spark.session import local_session
+        return spark_session_from_connection(self.spark_conn_id, f"spark_kms-{self.task_id}", self.spark_conf)
 
-        master = DEFAULT_MASTER
-        if self.spark_conn_id:
-            master = spark_master_from_connection(BaseHook.get_connection(self.spark_conn_id))
-        spark = local_session(master, f"spark_kms-{self.task_id}", conf=self.spark_conf)
-        running = spark.sparkContext.master
-        if running != master:
-            self.log.warning("reusing this process's SparkSession on %s (asked for %s)", running, master)
-        return spark
+    def job_session(self, *, required: bool = True) -> Any:
+        """``with self.job_session() as spark``: :func:`job_session` for this task."""
+        return job_session(self.spark_conn_id, f"spark_kms-{self.task_id}", self.spark_conf, required=required)
 
     def run_id_for(self, context: Context) -> str:
         if self.job_run_id:
@@ -227,12 +335,20 @@ class EncryptDatasetOperator(SparkKmsBaseOperator):
     :param join_domain: join domain of the deterministic / blind-index columns; default the
         destination dataset's own (templated).
     :param join_domain_store: directory holding a named join domain's key (templated).
+    :param table_format: ``delta`` or ``iceberg``: the destination is a table, created if absent (templated;
+        default: an existing Delta table or an ``iceberg://`` destination is written into as a table). The
+        source is then read with pyarrow and committed in one table commit: no Spark session is started.
+    :param replace_where: tables, with ``mode="overwrite"``: partition column -> value (or list of values)
+        whose files are replaced (templated).
+
+    Into a table, ``mode`` also takes ``overwrite_partitions`` and ``error``; ``catalog_properties`` (an
+    Iceberg catalog) and ``table_options`` come from the base operator.
     """
 
     template_fields: Sequence[str] = (
         "source", "destination", "columns", "key_uri", "deterministic_columns", "blind_index", "partition_by",
-        "source_format", "mode", "encryption_context", "join_domain", "join_domain_store",
-        *SparkKmsBaseOperator.template_fields,
+        "source_format", "mode", "encryption_context", "join_domain", "join_domain_store", "table_format",
+        "replace_where", *SparkKmsBaseOperator.template_fields,
     )
 
     def __init__(
@@ -250,11 +366,15 @@ class EncryptDatasetOperator(SparkKmsBaseOperator):
         encryption_context: Mapping[str, str] | None = None,
         join_domain: str | None = None,
         join_domain_store: str | None = None,
+        table_format: str | None = None,
+        replace_where: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(_output_path=destination, **kwargs)
         self.join_domain = join_domain
         self.join_domain_store = join_domain_store
+        self.table_format = table_format
+        self.replace_where = dict(replace_where or {})
         self.source = source
         self.destination = destination
         self.columns = list(columns)
@@ -272,14 +392,22 @@ class EncryptDatasetOperator(SparkKmsBaseOperator):
 
         key_uri, kms_options = self.resolve_kms(self.key_uri, need_key=True)
         assert key_uri is not None  # resolve_kms(need_key=True) raised otherwise
-        summary = encrypt_dataset(
-            self.source, self.destination, key_uri=key_uri, columns=self.columns,
-            deterministic_columns=self.deterministic_columns, blind_index=self.blind_index,
-            partition_by=self.partition_by, source_format=self.source_format, mode=self.mode,
-            encryption_context=self.encryption_context, kms_options=kms_options, spark=self.spark_session(),
-            run_id=self.run_id_for(context), join_domain=self.join_domain or None,
-            join_domain_store=self.join_domain_store or None,
-        )
+        table_format = self.table_format or None
+        if table_format in ("None",):  # a rendered template of an unset param
+            table_format = None
+        # A session only when the job needs one: a table destination is written without Spark, so the
+        # factory given for a classic master is never called then (a Spark Connect session is the job's own).
+        with self.job_session(required=False) as spark:
+            summary = encrypt_dataset(
+                self.source, self.destination, key_uri=key_uri, columns=self.columns,
+                deterministic_columns=self.deterministic_columns, blind_index=self.blind_index,
+                partition_by=self.partition_by, source_format=self.source_format, mode=self.mode,
+                encryption_context=self.encryption_context, kms_options=kms_options,
+                spark=spark if spark is not None else self.spark_session,
+                run_id=self.run_id_for(context), join_domain=self.join_domain or None,
+                join_domain_store=self.join_domain_store or None, table_format=table_format,
+                replace_where=self.replace_where or None, **self.location_kwargs(),
+            )
         self.log.info("encrypted %s rows into %s files under %s (%s data keys, KMS calls %s)",
                       summary.rows, summary.files, key_uri, summary.deks, summary.kms_calls)
         self.record_lineage(context, self.destination)
@@ -297,10 +425,13 @@ class DecryptDatasetOperator(SparkKmsBaseOperator):
     :param destination: where the plaintext goes (templated).
     :param columns: keep only these columns (templated; default all).
     :param output_format: ``parquet``, ``csv`` or ``json`` (templated).
+    :param version: a Delta or Iceberg table ``source``: time travel to this Delta version, Iceberg
+        snapshot id or ISO-8601 timestamp (templated). A table is decrypted with pyarrow (Parquet output),
+        without Spark.
     """
 
     template_fields: Sequence[str] = (
-        "source", "destination", "columns", "output_format", *SparkKmsBaseOperator.template_fields,
+        "source", "destination", "columns", "output_format", "version", *SparkKmsBaseOperator.template_fields,
     )
 
     def __init__(
@@ -310,6 +441,7 @@ class DecryptDatasetOperator(SparkKmsBaseOperator):
         destination: str,
         columns: Sequence[str] | None = None,
         output_format: str = "parquet",
+        version: int | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(_output_path=destination, **kwargs)
@@ -317,16 +449,19 @@ class DecryptDatasetOperator(SparkKmsBaseOperator):
         self.destination = destination
         self.columns = list(columns) if columns is not None else None
         self.output_format = output_format
+        self.version = version
 
     @task_errors()
     def execute(self, context: Context) -> dict[str, Any]:
         from spark_kms.jobs import decrypt_dataset
 
         _, kms_options = self.resolve_kms()
-        summary = decrypt_dataset(
-            self.source, self.destination, columns=self.columns, output_format=self.output_format,
-            kms_options=kms_options, spark=self.spark_session(), run_id=self.run_id_for(context),
-        )
+        with self.job_session(required=False) as spark:  # a table source needs no session: made on demand
+            summary = decrypt_dataset(
+                self.source, self.destination, columns=self.columns, output_format=self.output_format,
+                kms_options=kms_options, spark=spark if spark is not None else self.spark_session,
+                run_id=self.run_id_for(context), version=_table_version(self.version), **self.location_kwargs(),
+            )
         self.log.info("decrypted %s rows from %s into %s", summary.rows, self.source, self.destination)
         self.record_lineage(context, self.destination)
         return self.report(summary)
@@ -348,9 +483,21 @@ class ReencryptDatasetOperator(SparkKmsBaseOperator):
     :param force: ``reencrypt`` only: rewrite files already on the target's primary version too.
     :param abandon: ``reencrypt`` only: give up the pending run with this id (the refusal of a
         mismatched pending run names it) instead of starting one (templated).
+    :param batch_files: ``reencrypt`` of a Delta or Iceberg table: one table commit every this many files
+        (templated; default one commit).
+    :param vacuum_retention_hours: ``reencrypt`` of a table, opt-in: then vacuum / expire what older
+        snapshots keep, with this retention (``0`` after a compromise: the old data keys are then nowhere in
+        the table; time travel to older versions ends). A plain dataset keeps no older files (templated;
+        ``"None"`` / ``""``: no vacuum).
+    :param include_history: ``rewrap`` of a table: also rewrap the data keys older versions reference.
+
+    A Delta or Iceberg ``path`` goes to :mod:`spark_kms.tables` (re-encrypt: new files and one commit per
+    batch, never a file the table's log references rewritten); ``catalog_properties`` and
+    ``table_options`` come from the base operator.
     """
 
-    template_fields: Sequence[str] = ("path", "mode", "key_uri", "abandon", *SparkKmsBaseOperator.template_fields)
+    template_fields: Sequence[str] = ("path", "mode", "key_uri", "abandon", "batch_files", "vacuum_retention_hours",
+                                      *SparkKmsBaseOperator.template_fields)
     MODES = ("rewrap", "reencrypt")
 
     def __init__(
@@ -361,6 +508,9 @@ class ReencryptDatasetOperator(SparkKmsBaseOperator):
         key_uri: str | None = None,
         force: bool = False,
         abandon: str | None = None,
+        batch_files: int | str | None = None,
+        vacuum_retention_hours: float | str | None = None,
+        include_history: bool = False,
         **kwargs: Any,
     ) -> None:
         if not _is_templated(mode) and mode not in self.MODES:
@@ -371,6 +521,9 @@ class ReencryptDatasetOperator(SparkKmsBaseOperator):
         self.key_uri = key_uri
         self.force = force
         self.abandon = abandon
+        self.batch_files = batch_files
+        self.vacuum_retention_hours = vacuum_retention_hours
+        self.include_history = include_history
 
     @task_errors()
     def execute(self, context: Context) -> dict[str, Any]:
@@ -381,14 +534,22 @@ class ReencryptDatasetOperator(SparkKmsBaseOperator):
                                      f"got {self.mode!r}")
         _, kms_options = self.resolve_kms()
         run_id = self.run_id_for(context)
-        if self.mode == "rewrap":
-            summary = rewrap_dataset(self.path, key_uri=self.key_uri, kms_options=kms_options, run_id=run_id)
-        elif self.abandon:
-            summary = reencrypt_dataset(self.path, kms_options=kms_options, abandon=str(self.abandon))
-        else:
-            # reencrypt_dataset rewrites files with pyarrow in this process: no SparkSession needed.
-            summary = reencrypt_dataset(self.path, key_uri=self.key_uri, kms_options=kms_options, run_id=run_id,
-                                        force=self.force)
+        location = self.location_kwargs()
+        batch_files = _optional_int(self.batch_files, f"task {self.task_id!r}: batch_files")
+        vacuum_hours = _optional_float(self.vacuum_retention_hours, f"task {self.task_id!r}: vacuum_retention_hours")
+        # Both jobs work on files with pyarrow, in this process unless spark_conn_id names a master:
+        # then through that session (over Spark Connect: on the server's side, where the data is).
+        with self.job_session(required=False) as spark:
+            if self.mode == "rewrap":
+                summary = rewrap_dataset(self.path, key_uri=self.key_uri, kms_options=kms_options, run_id=run_id,
+                                         spark=spark, include_history=bool(self.include_history), **location)
+            elif self.abandon:
+                summary = reencrypt_dataset(self.path, kms_options=kms_options, abandon=str(self.abandon),
+                                            spark=spark, **location)
+            else:
+                summary = reencrypt_dataset(self.path, key_uri=self.key_uri, kms_options=kms_options,
+                                            run_id=run_id, force=self.force, spark=spark, batch_files=batch_files,
+                                            vacuum_retention_hours=vacuum_hours, **location)
         self.log.info("%s of %s: %s data keys, %s files, key versions %s -> %s", self.mode, self.path,
                       summary.deks, summary.files, summary.key_versions_before, summary.key_versions)
         self.record_lineage(context, self.path)

@@ -30,6 +30,7 @@ _COMMANDS: dict[str, str] = {
     "reencrypt": "spark_kms.cli.jobs:reencrypt",
     "inspect": "spark_kms.cli.jobs:inspect",
     "gc": "spark_kms.cli.jobs:gc",
+    "vacuum": "spark_kms.cli.jobs:vacuum",
 }
 
 _LIBRARY_LOGGER = "spark_kms"

@@ -5,6 +5,10 @@ Steps: create a keystore and key in the workdir; generate a sample PII dataset i
 data source; show one file's footer key table and the KMS call count; decrypt and verify
 equality; rotate the key; append a second batch; show that old files still decrypt and that
 new files use key version 2.
+
+``--master`` / ``--conf`` pick the Spark session (:mod:`spark_kms.cli._spark`; default ``local[2]``).
+The demo itself creates the keystore and reads the footers on this machine, so on a cluster the
+workdir must be a path that this machine and the cluster's workers share.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from spark_kms.cli._spark import spark_options
 from spark_kms.errors import JobError
 
 __all__ = ["demo", "generate_customers", "run_demo"]
@@ -58,14 +63,16 @@ def _key_table_view(path: Path) -> Table:
     return view
 
 
-def run_demo(rows: int, workdir: Path, console: Console) -> dict[str, Any]:
-    """Run every step; return the facts shown (for tests). Raises SparkKmsError on a failed check."""
+def run_demo(rows: int, workdir: Path, console: Console, *, spark: Any = None) -> dict[str, Any]:
+    """Run every step; return the facts shown (for tests). Raises SparkKmsError on a failed check.
+
+    ``spark``: the SparkSession, or a function returning it (default: ``local[2]``)."""
     from pyspark.sql import functions as F
 
     from spark_kms.kms.local import LocalKms
     from spark_kms.parquet import list_data_files, read_key_table
     from spark_kms.spark import read_encrypted, write_encrypted
-    from spark_kms.spark.session import local_session
+    from spark_kms.spark.session import spark_session
 
     workdir = workdir.absolute()
     keystore, dataset = workdir / "keystore", workdir / "customers"
@@ -88,8 +95,11 @@ def run_demo(rows: int, workdir: Path, console: Console) -> dict[str, Any]:
         progress.advance(job)
         console.print(f"created key {KEY_ALIAS} ({key_id}) in the embedded KMS at {keystore}")
 
-        step("starting Spark (local[2])")
-        spark = local_session("local[2]", "spark-kms-demo")
+        step("starting Spark")
+        if callable(spark):
+            spark = spark()
+        elif spark is None:
+            spark = spark_session(None, "spark-kms-demo")
         progress.advance(job)
 
         step(f"generating {rows:,} rows and encrypting {', '.join(PII_COLUMNS)}")
@@ -158,6 +168,7 @@ def run_demo(rows: int, workdir: Path, console: Console) -> dict[str, Any]:
 @click.option("--rows", default=1_000_000, show_default=True, type=click.IntRange(min=1), help="rows in batch 1")
 @click.option("--workdir", default=".demo", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="where the keystore and the dataset go (recreated)")
-def demo(rows: int, workdir: Path) -> None:
+@spark_options(always=True, app_name="spark-kms-demo")
+def demo(rows: int, workdir: Path, spark: Any) -> None:
     """Encrypt, inspect, decrypt, rotate and re-read a sample PII dataset with the embedded KMS."""
-    run_demo(rows, workdir, Console())
+    run_demo(rows, workdir, Console(), spark=spark)

@@ -1,9 +1,25 @@
-"""``spark-kms encrypt | decrypt | rewrap | reencrypt | inspect``: the dataset jobs on the command line.
+"""``spark-kms encrypt | decrypt | rewrap | reencrypt | inspect | gc | vacuum``: the dataset jobs on the command line.
 
-Every command takes ``--keystore DIR`` (the local KMS keystore, i.e. ``--kms-option
+Every command but ``gc`` takes ``--keystore DIR`` (the local KMS keystore, i.e. ``--kms-option
 local.keystore=DIR``) and ``--kms-option scheme.key=value`` (repeatable; values that parse
 as JSON numbers or booleans are passed as such), e.g.
 ``--kms-option aws-kms.endpoint_url=http://127.0.0.1:5000 --kms-option aws-kms.region=us-east-1``.
+
+Every command takes ``--master URL`` and ``--conf KEY=VALUE`` (:mod:`spark_kms.cli._spark`):
+``encrypt`` and ``decrypt`` always run Spark (default ``local[2]``); ``inspect``, ``rewrap``,
+``reencrypt`` and ``gc`` run in this process unless a master is given, and then through that
+Spark session (over Spark Connect, where the data is).
+
+Every command that takes a dataset path takes ``--storage-option KEY=VALUE`` (repeatable; the names
+of :data:`spark_kms.storage.OPTION_NAMES`, e.g. ``s3.endpoint_override=http://127.0.0.1:9000``).
+
+**Tables** (docs/TABLES.md): a PATH that is a Delta table (its root), an Iceberg table
+(``iceberg://<catalog>/<namespace>.<table>``) or an Iceberg table's directory (read-only) is handed to
+:mod:`spark_kms.tables` by the jobs themselves; the verbs only pass the options:
+``--catalog-property KEY=VALUE`` (the Iceberg catalog's properties, repeatable), ``--table-option
+KEY=VALUE`` (the table library's own options, repeatable), ``--version`` (inspect, decrypt: time travel),
+``--batch-files`` and ``--vacuum-retention-hours`` (reencrypt), ``--table-format`` and ``--replace-where``
+(encrypt into a table, read with pyarrow: no Spark), and the table-only verb ``vacuum``.
 
 Errors exit with a message that says what to do and the codes of ``spark-kms --help``
 (:mod:`spark_kms.cli._errors`).
@@ -21,7 +37,10 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-__all__ = ["decrypt", "encrypt", "gc", "inspect", "reencrypt", "rewrap"]
+from spark_kms.cli._spark import parse_conf, spark_options
+from spark_kms.errors import ConfigurationError
+
+__all__ = ["decrypt", "encrypt", "gc", "inspect", "reencrypt", "rewrap", "vacuum"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,17 +79,73 @@ def _job_command(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _spark() -> Any:
-    """The local SparkSession of ``encrypt`` / ``decrypt``. Spark's own log stays off unless
-    ``-v``: for a failed task it prints the worker's whole Python traceback (several times), while
-    the verb reports the error once, short, with its exit code."""
-    from spark_kms.spark.session import local_session
+def _storage_callback(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, str] | None:
+    from spark_kms.storage import storage_options_from
 
-    spark = local_session()
-    ctx = click.get_current_context(silent=True)
-    verbose = ctx.find_root().params.get("verbose", 0) if ctx is not None else 0
-    spark.sparkContext.setLogLevel("ERROR" if verbose else "OFF")
-    return spark
+    options = parse_conf(value, param_hint="--storage-option", example="s3.region=eu-west-1")
+    try:
+        return storage_options_from(options, what="--storage-option") or None
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+def _pairs_callback(hint: str, example: str) -> Callable[[click.Context, click.Parameter, tuple[str, ...]], Any]:
+    def parse(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, str] | None:
+        return parse_conf(value, param_hint=hint, example=example) or None
+
+    return parse
+
+
+_storage_option = click.option(
+    "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE", callback=_storage_callback,
+    help="a storage option of the dataset's store, e.g. s3.endpoint_override=http://127.0.0.1:9000 (repeatable)")
+
+
+def _table_options(fn: F) -> F:
+    """Add --catalog-property and --table-option (tables: docs/TABLES.md)."""
+    fn = click.option("--table-option", "table_options", multiple=True, metavar="KEY=VALUE",
+                      callback=_pairs_callback("--table-option", "aws_conditional_put=etag"),
+                      help="tables: an option of the table's library (delta-rs storage option, pyiceberg "
+                           "FileIO property), over those mapped from --storage-option (repeatable)")(fn)
+    fn = click.option("--catalog-property", "catalog_properties", multiple=True, metavar="KEY=VALUE",
+                      callback=_pairs_callback("--catalog-property", "uri=sqlite:////var/lib/cat.db"),
+                      help="Iceberg tables (iceberg://CATALOG/NS.TABLE): a property of the catalog, e.g. "
+                           "type=sql (repeatable)")(fn)
+    return fn
+
+
+def _table_version(value: str | None) -> int | str | None:
+    """``--version``: a Delta version or Iceberg snapshot id (a whole number), else a timestamp (ISO-8601)."""
+    if value is None:
+        return None
+    text = value.strip()
+    return int(text) if text.isdigit() else text
+
+
+_version_option = click.option(
+    "--version", "version", default=None, metavar="VERSION",
+    help="tables: time travel to a Delta version, an Iceberg snapshot id or an ISO-8601 timestamp")
+
+
+def _replace_where(values: tuple[str, ...]) -> dict[str, Any] | None:
+    out: dict[str, Any] = {}
+    for item in values:
+        column, sep, value = item.partition("=")
+        column = column.strip()
+        if not sep or not column:
+            raise click.BadParameter(f"expected COLUMN=VALUE (e.g. day=2024-01-01), got {item!r}",
+                                     param_hint="--replace-where")
+        if column in out:  # a repeated column: any of its values
+            previous = out[column]
+            out[column] = [*(previous if isinstance(previous, list) else [previous]), value]
+        else:
+            out[column] = value
+    return out or None
+
+
+def _through(spark: Any) -> dict[str, Any]:
+    """``spark=`` for a job that runs in this process unless given a session (only when a master was given)."""
+    return {} if spark is None else {"spark": spark}
 
 
 def _csv(value: str | None) -> list[str]:
@@ -90,15 +165,29 @@ def _blind_index(values: tuple[str, ...]) -> dict[str, str]:
 
 def _print_summary(summary: Any, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(summary.to_dict(), indent=2, sort_keys=True))
+        click.echo(json.dumps(summary.to_dict(), indent=2, sort_keys=True, default=str))
         return
     calls = ", ".join(f"{k}={n}" for k, n in summary.kms_calls.items()) or "none"
+    table = ""
+    if summary.details.get("table_format"):
+        versions = summary.details.get("table_versions")
+        if versions is None:
+            versions = summary.details.get("table_version")
+        table = f"{summary.details['table_format']} table {summary.dataset}; commits: {versions}\n"
     click.echo(
         f"{summary.job} {summary.status}: run {summary.run_id}, {summary.files} files, {summary.deks} data keys, "
-        f"{summary.rows} rows; KMS calls: {calls}\n"
+        f"{summary.rows} rows; KMS calls: {calls}\n{table}"
         f"key versions: {_versions(summary.key_versions_before)} -> {_versions(summary.key_versions)}\n"
-        f"summary: {summary.path}"
+        f"summary: {_record_of(summary)}"
     )
+
+
+def _record_of(summary: Any) -> str:
+    """Where the run record is: ``<dataset>/_spark_kms_runs/<run>.json`` (an Iceberg table's is in its location)."""
+    try:
+        return str(summary.path)
+    except ConfigurationError:  # iceberg://...: the catalog knows the table's location
+        return f"_spark_kms_runs/{summary.run_id}.json in the location of {summary.dataset}"
 
 
 def _versions(kv: dict[str, list[str]]) -> str:
@@ -140,26 +229,42 @@ _run_id_option = click.option("--run-id", help="run id (default: new; reencrypt:
 @click.option("--partition-by", default="", help="comma-separated hive partition columns")
 @click.option("--format", "source_format", type=click.Choice(["parquet", "csv", "json"]), default="parquet",
               show_default=True, help="format of SOURCE")
-@click.option("--mode", type=click.Choice(["overwrite", "append"]), default="overwrite", show_default=True)
+@click.option("--mode", type=click.Choice(["overwrite", "append", "overwrite_partitions", "error"]),
+              default="overwrite", show_default=True, help="overwrite_partitions and error: into a table only")
+@click.option("--table-format", type=click.Choice(["delta", "iceberg"]), default=None,
+              help="DESTINATION is a table of this format, created if absent (default: detected; an existing "
+                   "table or iceberg://CATALOG/NS.TABLE is written into as a table)")
+@click.option("--replace-where", multiple=True, metavar="COLUMN=VALUE",
+              help="tables, with --mode overwrite: replace only the files of this partition (repeatable)")
 @click.option("--join-domain", default=None,
               help="join domain of the deterministic / blind-index columns (default: the dataset's own)")
 @click.option("--join-domain-store", default=None, metavar="DIRECTORY",
               help="where a named join domain's key lives (env SPARK_KMS_JOIN_DOMAIN_STORE)")
 @_run_id_option
 @_json_option
+@_storage_option
+@_table_options
+@spark_options(always=True)
 @_job_command
 def encrypt(source: str, destination: str, key_uri: str, columns: str, deterministic: str,
-            blind_index: tuple[str, ...], partition_by: str, source_format: str, mode: str, join_domain: str | None,
-            join_domain_store: str | None, run_id: str | None, as_json: bool,
-            kms_options: dict[str, dict[str, Any]]) -> None:
-    """Encrypt the PII columns of SOURCE into the encrypted dataset DESTINATION (runs Spark locally)."""
+            blind_index: tuple[str, ...], partition_by: str, source_format: str, mode: str, table_format: str | None,
+            replace_where: tuple[str, ...], join_domain: str | None, join_domain_store: str | None,
+            run_id: str | None, as_json: bool, storage_options: dict[str, str] | None,
+            catalog_properties: dict[str, str] | None, table_options: dict[str, str] | None,
+            kms_options: dict[str, dict[str, Any]], spark: Any) -> None:
+    """Encrypt the PII columns of SOURCE into the encrypted dataset DESTINATION (runs Spark: --master).
+
+    Into a Delta or Iceberg table (an existing one, iceberg://CATALOG/NS.TABLE, or --table-format): the
+    source is read with pyarrow, one commit through the table's library, no Spark."""
     from spark_kms.jobs import encrypt_dataset
 
     summary = encrypt_dataset(
         source, destination, key_uri=key_uri, columns=_csv(columns), deterministic_columns=_csv(deterministic),
         blind_index=_blind_index(blind_index), partition_by=_csv(partition_by), source_format=source_format,
-        mode=mode, kms_options=kms_options, run_id=run_id, spark=_spark,
-        join_domain=join_domain, join_domain_store=join_domain_store,
+        mode=mode, kms_options=kms_options, run_id=run_id, spark=spark,
+        join_domain=join_domain, join_domain_store=join_domain_store, storage_options=storage_options,
+        table_format=table_format, replace_where=_replace_where(replace_where),
+        catalog_properties=catalog_properties, table_options=table_options,
     )
     _print_summary(summary, as_json)
 
@@ -170,34 +275,54 @@ def encrypt(source: str, destination: str, key_uri: str, columns: str, determini
 @click.option("--columns", default=None, help="comma-separated columns to keep (default: all)")
 @click.option("--format", "output_format", type=click.Choice(["parquet", "csv", "json"]), default="parquet",
               show_default=True, help="format of DESTINATION")
+@_version_option
 @_run_id_option
 @_json_option
+@_storage_option
+@_table_options
+@spark_options(always=True)
 @_job_command
-def decrypt(source: str, destination: str, columns: str | None, output_format: str, run_id: str | None,
-            as_json: bool, kms_options: dict[str, dict[str, Any]]) -> None:
+def decrypt(source: str, destination: str, columns: str | None, output_format: str, version: str | None,
+            run_id: str | None, as_json: bool, storage_options: dict[str, str] | None,
+            catalog_properties: dict[str, str] | None, table_options: dict[str, str] | None,
+            kms_options: dict[str, dict[str, Any]], spark: Any) -> None:
     """Decrypt the encrypted dataset SOURCE into plaintext at DESTINATION (must differ from SOURCE).
 
-    The output replaces DESTINATION only once complete: a failed run leaves it as it was."""
+    The output replaces DESTINATION only once complete: a failed run leaves it as it was. A Delta or
+    Iceberg table SOURCE is decrypted with pyarrow (Parquet output, no Spark; --version: time travel)."""
     from spark_kms.jobs import decrypt_dataset
 
     summary = decrypt_dataset(source, destination, columns=_csv(columns) if columns is not None else None,
-                              output_format=output_format, kms_options=kms_options, run_id=run_id, spark=_spark)
+                              output_format=output_format, kms_options=kms_options, run_id=run_id, spark=spark,
+                              storage_options=storage_options, version=_table_version(version),
+                              catalog_properties=catalog_properties, table_options=table_options)
     _print_summary(summary, as_json)
 
 
 @click.command()
 @click.argument("path")
 @click.option("--key-uri", default=None, help="target key (default: each data key's own key, new primary version)")
+@click.option("--include-history", is_flag=True,
+              help="tables: also rewrap the data keys of files older versions still reference (time travel)")
 @_run_id_option
 @_json_option
+@_storage_option
+@_table_options
+@spark_options(always=False)
 @_job_command
-def rewrap(path: str, key_uri: str | None, run_id: str | None, as_json: bool,
-           kms_options: dict[str, dict[str, Any]]) -> None:
-    """Rewrap every data key of the dataset PATH under the target key's primary version (no cell rewritten)."""
+def rewrap(path: str, key_uri: str | None, include_history: bool, run_id: str | None, as_json: bool,
+           storage_options: dict[str, str] | None, catalog_properties: dict[str, str] | None,
+           table_options: dict[str, str] | None, kms_options: dict[str, dict[str, Any]], spark: Any) -> None:
+    """Rewrap every data key of the dataset PATH under the target key's primary version (no cell rewritten).
+
+    A Delta or Iceberg table: the new wraps go to the table key manifest, in one property-only commit."""
     from spark_kms.jobs import rewrap_dataset
 
     with _ProgressBar("rewrapping data keys") as bar:
-        summary = rewrap_dataset(path, key_uri=key_uri, kms_options=kms_options, run_id=run_id, progress=bar)
+        summary = rewrap_dataset(path, key_uri=key_uri, kms_options=kms_options, run_id=run_id, progress=bar,
+                                 storage_options=storage_options, include_history=include_history,
+                                 catalog_properties=catalog_properties, table_options=table_options,
+                                 **_through(spark))
     _print_summary(summary, as_json)
 
 
@@ -211,37 +336,61 @@ def rewrap(path: str, key_uri: str | None, run_id: str | None, as_json: bool,
               help="also give the dataset's join domain a new deterministic key (rewrites its joinable columns)")
 @click.option("--join-domain-store", default=None, metavar="DIRECTORY",
               help="where the dataset's named join domain keeps its key (to rotate it)")
+@click.option("--batch-files", type=click.IntRange(min=1), default=None, metavar="N",
+              help="tables: one commit every N files (resumable batches; default one commit)")
+@click.option("--vacuum-retention-hours", type=click.FloatRange(min=0), default=None, metavar="H",
+              help="tables, opt-in: then vacuum / expire what older snapshots keep (0 after a compromise: "
+                   "the old data keys are then nowhere in the table)")
 @_run_id_option
 @_json_option
+@_storage_option
+@_table_options
+@spark_options(always=False)
 @_job_command
 def reencrypt(path: str, key_uri: str | None, force: bool, abandon: str | None, rotate_join_domain: bool,
-              join_domain_store: str | None, run_id: str | None, as_json: bool,
-              kms_options: dict[str, dict[str, Any]]) -> None:
+              join_domain_store: str | None, batch_files: int | None, vacuum_retention_hours: float | None,
+              run_id: str | None, as_json: bool, storage_options: dict[str, str] | None,
+              catalog_properties: dict[str, str] | None, table_options: dict[str, str] | None,
+              kms_options: dict[str, dict[str, Any]], spark: Any) -> None:
     """Re-encrypt the dataset PATH with new data keys, file by file (resumable: run again after a crash).
 
     A pending run is resumed only by a request for the same target key and options, or by --run-id;
-    otherwise the command refuses and names it (give it up with --abandon RUN)."""
+    otherwise the command refuses and names it (give it up with --abandon RUN). A Delta or Iceberg
+    table gets new files and one commit per batch; its older snapshots keep the old files until
+    vacuumed (--vacuum-retention-hours, or `spark-kms vacuum`)."""
     from spark_kms.jobs import reencrypt_dataset
 
     with _ProgressBar("re-encrypting files") as bar:
         summary = reencrypt_dataset(path, key_uri=key_uri, kms_options=kms_options, run_id=run_id, force=force,
                                     abandon=abandon, progress=bar, rotate_join_domain=rotate_join_domain,
-                                    join_domain_store=join_domain_store)
+                                    join_domain_store=join_domain_store, storage_options=storage_options,
+                                    batch_files=batch_files, vacuum_retention_hours=vacuum_retention_hours,
+                                    catalog_properties=catalog_properties, table_options=table_options,
+                                    **_through(spark))
     _print_summary(summary, as_json)
 
 
 @click.command()
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="print the inspection as JSON")
+@_version_option
+@_storage_option
+@_table_options
+@spark_options(always=False)
 @_job_command
-def inspect(path: str, as_json: bool, kms_options: dict[str, dict[str, Any]]) -> None:
-    """Show the files, data keys, key versions and encrypted columns of the dataset PATH."""
+def inspect(path: str, as_json: bool, version: str | None, storage_options: dict[str, str] | None,
+            catalog_properties: dict[str, str] | None, table_options: dict[str, str] | None,
+            kms_options: dict[str, dict[str, Any]], spark: Any) -> None:
+    """Show the files, data keys, key versions and encrypted columns of the dataset PATH
+    (a Delta or Iceberg table: of its current snapshot, or of --version)."""
     from spark_kms.jobs import inspect_dataset
     from spark_kms.report import render_inspection
 
-    inspection = inspect_dataset(path, kms_options=kms_options)
+    inspection = inspect_dataset(path, kms_options=kms_options, storage_options=storage_options,
+                                 version=_table_version(version), catalog_properties=catalog_properties,
+                                 table_options=table_options, **_through(spark))
     if as_json:
-        click.echo(inspection.to_json())
+        click.echo(json.dumps(inspection.to_dict(), indent=2, sort_keys=True, default=str))
     else:
         Console().print(render_inspection(inspection))
 
@@ -252,12 +401,17 @@ def inspect(path: str, as_json: bool, kms_options: dict[str, dict[str, Any]]) ->
 @click.option("--grace", "grace_s", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="leave alone anything modified less than SECONDS ago (default: 21600, 6 hours)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
-def gc(dataset: str, dry_run: bool, grace_s: float | None, as_json: bool) -> None:
+@_storage_option
+@spark_options(always=False)
+def gc(dataset: str, dry_run: bool, grace_s: float | None, as_json: bool, storage_options: dict[str, str] | None,
+       spark: Any) -> None:
     """Remove what killed writes and jobs left in DATASET: staging and trash directories of abandoned
-    Spark writes, temp files of killed jobs. Never committed data, a write in progress or a decided commit."""
+    Spark writes, temp files of killed jobs. Never committed data, a write in progress or a decided commit.
+    A Delta or Iceberg table is refused: its clean-up is `spark-kms vacuum`."""
     from spark_kms.jobs import collect_garbage
 
-    report = collect_garbage(dataset, dry_run=dry_run, **({} if grace_s is None else {"grace_s": grace_s}))
+    report = collect_garbage(dataset, dry_run=dry_run, **({} if grace_s is None else {"grace_s": grace_s}),
+                             storage_options=storage_options, **_through(spark))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
         return
@@ -268,3 +422,35 @@ def gc(dataset: str, dry_run: bool, grace_s: float | None, as_json: bool) -> Non
         action = (verb if item.removed or dry_run else "kept") if item.abandoned else "kept"
         rel = os.path.relpath(item.path, report.dataset)
         click.echo(f"  {action:<12} {item.kind:<7} {rel}  ({item.reason})")
+
+
+@click.command()
+@click.argument("table")
+@click.option("--retention-hours", type=click.FloatRange(min=0), required=True, metavar="H",
+              help="keep what is younger than H hours; 0 keeps only the current snapshot (after a compromise)")
+@click.option("--dry-run", is_flag=True, help="delete nothing; report what would be deleted")
+@_run_id_option
+@_json_option
+@_storage_option
+@_table_options
+def vacuum(table: str, retention_hours: float, dry_run: bool, run_id: str | None, as_json: bool,
+           storage_options: dict[str, str] | None, catalog_properties: dict[str, str] | None,
+           table_options: dict[str, str] | None) -> None:
+    """Delete what older snapshots of the Delta or Iceberg TABLE keep (the table's own vacuum / snapshot
+    expiry), then prune the table key manifest: after a re-encrypt, the old data keys are then nowhere in
+    the table (crypto-shredding; docs/TABLES.md). Time travel to the deleted versions ends. No KMS call."""
+    from spark_kms import tables
+
+    summary = tables.vacuum_table(table, retention_hours=retention_hours, dry_run=dry_run, run_id=run_id,
+                                  storage_options=storage_options, catalog_properties=catalog_properties,
+                                  table_options=table_options)
+    if as_json:
+        _print_summary(summary, as_json)
+        return
+    deleted = summary.details.get("files_deleted") or []
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"vacuum of {summary.details.get('table_format')} table {summary.dataset} (retention "
+               f"{retention_hours:g} h{', dry run' if dry_run else ''}): {verb} {len(deleted)} data files, "
+               f"{summary.details.get('manifest_entries_pruned', 0)} key manifest entries pruned; run {summary.run_id}")
+    for name in deleted:
+        click.echo(f"  {verb:<12} {name}")

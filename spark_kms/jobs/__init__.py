@@ -10,6 +10,11 @@ notebooks; each job returns a :class:`RunSummary` and writes it to
 >>> inspect_dataset("/data/customers", kms_options=opts).behind_files  # doctest: +SKIP
 []
 
+A Delta Lake or Iceberg table given to a job (its root, or ``iceberg://CATALOG/NAMESPACE.TABLE``) is
+handed to :mod:`spark_kms.tables` by the job itself: new files and commits through the table's own log,
+never a file it references rewritten (docs/TABLES.md, "Jobs, CLI and Airflow"); ``collect_garbage`` refuses
+a table (its clean-up is :func:`spark_kms.tables.vacuum_table`).
+
 Rotation strategies and their trade-offs: docs/ROTATION.md.
 """
 

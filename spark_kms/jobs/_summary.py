@@ -1,12 +1,12 @@
 """Run summaries: what a dataset job did, written next to the data it touched.
 
-Every job writes ``<dataset>/_spark_kms_runs/<run_id>.json`` (atomically) and
-returns the same record as a :class:`RunSummary`. The directory starts with
-``_`` so Spark, pyarrow and :func:`spark_kms.parquet.list_data_files` skip it.
+Every job writes ``<dataset>/_spark_kms_runs/<run_id>.json`` (atomically: temp + rename on a local
+disk, one PUT on an object store) and returns the same record as a :class:`RunSummary`. The
+directory starts with ``_`` so Spark, pyarrow and :func:`spark_kms.parquet.list_data_files` skip it.
 
 Layout of the JSON record (``RunSummary.to_dict()``)::
 
-    {"job": "rewrap", "run_id": "20250101T000000Z-rewrap-1a2b3c", "dataset": "/abs/path",
+    {"job": "rewrap", "run_id": "20250101T000000Z-rewrap-1a2b3c", "dataset": "/abs/path" | "s3://b/k",
      "status": "succeeded" | "failed" | "running" | "abandoned",
      "rows": 1000, "files": 4, "deks": 4,
      "kms_calls": {"local:ReEncrypt": 4, "local:DescribeKey": 1},
@@ -15,13 +15,15 @@ Layout of the JSON record (``RunSummary.to_dict()``)::
      "details": {...job specific...}, "error": null}
 
 It holds key ids, versions and counts; never key bytes, wrapped keys, cell values or secret
-KMS options: a job hands :class:`RunRecorder` its config's secret values
-(:meth:`~spark_kms.kms.KmsConfig.secret_values`) and the record is masked before it is
-written, should an error message ever carry one.
+KMS or storage options: a job hands :class:`RunRecorder` its config's secret values
+(:meth:`~spark_kms.kms.KmsConfig.secret_values`) -- the dataset's secret storage options are added
+by the recorder itself -- and the record is masked before it is written, should an error message
+ever carry one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
@@ -29,13 +31,13 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-from spark_kms._atomic import atomic_write_json
 from spark_kms.errors import ConfigurationError
 from spark_kms.kms.base import kms_call_counts
+from spark_kms.parquet.dataset import dataset_location
 from spark_kms.spark._errors import error_line
+from spark_kms.storage import SECRET_OPTIONS, Location, StoragePath, resolve
 
 __all__ = [
     "RUNS_DIR_NAME",
@@ -75,8 +77,18 @@ def validate_run_id(run_id: str) -> str:
     return run_id
 
 
-def runs_dir(dataset: str | Path) -> Path:
-    return Path(dataset) / RUNS_DIR_NAME
+def runs_dir(dataset: StoragePath) -> Location:
+    """``<dataset>/_spark_kms_runs`` (a :class:`~spark_kms.storage.Location`: pass one to keep its options)."""
+    return resolve(dataset).join(RUNS_DIR_NAME)
+
+
+def read_json(location: Location) -> Any:
+    """The JSON document at ``location``; None when it is absent.
+
+    :raises ValueError: it is not JSON.
+    """
+    raw = location.read_bytes_or_none()
+    return None if raw is None else json.loads(raw)
 
 
 def key_versions_of(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
@@ -125,7 +137,7 @@ class RunSummary:
 
     :param job: ``encrypt``, ``decrypt``, ``rewrap`` or ``reencrypt``.
     :param run_id: the run id (also in the encryption context of DEKs the run made).
-    :param dataset: absolute path of the dataset the run is recorded in.
+    :param dataset: the dataset the run is recorded in: an absolute local path or a storage URI.
     :param status: ``running``, ``succeeded`` or ``failed``; ``abandoned`` for a re-encrypt run
         given up with ``abandon=``.
     :param rows: rows the job read or wrote; for rewrap, the rows of the files whose keys it
@@ -165,9 +177,9 @@ class RunSummary:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @property
-    def path(self) -> Path:
-        """Where this summary is (or will be) written."""
-        return runs_dir(self.dataset) / f"{self.run_id}.json"
+    def path(self) -> str:
+        """Where this summary is (or will be) written: a local path or a storage URI."""
+        return runs_dir(self.dataset).join(f"{self.run_id}.json").uri
 
     @property
     def ok(self) -> bool:
@@ -179,20 +191,24 @@ class RunRecorder:
 
     Use as a context manager: on exit the summary is finished (``succeeded``, or
     ``failed`` with the error's class and message) and written; the exception, if
-    any, propagates. ``secrets`` (secret option values) are replaced by ``***`` wherever
-    they would appear in the written record.
+    any, propagates. ``secrets`` (secret option values) and the dataset's secret storage options
+    are replaced by ``***`` wherever they would appear in the written record.
+
+    :param dataset: the dataset (a :class:`~spark_kms.storage.Location` keeps its storage options).
     """
 
-    def __init__(self, job: str, dataset: str | Path, run_id: str | None, *, record_dir: str | Path | None = None,
-                 secrets: Iterable[str] = ()):
+    def __init__(self, job: str, dataset: StoragePath, run_id: str | None, *,
+                 record_dir: StoragePath | None = None, secrets: Iterable[str] = ()):
+        location = dataset_location(dataset)
         self.summary = RunSummary(
             job=job,
             run_id=validate_run_id(run_id) if run_id is not None else new_run_id(job),
-            dataset=str(Path(dataset).resolve()),
+            dataset=location.uri,
             started_at=utc_now().isoformat(),
         )
-        self._record_dir = Path(record_dir) if record_dir is not None else runs_dir(self.summary.dataset)
-        self._secrets = sorted({v for v in secrets if v}, key=len, reverse=True)
+        self._record_dir = resolve(record_dir) if record_dir is not None else location.join(RUNS_DIR_NAME)
+        stored = [v for k, v in location.options.items() if k in SECRET_OPTIONS and v]
+        self._secrets = sorted({v for v in [*secrets, *stored] if v}, key=len, reverse=True)
         self._t0 = time.monotonic()
         self._calls0 = kms_call_counts()
         #: add this process's KMS call delta on exit (off when the job reports its own total, e.g. Spark)
@@ -225,9 +241,10 @@ class RunRecorder:
         else:
             s.status = "failed"
             s.error = error_line(exc)  # one line, never a traceback (Spark's messages hold the worker's)
-            logger.warning("%s run %s failed after %.1fs: %s", s.job, s.run_id, s.duration_s, s.error)
+            logger.warning("%s run %s failed after %.1fs: %s", s.job, s.run_id, s.duration_s,
+                           mask_secrets(s.error, self._secrets))
         try:
-            atomic_write_json(self._record_dir / f"{s.run_id}.json", mask_secrets(s.to_dict(), self._secrets))
+            self._record_dir.join(f"{s.run_id}.json").write_json_atomic(mask_secrets(s.to_dict(), self._secrets))
         except OSError:
             if exc is None:
                 raise

@@ -8,24 +8,33 @@ an older version: a rewrap or re-encrypt would move them).
 If a key cannot be described (no access, KMS unreachable), inspection still
 succeeds: that key's entry carries the error and its files' ``behind`` is ``None``
 (unknown). :func:`needs_rotation` instead raises, since it cannot answer.
+
+The dataset may be local or on an object store (``storage_options=``): files are listed once
+(their sizes come from the listing, paged by the store's client) and each footer is read with
+ranged reads; no data page is read.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from spark_kms.crypto import DekEntry
-from spark_kms.errors import ConfigurationError, KmsError
-from spark_kms.jobs._common import require_dataset_dir
-from spark_kms.jobs._summary import runs_dir
+from spark_kms.errors import ConfigurationError, KmsError, KmsUnavailableError
+from spark_kms.jobs._common import StorageOptions, file_rows, require_dataset
+from spark_kms.jobs._summary import read_json, runs_dir
+from spark_kms.jobs._tables import (
+    refuse_table_arguments_over_connect,
+    reject_table_arguments,
+    table_format,
+    table_kwargs,
+)
 from spark_kms.kms import KmsConfig, KmsConfigLike
 from spark_kms.parquet.dataset import Dataset
+from spark_kms.storage import Location, StoragePath
 
 __all__ = [
     "ColumnInspection",
@@ -126,9 +135,37 @@ class DatasetInspection:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-def inspect_dataset(path: str | Path, *, kms_options: KmsConfigLike = None) -> DatasetInspection:
-    """Inspect the encrypted dataset at ``path`` (one DescribeKey per distinct key URI)."""
-    dataset = require_dataset_dir(path, "inspect")
+def inspect_dataset(
+    path: StoragePath, *, kms_options: KmsConfigLike = None, spark: Any = None,
+    storage_options: StorageOptions = None, version: Any = None,
+    catalog_properties: Mapping[str, str] | None = None, table_options: Mapping[str, str] | None = None,
+) -> DatasetInspection:
+    """Inspect the encrypted dataset at ``path`` (one DescribeKey per distinct key URI).
+
+    :param path: the dataset directory (or a hive partition in it): a local path, a storage URI
+        (``s3://``, ``gs://``, ``abfs[s]://``, ``hdfs://``) or a :class:`~spark_kms.storage.Location`.
+        A Delta or Iceberg table (its root, or ``iceberg://CATALOG/NAMESPACE.TABLE``) is inspected
+        by :func:`spark_kms.tables.inspect_table` and gives a ``TableInspection`` (docs/TABLES.md).
+    :param spark: a Spark Connect session: inspect on its server side, where the data is (the
+        DescribeKey calls too); default (or a classic session): here.
+    :param storage_options: options of the store (:data:`spark_kms.storage.OPTION_NAMES`).
+    :param version: tables only: time travel (a Delta version, an Iceberg snapshot id or a timestamp).
+    :param catalog_properties: tables only: the Iceberg catalog's properties.
+    :param table_options: tables only: the table library's own options.
+    """
+    refuse_table_arguments_over_connect(spark, "inspect", version=version, catalog_properties=catalog_properties,
+                                        table_options=table_options)
+    from spark_kms.spark.remote import is_connect, run_near_data
+
+    if is_connect(spark):
+        return run_near_data(spark, inspect_dataset, path, kms_options=kms_options, storage_options=storage_options)
+    if table_format(path, storage_options):
+        from spark_kms import tables
+
+        return tables.inspect_table(path, version=version, kms_options=kms_options,
+                                    **table_kwargs(storage_options, catalog_properties, table_options))
+    reject_table_arguments("inspect", path, version=version)
+    dataset = require_dataset(path, "inspect", storage_options)
     keys = Dataset.open(dataset, job="inspect")
     return _inspect(keys, KmsConfig.of(kms_options), strict=False)
 
@@ -155,12 +192,16 @@ def _inspect(keys: Dataset, kms: KmsConfig, *, strict: bool) -> DatasetInspectio
     files: list[FileInspection] = []
     uses: dict[str, int] = {}
     total_rows = 0
+    root = keys.location
+    assert root is not None
+    sizes = {e.location.uri: e.size for e in root.list_files()}  # one listing, not one request per file
     for file in keys.files:
         ids = sorted(keys.footers[file].deks)
         for dek_id in ids:
             uses[dek_id] = uses.get(dek_id, 0) + 1
         flags = [dek_behind[d] for d in ids]
-        rows = pq.read_metadata(file).num_rows
+        location = keys.file_location(file)
+        rows = file_rows(location)
         total_rows += rows
         versions: dict[str, set[str]] = {}
         for d in ids:
@@ -168,7 +209,7 @@ def _inspect(keys: Dataset, kms: KmsConfig, *, strict: bool) -> DatasetInspectio
         files.append(FileInspection(
             path=keys.relpath(file),
             rows=rows,
-            size=Path(file).stat().st_size,
+            size=sizes[file] if file in sizes else location.size(),
             dek_ids=ids,
             key_versions={k: sorted(v) for k, v in sorted(versions.items())},
             behind=None if any(f is None for f in flags) else any(flags),
@@ -191,17 +232,20 @@ def _inspect(keys: Dataset, kms: KmsConfig, *, strict: bool) -> DatasetInspectio
     columns = [ColumnInspection(s.name, s.algorithm, s.arrow_type, s.source) for _, s in sorted(keys.columns().items())]
     return DatasetInspection(
         path=str(keys.root), rows=total_rows, files=files, deks=deks, columns=columns, keys=key_rows,
-        manifest_entries=len(keys.manifest), runs=_recent_runs(keys.root),
+        manifest_entries=len(keys.manifest), runs=_recent_runs(root),
     )
 
 
-def _recent_runs(dataset: Path) -> list[dict[str, Any]]:
+def _recent_runs(dataset: Location) -> list[dict[str, Any]]:
     out = []
-    for p in sorted(runs_dir(dataset).glob("*.json"), reverse=True):
-        if p.name.endswith(".state.json"):
+    records = [e.location for e in runs_dir(dataset).list_files(recursive=False)]
+    for p in sorted(records, key=lambda loc: loc.name, reverse=True):
+        if not p.name.endswith(".json") or p.name.endswith(".state.json"):
             continue
         try:
-            data = json.loads(p.read_text("utf-8"))
+            data = read_json(p)
+            if not isinstance(data, dict):
+                continue
         except (OSError, ValueError):
             continue  # a run record is informative only; a torn or foreign file must not break inspection
         out.append({k: data.get(k) for k in ("run_id", "job", "status", "started_at", "finished_at", "deks", "files")})
@@ -215,13 +259,20 @@ def _parse_created(text: str) -> datetime:
 
 
 def needs_rotation(
-    path: str | Path,
+    path: StoragePath,
     *,
     max_age: timedelta | float | None = None,
     min_version: str | int | None = None,
     kms_options: KmsConfigLike = None,
+    spark: Any = None,
+    storage_options: StorageOptions = None,
+    catalog_properties: Mapping[str, str] | None = None,
+    table_options: Mapping[str, str] | None = None,
 ) -> bool:
-    """Whether the dataset at ``path`` should be rotated.
+    """Whether the dataset at ``path`` should be rotated (``spark``: a Spark Connect session runs the
+    check on its server side, where the data is; see :func:`inspect_dataset`). A Delta or Iceberg table
+    is checked through :func:`spark_kms.tables.inspect_table` (its current snapshot, key manifest applied;
+    ``catalog_properties`` / ``table_options`` reach it).
 
     True when any data key (as readers see it, manifest applied) is
 
@@ -229,8 +280,17 @@ def needs_rotation(
     * older than ``max_age`` (a ``timedelta``, or a number of days; re-encrypt fixes this), or
     * wrapped by a key version below ``min_version`` (numeric versions only).
 
-    One DescribeKey per distinct key URI. :raises KmsError: a key cannot be described.
+    One DescribeKey per distinct key URI. ``path`` and ``storage_options``: as for :func:`inspect_dataset`.
+
+    :raises KmsError: a key cannot be described.
     """
+    refuse_table_arguments_over_connect(spark, "needs_rotation", catalog_properties=catalog_properties,
+                                        table_options=table_options)
+    from spark_kms.spark.remote import is_connect, run_near_data
+
+    if is_connect(spark):
+        return run_near_data(spark, needs_rotation, path, max_age=max_age, min_version=min_version,
+                             kms_options=kms_options, storage_options=storage_options)
     if max_age is not None and not isinstance(max_age, timedelta):
         if isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or max_age < 0:
             raise ConfigurationError(f"max_age is a timedelta or a non-negative number of days, got {max_age!r}")
@@ -240,9 +300,13 @@ def needs_rotation(
         if not str(min_version).isdigit():
             raise ConfigurationError(f"min_version must be a whole number (a key version), got {min_version!r}")
         minimum = int(str(min_version))
-    dataset = require_dataset_dir(path, "needs_rotation")
-    keys = Dataset.open(dataset, job="needs_rotation")
-    inspection = _inspect(keys, KmsConfig.of(kms_options), strict=True)
+    if table_format(path, storage_options):
+        inspection = _inspect_table_strictly(path, kms_options, table_kwargs(storage_options, catalog_properties,
+                                                                           table_options))
+    else:
+        dataset = require_dataset(path, "needs_rotation", storage_options)
+        keys = Dataset.open(dataset, job="needs_rotation")
+        inspection = _inspect(keys, KmsConfig.of(kms_options), strict=True)
     if inspection.behind_files:
         return True
     now = datetime.now(timezone.utc)
@@ -259,3 +323,21 @@ def needs_rotation(
                 return True
     return False
 
+
+def _inspect_table_strictly(path: Any, kms_options: KmsConfigLike, table_kw: dict[str, Any]) -> DatasetInspection:
+    """:func:`spark_kms.tables.inspect_table`, raising (as :func:`needs_rotation` must) the KmsError of a key
+    it could not describe instead of reporting it."""
+    from spark_kms import tables
+
+    kms = KmsConfig.of(kms_options)
+    inspection: DatasetInspection = tables.inspect_table(path, kms_options=kms, **table_kw)
+    failed = [k for k in inspection.keys if k.error is not None]
+    if not failed:
+        return inspection
+    for key in failed:
+        kms.describe(key.key_uri)  # raises the error inspect_table recorded, with its own class
+    inspection = tables.inspect_table(path, kms_options=kms, **table_kw)  # the keys answered this time
+    failed = [k for k in inspection.keys if k.error is not None]
+    if failed:
+        raise KmsUnavailableError(f"needs_rotation: key {failed[0].key_uri} could not be described: {failed[0].error}")
+    return inspection

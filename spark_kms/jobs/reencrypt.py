@@ -5,9 +5,22 @@ For each data file that needs it, the job streams the file's batches through a
 rewrapped dataset whose old key version is already disabled still works) into an
 :class:`~spark_kms.parquet.EncryptedParquetWriter` (new DEK under the target key's
 primary version, encryption context ``{..., "spark_kms.job_id": <run id>}``) that
-writes a hidden sibling ``.<name>.<random>.reencrypt``; the temp file is fsynced and
-``os.replace``-d over the old file, so the file keeps its name and a reader sees
-either the old file or the new one, never a torn, missing or duplicated file.
+writes a hidden sibling ``.<name>.<random>.reencrypt``, which then replaces the old file
+under the same name (:func:`~spark_kms.jobs._common.publish_file`), so a reader sees
+either the old file or the new one, never a torn, missing or duplicated file:
+
+* **local disks**: the temp file is fsynced and ``os.replace``-d over the old file (atomic);
+* **object stores** (``s3://``, ``gs://``, ``abfs[s]://``): the temp object is uploaded whole
+  (an upload appears only once complete), then copied server-side over the old object's key
+  (the key holds the old object until the copy completes, then the new one: never a part of
+  either), then deleted. We do *not* stream the new file straight to the old key: the old
+  object is still being read while the new one is written, and a failed write must never be
+  able to publish a partial object under a data file's name; a hidden temp is harmless. The
+  price is one server-side copy per file. A reader that opened the old object and keeps
+  reading ranges of it *across* the replacement may get the new object's bytes (pyarrow does
+  not pin an object's version; Spark's S3A does by default and then fails the read with
+  ``RemoteFileChangedException``): re-encrypt while no long scan runs, as for any object
+  replaced in place.
 
 Which files need it: those with a footer DEK not wrapped by the target key's
 primary version (after a rewrap the footers still hold the old wraps, so rewrap
@@ -16,14 +29,15 @@ blind-index columns share one dataset-level DEK so equal values stay equal acros
 files; when a dataset has such columns every file is re-encrypted, under one new
 deterministic DEK made once per run.
 
-Resumable: the journal ``<dataset>/_spark_kms_runs/<run_id>.state.json`` records
-the target (key URI, key id and version, the target scheme's KMS options that say
+Resumable (:mod:`spark_kms.jobs._journal`): the journal
+``<dataset>/_spark_kms_runs/<run_id>.state.json`` records the target (key URI, key id and version, the target scheme's KMS options that say
 *where* the key lives -- secrets never), ``force``, who asked (``requested_by``), the
 run's deterministic DEK entry (wrapped only) and each file's state, flushed atomically
-after every file. After a crash (even SIGKILL) every file is either old or new, both
-readable; a re-run skips files already done -- by the journal, or by the footer itself
+(one PUT on an object store) after every file is published. After a crash (even SIGKILL)
+every file is either old or new, both readable; a re-run first removes the killed run's
+temp files, then skips files already done -- by the journal, or by the footer itself
 (its DEKs carry this run's id in their encryption context), which covers a kill
-between the rename and the journal write. A re-run after success does nothing: with
+between the publication and the journal write. A re-run after success does nothing: with
 the same run id, no KMS call at all; with a new run id, one DescribeKey and no other
 KMS call. Manifest entries of DEKs no file uses any more are pruned at the end.
 
@@ -44,24 +58,21 @@ Which run a request continues (the *pending* run is a journal with status ``runn
 So a writer who can only write to the dataset directory cannot start a run to a key of
 its own, let it fail, and have the next routine rotation finish it.
 
-``spark`` is accepted for API symmetry; files are processed by this process, one
-at a time, streaming batch by batch (memory stays flat).
+Files are processed by this process, one at a time, streaming batch by batch (memory
+stays flat); ``spark`` matters only as a Spark Connect session, whose server side then runs
+the whole job (:func:`spark_kms.spark.remote.run_near_data`).
 """
 
 from __future__ import annotations
 
-import getpass
-import json
 import logging
-import os
+import re
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from spark_kms._atomic import atomic_write_json, replace_atomically, sibling_temp_path
 from spark_kms.crypto import (
     AES_256_GCM,
     AES_256_SIV,
@@ -70,44 +81,58 @@ from spark_kms.crypto import (
     DekEntry,
     KeyTable,
 )
-from spark_kms.errors import ConfigurationError, JobError, SparkKmsError
-from spark_kms.jobs._common import require_dataset_dir
+from spark_kms.errors import ConfigurationError, JobError
+from spark_kms.jobs._common import StorageOptions, dataset_root, publish_file, require_dataset, temp_sibling
+from spark_kms.jobs._journal import (
+    choose_run,
+    journal_location,
+    journal_path,
+    load_journal,
+    pending_runs,
+    requester,
+    set_status,
+    target_options,
+    target_uri,
+    write_journal,
+)
 from spark_kms.jobs._lock import dataset_lock
 from spark_kms.jobs._summary import (
     RUN_ID_CONTEXT_KEY,
     RunRecorder,
     RunSummary,
     key_versions_of,
+    read_json,
     runs_dir,
     utc_now,
     validate_run_id,
 )
+from spark_kms.jobs._tables import (
+    refuse_nested_tables,
+    refuse_table_arguments_over_connect,
+    table_format,
+    table_kwargs,
+)
 from spark_kms.kms import KmsConfig, KmsConfigLike, KmsProvider
-from spark_kms.kms.registry import parse_key_uri
 from spark_kms.parquet import BatchDecryptor, EncryptedParquetWriter, EncryptionSpec
 from spark_kms.parquet.dataset import Dataset
 from spark_kms.parquet.join_domains import DEFAULT_DOMAIN, DOMAIN_CONTEXT_KEY, domain_key, read_join_keys
+from spark_kms.storage import Location, StoragePath
 
-__all__ = ["TEMP_SUFFIX", "journal_path", "pending_runs", "reencrypt_dataset", "target_options"]
+__all__ = ["TEMP_SUFFIX", "journal_location", "journal_path", "pending_runs", "reencrypt_dataset", "target_options"]
 
 logger = logging.getLogger(__name__)
 
 _TEMP_TAG = "reencrypt"
 #: suffix of the hidden temp file a re-encrypt writes next to each data file (``.<name>.<random>.reencrypt``)
 TEMP_SUFFIX = f".{_TEMP_TAG}"
+_TEMP_FILE = re.compile(r"^\..+\." + re.escape(_TEMP_TAG) + "$")
 _BATCH_ROWS = 65_536
-#: options that do not say which key a URI names: who asks, and per-call plumbing
-_NOT_LOCATION_OPTIONS = frozenset({"principal", "request_tag", "request_interceptor"})
 #: progress(file relpath, files done, files to do)
 Progress = Callable[[str, int, int], None]
 
 
-def journal_path(dataset: str | Path, run_id: str) -> Path:
-    return runs_dir(dataset) / f"{run_id}.state.json"
-
-
 def reencrypt_dataset(
-    path: str | Path,
+    path: StoragePath,
     *,
     key_uri: str | None = None,
     kms_options: KmsConfigLike = None,
@@ -118,14 +143,29 @@ def reencrypt_dataset(
     progress: Progress | None = None,
     rotate_join_domain: bool = False,
     join_domain_store: str | None = None,
+    storage_options: StorageOptions = None,
+    batch_files: int | None = None,
+    vacuum_retention_hours: float | None = None,
+    catalog_properties: Mapping[str, str] | None = None,
+    table_options: Mapping[str, str] | None = None,
 ) -> RunSummary:
     """Re-encrypt the dataset at ``path`` with new data keys under the target key.
 
-    :param path: the dataset directory.
+    A Delta or Iceberg table (its root, or ``iceberg://CATALOG/NAMESPACE.TABLE``) is re-encrypted by
+    :func:`spark_kms.tables.reencrypt_table`: new files beside the old ones and one table commit per batch,
+    never a file the table's log references rewritten (docs/TABLES.md). ``rotate_join_domain`` becomes its
+    ``rotate_deterministic``; ``batch_files``, ``vacuum_retention_hours``, ``catalog_properties`` and
+    ``table_options`` reach it. A plain directory that holds a table below it is refused.
+
+    :param path: the dataset directory (a hive partition in it stands for its root): a local path,
+        a storage URI (``s3://``, ``gs://``, ``abfs[s]://``, ``hdfs://``) or a
+        :class:`~spark_kms.storage.Location`.
     :param key_uri: the target key. Default: the key the dataset's DEKs are wrapped by (all its
         DEKs must then share one key URI).
     :param kms_options: how to reach each KMS (a :class:`~spark_kms.kms.KmsConfig`, or options per key-URI scheme).
-    :param spark: accepted for API symmetry; unused (files are rewritten by this process).
+    :param spark: a Spark Connect session: the whole job runs on its server side, where the data is
+        (in one Spark task: its KMS calls too; ``progress`` is then called once, at the end, here).
+        Otherwise unused: files are rewritten by this process.
     :param run_id: resume this run if its journal exists (a finished run: returns its summary,
         no KMS call), else start a new run with this id. Default: resume the pending run if
         this request matches it (same target, ``force`` and location options), else start a new run.
@@ -140,12 +180,39 @@ def reencrypt_dataset(
         they stay joinable with the other writes and datasets of the domain). Every other dataset of
         a named domain must then be re-encrypted too (docs/ROTATION.md).
     :param join_domain_store: the store of the dataset's named join domain (needed to rotate it).
+    :param storage_options: options of the store (:data:`spark_kms.storage.OPTION_NAMES`).
+    :param batch_files: tables: commit every this many files (default one commit). A plain dataset
+        replaces each file atomically on its own; there it changes nothing.
+    :param vacuum_retention_hours: tables, opt-in: then vacuum / expire older snapshots with this retention
+        (0: crypto-shredding after a compromise; docs/TABLES.md). A plain dataset keeps no older files
+        (each is replaced in place): nothing to vacuum, the summary says so.
+    :param catalog_properties: tables: the Iceberg catalog's properties.
+    :param table_options: tables: the table library's own options.
     :returns: the run summary, also written to ``<path>/_spark_kms_runs/<run_id>.json``.
     :raises ConfigurationError: a pending run that this request does not match (the message names
-        it and says how to resume or abandon it).
+        it and says how to resume or abandon it); a directory holding a Delta or Iceberg table below it.
     """
+    refuse_table_arguments_over_connect(spark, "reencrypt", batch_files=batch_files,
+                                        vacuum_retention_hours=vacuum_retention_hours,
+                                        catalog_properties=catalog_properties, table_options=table_options)
+    from spark_kms.spark.remote import is_connect, run_near_data
+
+    if is_connect(spark):
+        done = run_near_data(spark, reencrypt_dataset, path, key_uri=key_uri, kms_options=kms_options,
+                             run_id=run_id, force=force, abandon=abandon, rotate_join_domain=rotate_join_domain,
+                             join_domain_store=join_domain_store, storage_options=storage_options)
+        if progress is not None and done.files:
+            progress("", done.files, done.files)
+        return done
     del spark
-    dataset = require_dataset_dir(path, "reencrypt")
+    if table_format(path, storage_options):
+        return _reencrypt_table(path, key_uri=key_uri, kms_options=kms_options, run_id=run_id, force=force,
+                                abandon=abandon, progress=progress, rotate_deterministic=rotate_join_domain,
+                                join_domain_store=join_domain_store, batch_files=batch_files,
+                                vacuum_retention_hours=vacuum_retention_hours,
+                                table_kw=table_kwargs(storage_options, catalog_properties, table_options))
+    dataset = dataset_root(require_dataset(path, "reencrypt", storage_options))
+    refuse_nested_tables(dataset, "reencrypt")
     base = KmsConfig.of(kms_options)
     with dataset_lock(dataset, "reencrypt"):
         if abandon is not None:
@@ -153,7 +220,7 @@ def reencrypt_dataset(
                 raise ConfigurationError("reencrypt: abandon= gives up a run and starts none; "
                                          "pass it without run_id=, key_uri= or force=")
             return _abandon(dataset, validate_run_id(abandon), base)
-        journal, superseded = _choose_run(dataset, run_id, key_uri, force, base)
+        journal, superseded = choose_run(dataset, run_id, key_uri, force, base)
         if journal is not None and journal["status"] == "succeeded":
             return _finished_summary(dataset, journal["run_id"])
         with RunRecorder("reencrypt", dataset, journal["run_id"] if journal else run_id,
@@ -161,158 +228,24 @@ def reencrypt_dataset(
             kms = base.with_request_tag(recorder.run_id)
             _run(dataset, recorder, journal, superseded, key_uri, kms, force, progress,
                  rotate_join_domain, join_domain_store)
+            if vacuum_retention_hours is not None:
+                recorder.summary.details["vacuum"] = (
+                    "not needed: a plain dataset's re-encrypt replaced its files in place, no older copy is kept")
             return recorder.summary
 
 
-def target_options(kms: KmsConfig, key_uri: str) -> dict[str, Any]:
-    """The options of ``key_uri``'s scheme that say *where* its key lives (a keystore, a region, an
-    endpoint...): the public options (secrets dropped) without who asks (``principal``) and per-call
-    plumbing (``request_tag``, ``request_interceptor``, ``_``-prefixed test seams). A journal records
-    them; a pending run is resumed only by a request with equal ones, so ``local://alias/pii`` of
-    another keystore is another target."""
-    scheme, _ = parse_key_uri(key_uri)
-    out: dict[str, Any] = {}
-    for name, value in sorted(kms.public_options().get(scheme, {}).items()):
-        if name in _NOT_LOCATION_OPTIONS or name.startswith("_"):
-            continue
-        try:
-            out[name] = json.loads(json.dumps(value))
-        except (TypeError, ValueError):
-            continue  # not data (a callable...): cannot say where a key lives
-    return out
+def _reencrypt_table(path: Any, *, join_domain_store: str | None, table_kw: dict[str, Any],
+                     **kwargs: Any) -> RunSummary:
+    """:func:`reencrypt_dataset` of a Delta or Iceberg table: :func:`spark_kms.tables.reencrypt_table`."""
+    from spark_kms import tables
 
-
-def pending_runs(dataset: str | Path) -> list[dict[str, Any]]:
-    """The journals of unfinished re-encrypt runs of ``dataset`` (status ``running``), oldest first."""
-    found = []
-    for path in runs_dir(dataset).glob("*.state.json"):
-        journal = _load_journal(path)
-        if journal.get("job") == "reencrypt" and journal.get("status") == "running":
-            found.append(journal)
-    return sorted(found, key=lambda j: (str(j.get("started_at", "")), j["run_id"]))
-
-
-# --------------------------------------------------------------------------- journal
-
-
-def _choose_run(
-    dataset: Path, run_id: str | None, key_uri: str | None, force: bool, kms: KmsConfig
-) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """``(journal to resume or None for a new run, pending journals the run supersedes)``; raises
-    when a pending run is in the way (module docstring, "Which run a request continues")."""
-    if run_id is not None:
-        path = journal_path(dataset, validate_run_id(run_id))
-        if path.exists():
-            journal = _load_journal(path)
-            _check_named_run(dataset, journal, key_uri, force)
-            return journal, []
-    pending = pending_runs(dataset)
-    if not pending:
-        return None, []
-    target = _requested_target(dataset, key_uri)
-    for journal in pending:
-        mismatch = _mismatch(journal, target, force, kms)
-        if mismatch:
-            raise _pending_run_error(dataset, journal, mismatch)
-    if run_id is not None:
-        return None, pending  # a new run of the same target: it replaces the pending one
-    *older, latest = pending
-    return latest, older
-
-
-def _check_named_run(dataset: Path, journal: dict[str, Any], key_uri: str | None, force: bool) -> None:
-    run_id, status = journal["run_id"], journal.get("status")
-    if status == "succeeded":
-        return
-    if status != "running":
+    if join_domain_store is not None:
         raise ConfigurationError(
-            f"reencrypt: run {run_id} of {str(dataset)!r} was {status} and cannot be resumed; "
-            "start a new run (another run id, or none)"
+            f"reencrypt: {path} is a table: its deterministic columns keep the table's own key (rotate it with "
+            "rotate_join_domain=True / --rotate-join-domain); join_domain_store= is for plain datasets"
         )
-    conflict = ""
-    if key_uri and key_uri != journal["target_key_uri"]:
-        conflict = f"it targets {journal['target_key_uri']}, not {key_uri}: resume it without --key-uri"
-    elif force and not journal.get("force", False):
-        conflict = "it was planned without force: resume it without --force"
-    if conflict:
-        raise ConfigurationError(
-            f"reencrypt: run {run_id} of {str(dataset)!r} cannot be resumed by this request: {conflict}, "
-            f"or give it up with --abandon {run_id} (abandon={run_id!r}) and start a new run"
-        )
-
-
-def _requested_target(dataset: Path, key_uri: str | None) -> str | None:
-    """The target key URI a new run would have; None when the default cannot be computed (the
-    dataset's DEKs are under several keys -- e.g. because a pending run moved some files)."""
-    if key_uri:
-        return key_uri
-    try:
-        return _target_uri(Dataset.open(dataset, job="reencrypt"), None)
-    except ConfigurationError:
-        return None
-
-
-def _mismatch(journal: Mapping[str, Any], target: str | None, force: bool, kms: KmsConfig) -> str:
-    """Why a request may not resume ``journal`` ("" when it may)."""
-    theirs = journal["target_key_uri"]
-    if "target_options" not in journal:
-        return "it was started by an older spark_kms, whose journals do not record the target's options"
-    if target is None:
-        return (f"it targets {theirs}, and this request names no key while the dataset's data keys are "
-                "under several keys")
-    if target != theirs:
-        return f"it targets {theirs}, this request {target}"
-    if bool(force) != bool(journal.get("force", False)):
-        return f"it was planned with force={bool(journal.get('force'))}, this request has force={bool(force)}"
-    ours = target_options(kms, target)
-    if ours != journal["target_options"]:
-        scheme, _ = parse_key_uri(target)
-        return f"it reaches {theirs} with {scheme} options {journal['target_options']}, this request with {ours}"
-    return ""
-
-
-def _pending_run_error(dataset: Path, journal: Mapping[str, Any], why: str) -> ConfigurationError:
-    run_id = journal["run_id"]
-    who = (journal.get("requested_by") or {}).get("principal", "an unrecorded principal")
-    done = sum(1 for state in journal["files"].values() if state == "done")
-    return ConfigurationError(
-        f"reencrypt: dataset {str(dataset)!r} has a pending re-encrypt run {run_id!r} "
-        f"(target {journal['target_key_uri']}, started {journal.get('started_at', 'at an unrecorded time')} "
-        f"by {who}, {done} of {len(journal['files'])} files done) that this request does not match: {why}. "
-        f"A pending run is resumed only by a request for the same target key and options. "
-        f"Resume it explicitly with --run-id {run_id} (run_id={run_id!r}), or give it up with "
-        f"--abandon {run_id} (abandon={run_id!r}): its journal is kept for audit, and files it finished "
-        "stay under its target key"
-    )
-
-
-def _load_journal(path: Path) -> dict[str, Any]:
-    try:
-        journal = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise JobError(
-            f"reencrypt: journal {str(path)!r} is unreadable ({type(exc).__name__}); "
-            "it is written atomically, so it was edited by hand: restore or remove it"
-        ) from None
-    if (not isinstance(journal, dict) or not isinstance(journal.get("files"), dict) or "run_id" not in journal
-            or "target_key_uri" not in journal):
-        raise JobError(f"reencrypt: journal {str(path)!r} is not a re-encrypt journal")
-    return journal
-
-
-def _requester(kms: KmsConfig, key_uri: str) -> dict[str, str]:
-    """Who asks: the KMS principal where the provider names one (the local KMS: its ``principal``
-    option, else ``$SPARK_KMS_PRINCIPAL``, else the OS user), and the OS user. Other KMSs
-    authenticate through their SDK's credentials, which we do not ask about: the OS user stands in."""
-    try:
-        os_user = getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry in some containers
-        os_user = f"uid:{os.getuid()}"
-    try:
-        principal = getattr(kms.provider(key_uri), "principal", None)
-    except SparkKmsError:
-        principal = None
-    return {"principal": str(principal or os_user), "os_user": os_user}
+    summary: RunSummary = tables.reencrypt_table(path, **kwargs, **table_kw)
+    return summary
 
 
 def _secret_strings(kms: KmsConfig) -> list[str]:
@@ -324,34 +257,28 @@ def _secret_strings(kms: KmsConfig) -> list[str]:
         return [v for opts in kms.options().values() for v in opts.values() if isinstance(v, str) and v]
 
 
-def _set_status(dataset: Path, journal: dict[str, Any], status: str, **facts: Any) -> None:
-    journal.update(status=status, **facts)
-    atomic_write_json(journal_path(dataset, journal["run_id"]), journal)
-
-
-def _abandon(dataset: Path, run_id: str, kms: KmsConfig) -> RunSummary:
-    path = journal_path(dataset, run_id)
-    if not path.exists():
+def _abandon(dataset: Location, run_id: str, kms: KmsConfig) -> RunSummary:
+    journal = load_journal(journal_location(dataset, run_id))
+    if journal is None:
         pending = [j["run_id"] for j in pending_runs(dataset)]
         raise ConfigurationError(
-            f"reencrypt: dataset {str(dataset)!r} has no re-encrypt run {run_id!r} to abandon; "
+            f"reencrypt: dataset {dataset.uri!r} has no re-encrypt run {run_id!r} to abandon; "
             f"pending runs: {pending or 'none'}"
         )
-    journal = _load_journal(path)
     if journal.get("status") != "running":
         raise ConfigurationError(
-            f"reencrypt: run {run_id} of {str(dataset)!r} is {journal.get('status')}, not pending: nothing to abandon"
+            f"reencrypt: run {run_id} of {dataset.uri!r} is {journal.get('status')}, not pending: nothing to abandon"
         )
-    by = _requester(kms, journal["target_key_uri"])
+    by = requester(kms, journal["target_key_uri"])
     now = utc_now().isoformat()
-    _set_status(dataset, journal, "abandoned", abandoned_at=now, abandoned_by=by)
+    set_status(dataset, journal, "abandoned", abandoned_at=now, abandoned_by=by)
     _remove_stale_temps(dataset)
     done = sum(1 for state in journal["files"].values() if state == "done")
-    record = runs_dir(dataset) / f"{run_id}.json"
+    record = runs_dir(dataset).join(f"{run_id}.json")
     try:
-        summary = RunSummary.from_dict(json.loads(record.read_text("utf-8")))
-    except (OSError, ValueError, TypeError):
-        summary = RunSummary(job="reencrypt", run_id=run_id, dataset=str(dataset),
+        summary = RunSummary.from_dict(read_json(record))
+    except (OSError, ValueError, TypeError, AttributeError):
+        summary = RunSummary(job="reencrypt", run_id=run_id, dataset=dataset.uri,
                              started_at=str(journal.get("started_at", "")))
     summary.status = "abandoned"
     summary.details.update({
@@ -361,35 +288,22 @@ def _abandon(dataset: Path, run_id: str, kms: KmsConfig) -> RunSummary:
         "files_planned": len(journal["files"]),
         "files_done_before": done,
     })
-    atomic_write_json(record, summary.to_dict())
+    record.write_json_atomic(summary.to_dict())
     logger.warning("re-encrypt run %s of %s abandoned by %s: %d of %d files had been moved to %s and stay there",
-                   run_id, dataset, by["principal"], done, len(journal["files"]), journal["target_key_uri"])
+                   run_id, dataset.uri, by["principal"], done, len(journal["files"]), journal["target_key_uri"])
     return summary
 
 
-def _finished_summary(dataset: Path, run_id: str) -> RunSummary:
-    path = runs_dir(dataset) / f"{run_id}.json"
+def _finished_summary(dataset: Location, run_id: str) -> RunSummary:
     try:
-        return RunSummary.from_dict(json.loads(path.read_text("utf-8")))
-    except (OSError, ValueError):
+        return RunSummary.from_dict(read_json(runs_dir(dataset).join(f"{run_id}.json")))
+    except (OSError, ValueError, TypeError, AttributeError):
         # The journal says done but the summary is gone: report a summary of nothing done now.
-        return RunSummary(job="reencrypt", run_id=run_id, dataset=str(dataset), status="succeeded",
+        return RunSummary(job="reencrypt", run_id=run_id, dataset=dataset.uri, status="succeeded",
                           details={"note": "run already finished; its summary file is missing"})
 
 
 # --------------------------------------------------------------------------- the job
-
-
-def _target_uri(keys: Dataset, key_uri: str | None) -> str:
-    if key_uri:
-        return key_uri
-    uris = sorted({e.key_uri for e in keys.effective_deks().values()})
-    if len(uris) != 1:
-        raise ConfigurationError(
-            f"reencrypt: the DEKs of {str(keys.root)!r} are wrapped by {len(uris)} keys {uris}; "
-            "name the target key with key_uri= (--key-uri)"
-        )
-    return uris[0]
 
 
 def _spec_of(table: KeyTable) -> EncryptionSpec:
@@ -403,13 +317,14 @@ def _context(entries: Mapping[str, DekEntry], algorithm: str, run_id: str) -> di
 
 
 def _done_by_footer(table: KeyTable, run_id: str) -> bool:
-    return bool(table.deks) and all(
-        e.encryption_context.get(RUN_ID_CONTEXT_KEY) == run_id for e in table.deks.values()
-    )
+    # The file's own data keys name the run that made them. The deterministic (SIV) key is the join
+    # domain's, made by no run, so it says nothing: a file with only such columns is told by the journal.
+    own = [e for e in table.deks.values() if e.algorithm != AES_256_SIV]
+    return bool(own) and all(e.encryption_context.get(RUN_ID_CONTEXT_KEY) == run_id for e in own)
 
 
 def _run(
-    dataset: Path,
+    dataset: Location,
     recorder: RunRecorder,
     journal: dict[str, Any] | None,
     superseded: Sequence[dict[str, Any]],
@@ -430,17 +345,17 @@ def _run(
     if journal is None:
         journal = _plan(keys, kms, run_id, key_uri, force, rotate_join_domain, join_domain_store)
         if journal["files"]:
-            atomic_write_json(journal_path(dataset, run_id), journal)
+            write_journal(dataset, journal)
     else:
         summary.details["resumed"] = True
         journal.setdefault("resumed_by", []).append(
-            {**_requester(kms, journal["target_key_uri"]), "at": utc_now().isoformat()}
+            {**requester(kms, journal["target_key_uri"]), "at": utc_now().isoformat()}
         )
-        atomic_write_json(journal_path(dataset, run_id), journal)
+        write_journal(dataset, journal)
     for old in superseded:
         # Same target, key and options: the old run's finished files are already where this run goes.
-        _set_status(dataset, old, "superseded", superseded_by=run_id, superseded_at=utc_now().isoformat())
-        logger.info("re-encrypt run %s of %s superseded by run %s", old["run_id"], dataset, run_id)
+        set_status(dataset, old, "superseded", superseded_by=run_id, superseded_at=utc_now().isoformat())
+        logger.info("re-encrypt run %s of %s superseded by run %s", old["run_id"], dataset.uri, run_id)
     summary.details["requested_by"] = journal.get("requested_by")
     target = kms.provider(journal["target_key_uri"])
     det_entry = DekEntry.from_dict(journal["deterministic_entry"]) if journal.get("deterministic_entry") else None
@@ -454,10 +369,10 @@ def _run(
     })
     rows = deks = files = 0
     for n, rel in enumerate(todo, start=1):
-        file = str(dataset / rel)
-        if not os.path.exists(file):
-            raise JobError(f"reencrypt: file {rel!r} of run {run_id} disappeared from {str(dataset)!r}")
-        footer = keys.footers.get(file)
+        file = dataset.join(rel)
+        footer = keys.footers.get(file.uri)
+        if footer is None and not file.is_file():
+            raise JobError(f"reencrypt: file {rel!r} of run {run_id} disappeared from {dataset.uri!r}")
         if footer is None or not _done_by_footer(footer, run_id):
             file_rows, file_deks = _reencrypt_file(file, keys, target, det_entry, run_id, kms)
             logger.info("re-encrypted %s: %d rows under %d new data keys", rel, file_rows, file_deks)
@@ -465,7 +380,7 @@ def _run(
             deks += file_deks
             files += 1
         journal["files"][rel] = "done"
-        atomic_write_json(journal_path(dataset, run_id), journal)
+        write_journal(dataset, journal)
         if progress is not None:
             progress(rel, n, len(todo))
 
@@ -483,7 +398,7 @@ def _run(
     if journal["files"]:
         journal["status"] = "succeeded"
         journal["finished_at"] = utc_now().isoformat()
-        atomic_write_json(journal_path(dataset, run_id), journal)
+        write_journal(dataset, journal)
 
 
 def _join_domain_key(
@@ -499,22 +414,22 @@ def _join_domain_key(
             f"{sorted(names)}; a dataset belongs to one join domain"
         )
     name = names.pop() if names else None
-    recorded = read_join_keys(keys.root).get(name or DEFAULT_DOMAIN)
+    recorded = read_join_keys(keys.location).get(name or DEFAULT_DOMAIN)
     if recorded is not None:
         recorded = keys.manifest.get(recorded.dek_id, recorded)  # rewrapped with the dataset
         if not rotate and recorded.key_uri == target_uri:
             return recorded  # keep the domain's key: its unwrap happens when files are rewritten
         if recorded.key_uri != target_uri and (name or DEFAULT_DOMAIN) == DEFAULT_DOMAIN:
             rotate = True  # the dataset moves to another key: its own join domain moves with it
-    return domain_key(keys.root, key_uri=target_uri, kms_options=kms, domain=name, store=store, rotate=rotate)
+    return domain_key(keys.location, key_uri=target_uri, kms_options=kms, domain=name, store=store, rotate=rotate)
 
 
 def _plan(
     keys: Dataset, kms: KmsConfig, run_id: str, key_uri: str | None, force: bool,
     rotate_join_domain: bool = False, join_domain_store: str | None = None,
 ) -> dict[str, Any]:
-    target_uri = _target_uri(keys, key_uri)
-    description = kms.describe(target_uri)
+    target = target_uri(keys, key_uri)
+    description = kms.describe(target)
 
     def current(e: DekEntry) -> bool:
         return e.key_id == description.key_id and e.key_version == description.primary_version
@@ -524,7 +439,7 @@ def _plan(
     if spec_needs_det:
         # Deterministic columns keep their join domain's key (equal values stay equal across this
         # dataset and every dataset of its domain) unless the domain key itself is rotated.
-        det_entry = _join_domain_key(keys, kms, target_uri, rotate_join_domain, join_domain_store)
+        det_entry = _join_domain_key(keys, kms, target, rotate_join_domain, join_domain_store)
 
     def file_behind(f: str) -> bool:
         deks = keys.footers[f].deks.values()
@@ -539,12 +454,12 @@ def _plan(
         "run_id": run_id,
         "status": "running",
         "started_at": utc_now().isoformat(),
-        "target_key_uri": target_uri,
+        "target_key_uri": target,
         "target_key_id": description.key_id,
         "target_key_version": description.primary_version,
-        "target_options": target_options(kms, target_uri),
+        "target_options": target_options(kms, target),
         "force": bool(force),
-        "requested_by": _requester(kms, target_uri),
+        "requested_by": requester(kms, target),
         "deterministic_entry": det_entry.to_dict() if det_entry else None,
         "rotate_join_domain": bool(rotate_join_domain),
         "files": {keys.relpath(f): "pending" for f in behind},
@@ -552,53 +467,54 @@ def _plan(
 
 
 def _reencrypt_file(
-    file: str,
+    file: Location,
     keys: Dataset,
     target: KmsProvider,
     det_entry: DekEntry | None,
     run_id: str,
     kms: KmsConfig,
 ) -> tuple[int, int]:
-    """Rewrite one file with new DEKs, atomically under the same name. Returns (rows, new DEKs)."""
-    footer = keys.footers[file]
-    table = keys.effective_table(file)
+    """Rewrite one file with new DEKs, whole under the same name (module docstring). Returns (rows, new DEKs)."""
+    footer = keys.footers[file.uri]
+    table = keys.effective_table(file.uri)
     spec = _spec_of(footer)
     index_columns = [n for n, s in footer.columns.items() if s.algorithm == HMAC_SHA256_BIDX]
     decryptor = BatchDecryptor(table, kms_options=kms)
-    parquet = pq.ParquetFile(file)
-    stored = parquet.schema_arrow
-    keep = [n for n in stored.names if n not in index_columns]
-    plain_schema = decryptor.plaintext_schema(stored.remove_metadata(), keep)
-    plain_schema = pa.schema([plain_schema.field(n) for n in keep])
-    # Footer metadata the writer added besides the key table (e.g. a job id) travels along.
-    extra = {
-        k.decode(): v.decode()
-        for k, v in (parquet.metadata.metadata or {}).items()
-        if k not in (KEY_TABLE_METADATA_KEY.encode(), b"ARROW:schema")
-    }
-    temp = sibling_temp_path(file, _TEMP_TAG)
+    temp = temp_sibling(file, _TEMP_TAG)
     try:
-        with EncryptedParquetWriter(
-            temp, plain_schema, spec, target,
-            encryption_context=_context(footer.deks, AES_256_GCM, run_id),
-            deterministic_entry=det_entry,
-            kms_options=kms,
-            write_empty=True,
-            metadata=extra,
-        ) as writer:
-            for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=keep):
-                writer.write_batch(decryptor.decrypt_batch(batch, where=f"file {file}"))
+        with file.open_input_file() as source:
+            parquet = pq.ParquetFile(source)
+            stored = parquet.schema_arrow
+            keep = [n for n in stored.names if n not in index_columns]
+            plain_schema = decryptor.plaintext_schema(stored.remove_metadata(), keep)
+            plain_schema = pa.schema([plain_schema.field(n) for n in keep])
+            # Footer metadata the writer added besides the key table (e.g. a job id) travels along.
+            extra = {
+                k.decode(): v.decode()
+                for k, v in (parquet.metadata.metadata or {}).items()
+                if k not in (KEY_TABLE_METADATA_KEY.encode(), b"ARROW:schema")
+            }
+            with EncryptedParquetWriter(
+                temp, plain_schema, spec, target,
+                encryption_context=_context(footer.deks, AES_256_GCM, run_id),
+                deterministic_entry=det_entry,
+                kms_options=kms,
+                write_empty=True,
+                metadata=extra,
+            ) as writer:
+                for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=keep):
+                    writer.write_batch(decryptor.decrypt_batch(batch, where=f"file {file.uri}"))
         new_deks = sum(1 for e in writer.key_table.deks.values() if e.algorithm == AES_256_GCM)
-        replace_atomically(temp, file)
+        publish_file(temp, file)
     except BaseException:
-        temp.unlink(missing_ok=True)
+        temp.delete_file()
         raise
-    finally:
-        parquet.close()
     return writer.rows, new_deks
 
 
-def _remove_stale_temps(dataset: Path) -> None:
+def _remove_stale_temps(dataset: Location) -> None:
     # Left by a killed run (we hold the dataset lock: no live run owns them). Hidden, so readers never saw them.
-    for temp in dataset.rglob(f".*.{_TEMP_TAG}"):
-        temp.unlink(missing_ok=True)
+    for entry in dataset.list_files(include_hidden=True):
+        if _TEMP_FILE.match(entry.location.name):
+            logger.info("removing %s, the temp file of a re-encrypt that was killed", entry.location.uri)
+            entry.location.delete_file()

@@ -27,27 +27,45 @@ Run summaries go to ``<destination>/_spark_kms_runs/`` for encrypt and to
 ``<source>/_spark_kms_runs/`` for decrypt (the audit trail stays with the encrypted data). A
 failed encrypt records its run there too: that record is the one file a failed job adds to the
 destination.
+
+**Object stores.** Source and destination may be storage URIs (``s3://``/``s3a://``, ``gs://``,
+``abfs[s]://``, ``hdfs://``; ``storage_options=`` for the Python side: checks, footers, run
+records, decrypt's swap). The data itself is read and written by *Spark*, through Hadoop's
+filesystem for the URI's scheme: the cluster needs that connector (for ``s3a://``: the
+``hadoop-aws`` jar of the cluster's Hadoop version and the AWS SDK bundle it was built against,
+with ``spark.hadoop.fs.s3a.*`` settings for endpoint and credentials; docs/ARCHITECTURE.md, "Jobs
+on object stores"). Decrypt's destination swap on an object store is journaled and copies object
+by object (:mod:`spark_kms.jobs._replace` says what a reader sees meanwhile).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+import contextlib
+import inspect
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from spark_kms.errors import ConfigurationError
-from spark_kms.jobs._common import require_dataset_dir
+from spark_kms.jobs._common import StorageOptions, file_rows, locate, require_dataset
 from spark_kms.jobs._replace import staged_replacement
 from spark_kms.jobs._summary import RunRecorder, RunSummary, key_versions_of
+from spark_kms.jobs._tables import (
+    refuse_nested_tables,
+    refuse_table_arguments_over_connect,
+    reject_table_arguments,
+    table_kwargs,
+)
+from spark_kms.jobs._tables import table_format as detected_format
 from spark_kms.kms import KmsConfig, KmsConfigLike
 from spark_kms.parquet.dataset import Dataset
+from spark_kms.storage import Location, StoragePath, resolve
 
 __all__ = ["SOURCE_FORMATS", "decrypt_dataset", "encrypt_dataset"]
 
 SOURCE_FORMATS = ("parquet", "csv", "json")
 _MODES = ("overwrite", "append")
+#: the modes an encrypt into a table takes besides _MODES (spark_kms.tables.encrypt_into_table)
+_TABLE_MODES = ("overwrite_partitions", "error")
 
 
 def _session(spark: Any) -> Any:
@@ -82,17 +100,63 @@ def _read_source(spark: Any, fmt: str, path: str, text_columns: Sequence[str] = 
     return csv.schema(schema).load(path)
 
 
-def _separate(source: Path, destination: Path, job: str) -> None:
-    if source == destination or source in destination.parents or destination in source.parents:
+def _separate(source: StoragePath, destination: StoragePath, job: str) -> None:
+    src, dst = resolve(source), resolve(destination)
+
+    def within(inner: Location, outer: Location) -> bool:
+        base = outer.path.rstrip("/")
+        return inner.path == base or inner.path.startswith(base + "/")
+
+    same_store = (src.scheme, src.authority) == (dst.scheme, dst.authority)
+    if same_store and (within(src, dst) or within(dst, src)):
         raise ConfigurationError(
             f"{job}: the destination {str(destination)!r} must be a different directory from the source "
             f"{str(source)!r} and neither may contain the other"
         )
 
 
+#: what a cluster's Spark needs to read and write each store (docs/ARCHITECTURE.md, "Jobs on object stores")
+_CONNECTORS = {
+    "s3": "the hadoop-aws jar of its Hadoop version and the AWS SDK bundle it was built against, and "
+          "spark.hadoop.fs.s3a.* settings (endpoint, credentials provider); use s3a:// URIs",
+    "gs": "the Cloud Storage connector for Hadoop (gcs-connector) and spark.hadoop.fs.gs.* settings",
+    "abfs": "the hadoop-azure jar and spark.hadoop.fs.azure.account.* settings",
+    "hdfs": "the cluster's Hadoop configuration (core-site.xml / hdfs-site.xml)",
+}
+_NO_FILESYSTEM = ("No FileSystem for scheme", "UnsupportedFileSystemException", "S3AFileSystem not found",
+                  "GoogleHadoopFileSystem not found", "AzureBlobFileSystem not found")
+
+
+@contextlib.contextmanager
+def _spark_reaches(job: str, *locations: Location) -> Iterator[None]:
+    """Turn Spark's "no filesystem for this scheme" into a ConfigurationError that says what its cluster needs."""
+    try:
+        yield
+    except Exception as exc:
+        text = str(exc)
+        remote = [loc for loc in locations if not loc.is_local]
+        if not remote or not any(marker in text for marker in _NO_FILESYSTEM):
+            raise
+        where = remote[0]
+        raise ConfigurationError(
+            f"{job}: Spark cannot reach {where.uri}: its Hadoop has no filesystem for "
+            f"{where.given_scheme}:// URIs. Spark reads and writes the data itself, so the cluster needs "
+            f"{_CONNECTORS.get(where.scheme, 'a Hadoop connector for the store')} "
+            "(docs/ARCHITECTURE.md, \"Jobs on object stores\")"
+        ) from exc
+
+
+def _storage_kwargs(fn: Callable[..., Any], location: Location) -> dict[str, Any]:
+    """``storage_options=`` for a Spark-layer function that takes it (the options given, the
+    environment's included), nothing for one that does not or when there are none."""
+    if not location.options or "storage_options" not in inspect.signature(fn).parameters:
+        return {}
+    return {"storage_options": dict(location.options)}
+
+
 def encrypt_dataset(
-    source: str | Path,
-    destination: str | Path,
+    source: StoragePath,
+    destination: StoragePath,
     *,
     key_uri: str,
     columns: Sequence[str],
@@ -107,8 +171,24 @@ def encrypt_dataset(
     run_id: str | None = None,
     join_domain: str | None = None,
     join_domain_store: str | None = None,
+    storage_options: StorageOptions = None,
+    table_format: str | None = None,
+    replace_where: Mapping[str, Any] | None = None,
+    catalog_properties: Mapping[str, str] | None = None,
+    table_options: Mapping[str, str] | None = None,
 ) -> RunSummary:
     """Encrypt the PII ``columns`` of the dataset at ``source`` into ``destination``.
+
+    **Into a table**: when ``destination`` is a Delta table (a directory holding ``_delta_log/``), an
+    ``iceberg://CATALOG/NAMESPACE.TABLE`` URI, or ``table_format`` is given (a table to create), the
+    source is read with pyarrow (streamed, no Spark) and written by :func:`spark_kms.tables.encrypt_into_table`:
+    one data key per output file, one table commit (docs/TABLES.md). ``mode`` then also takes
+    ``overwrite_partitions`` and ``error``; ``replace_where`` (with ``overwrite``) names the partitions
+    replaced; a named ``join_domain`` gives the deterministic columns its key.
+
+    ``source`` and ``destination``: local paths or storage URIs (the module docstring says what
+    Spark needs for them); ``storage_options``: options of their store(s)
+    (:data:`spark_kms.storage.OPTION_NAMES`).
 
     :param key_uri: the KMS key the data keys are generated under.
     :param columns: columns encrypted with AES-256-GCM (randomised).
@@ -122,68 +202,119 @@ def encrypt_dataset(
     :param encryption_context: extra context sent to the KMS with every GenerateDataKey.
     :param kms_options: how to reach each KMS (a :class:`~spark_kms.kms.KmsConfig`, or options per key-URI scheme).
     :param spark: a SparkSession (default: a local one), or a function returning one (called only
-        once the arguments passed their checks).
+        once the arguments passed their checks). A Spark Connect session (not a function returning
+        one) makes the job touch files only on its server side (:mod:`spark_kms.jobs._connect`).
     :param run_id: the run id (default: new); recorded in each DEK's encryption context.
     :param join_domain: the join domain of the deterministic / blind-index columns (default: the
         destination dataset's own); its key is made once and reused by every later writer.
     :param join_domain_store: the directory holding a named join domain's key.
+    :param table_format: ``"delta"`` or ``"iceberg"``: the destination is a table (created when absent:
+        a Delta table at a path, an Iceberg table through its catalog). Default: detected.
+    :param replace_where: tables, with ``mode="overwrite"``: partition column -> value(s) whose files are
+        replaced (Delta's ``replaceWhere``, Iceberg's overwrite filter).
+    :param catalog_properties: tables: the Iceberg catalog's properties.
+    :param table_options: tables: the table library's own options.
     """
     _check_format(source_format, "source_format")
-    if mode not in _MODES:
-        raise ConfigurationError(f"mode must be one of {list(_MODES)}, got {mode!r}")
+    if mode not in (*_MODES, *_TABLE_MODES):
+        raise ConfigurationError(f"mode must be one of {list(_MODES)} (into a table also {list(_TABLE_MODES)}), "
+                                 f"got {mode!r}")
     if not key_uri:
         raise ConfigurationError("encrypt needs key_uri, the KMS key to generate data keys under")
     if not (list(columns) or list(deterministic_columns) or dict(blind_index or {})):
         raise ConfigurationError("encrypt needs at least one column to encrypt (columns=...)")
-    src = require_dataset_dir(source, "encrypt") if Path(source).is_dir() else Path(source).resolve()
-    if not src.exists():
+    refuse_table_arguments_over_connect(spark, "encrypt", table_format=table_format,
+                                        replace_where=replace_where or None,
+                                        catalog_properties=catalog_properties or None,
+                                        table_options=table_options or None)
+    from spark_kms.spark.remote import is_connect
+
+    if is_connect(spark):  # a Spark Connect session: file checks and the run record on its server side
+        from spark_kms.jobs._connect import encrypt_over_connect
+
+        return encrypt_over_connect(
+            spark, source, destination, key_uri=key_uri, columns=columns, deterministic_columns=deterministic_columns,
+            blind_index=blind_index, partition_by=partition_by, source_format=source_format, mode=mode,
+            encryption_context=encryption_context, kms_options=kms_options, run_id=run_id, join_domain=join_domain,
+            join_domain_store=join_domain_store, storage_options=storage_options,
+        )
+    _refuse_table_source(source, storage_options)
+    if table_format is not None or replace_where or _is_table_uri(destination) or \
+            detected_format(destination, storage_options):
+        return _encrypt_into_table(
+            source, destination, table_format=table_format, replace_where=replace_where, key_uri=key_uri,
+            columns=columns, deterministic_columns=deterministic_columns, blind_index=blind_index,
+            partition_by=partition_by, source_format=source_format, mode=mode, encryption_context=encryption_context,
+            kms_options=kms_options, run_id=run_id, join_domain=join_domain, join_domain_store=join_domain_store,
+            storage_options=storage_options, table_kw=table_kwargs(storage_options, catalog_properties, table_options),
+        )
+    if mode not in _MODES:
+        raise ConfigurationError(f"encrypt: mode {mode!r} is for a table destination; {destination} is a plain "
+                                 f"dataset directory, which takes {list(_MODES)}")
+    src = locate(source, "encrypt", storage_options)
+    if not src.is_dir() and not src.is_file():
         raise ConfigurationError(f"encrypt: source {str(source)!r} does not exist")
-    dst = Path(destination).resolve()
+    dst = locate(destination, "encrypt", storage_options)
     _separate(src, dst, "encrypt")
+    if mode == "overwrite" and dst.is_dir():
+        refuse_nested_tables(dst, "encrypt")
     from spark_kms.spark import errors_translated, write_encrypted
 
     session = _session(spark)
-    with RunRecorder("encrypt", dst, run_id) as recorder, errors_translated():
+    with RunRecorder("encrypt", dst, run_id) as recorder, errors_translated(), _spark_reaches("encrypt", src, dst):
         # The Spark write reports KMS calls over driver and tasks; do not add this process's twice.
         recorder.count_local_calls = False
         pii = [*columns, *deterministic_columns, *(blind_index or {})]
-        df = _read_source(session, source_format, str(src), pii)
+        df = _read_source(session, source_format, src.uri, pii)
         result = write_encrypted(
-            df, str(dst), key_uri=key_uri, columns=list(columns), deterministic_columns=list(deterministic_columns),
+            df, dst.uri, key_uri=key_uri, columns=list(columns), deterministic_columns=list(deterministic_columns),
             blind_index=dict(blind_index or {}), partition_by=list(partition_by), mode=mode,
             encryption_context=encryption_context, kms_options=KmsConfig.of(kms_options).with_request_tag(recorder.run_id),
             run_id=recorder.run_id, join_domain=join_domain, join_domain_store=join_domain_store,
+            **_storage_kwargs(write_encrypted, dst),
         )
         s = recorder.summary
         s.rows, s.files, s.deks = result.rows, len(result.files), len(result.deks)
         s.kms_calls = dict(result.kms_calls)
         s.key_versions = {k: list(v) for k, v in result.key_versions.items()}
-        s.details.update({"source": str(src), "source_format": source_format, "mode": mode, "key_uri": key_uri,
+        s.details.update({"source": src.uri, "source_format": source_format, "mode": mode, "key_uri": key_uri,
                           "columns": list(columns), "deterministic_columns": list(deterministic_columns),
                           "blind_index": dict(blind_index or {}), "partition_by": list(partition_by)})
         return s
 
 
 def decrypt_dataset(
-    source: str | Path,
-    destination: str | Path,
+    source: StoragePath,
+    destination: StoragePath,
     *,
     columns: Sequence[str] | None = None,
     output_format: str = "parquet",
     kms_options: KmsConfigLike = None,
     spark: Any = None,
     run_id: str | None = None,
+    storage_options: StorageOptions = None,
+    version: Any = None,
+    catalog_properties: Mapping[str, str] | None = None,
+    table_options: Mapping[str, str] | None = None,
 ) -> RunSummary:
     """Decrypt the encrypted dataset at ``source`` into plaintext at ``destination``.
+
+    A Delta or Iceberg table ``source`` (its root, or ``iceberg://CATALOG/NAMESPACE.TABLE``) is
+    decrypted by :func:`spark_kms.tables.decrypt_table` (pyarrow, no Spark; Parquet output only), with
+    ``version`` for time travel (a Delta version, an Iceberg snapshot id or a timestamp);
+    ``catalog_properties`` and ``table_options`` reach it. The destination is never a table.
 
     :param columns: keep only these columns (default all; blind-index columns stay binary).
     :param output_format: ``parquet``, ``csv`` (with a header row) or ``json`` (JSON lines).
     :param kms_options: how to reach each KMS (a :class:`~spark_kms.kms.KmsConfig`, or options per
         key-URI scheme); used by Spark's Python workers.
     :param spark: a SparkSession (default: a local one), or a function returning one (called only
-        once the arguments passed their checks).
+        once the arguments passed their checks). A Spark Connect session (not a function returning
+        one) makes the job touch files only on its server side (:mod:`spark_kms.jobs._connect`).
     :param run_id: the run id (default: new). Existing DEKs keep their encryption context, so the
         run id reaches the KMS only as the embedded KMS's audit ``request_tag``; see docs/ROTATION.md.
+    :param storage_options: options of the store(s) of ``source`` and ``destination`` (local paths or
+        storage URIs; :data:`spark_kms.storage.OPTION_NAMES`).
 
     ``kms_calls`` in the summary counts this (driver) process only: Decrypt calls happen in
     Spark's Python workers and show in the KMS audit log.
@@ -192,17 +323,35 @@ def decrypt_dataset(
     failed decrypt (a denied or disabled key, a tampered cell) leaves ``destination`` as it was.
     """
     _check_format(output_format, "output_format")
-    src = require_dataset_dir(source, "decrypt")
-    dst = Path(destination).resolve()
+    refuse_table_arguments_over_connect(spark, "decrypt", version=version,
+                                        catalog_properties=catalog_properties or None,
+                                        table_options=table_options or None)
+    from spark_kms.spark.remote import is_connect
+
+    if is_connect(spark):  # a Spark Connect session: file checks, swap and run record on its server side
+        from spark_kms.jobs._connect import decrypt_over_connect
+
+        return decrypt_over_connect(spark, source, destination, columns=columns, output_format=output_format,
+                                    kms_options=kms_options, run_id=run_id, storage_options=storage_options)
+    _refuse_table_destination(destination, "decrypt", storage_options)
+    if detected_format(source, storage_options):
+        return _decrypt_table(source, destination, version=version, columns=columns, output_format=output_format,
+                              kms_options=kms_options, run_id=run_id,
+                              table_kw=table_kwargs(storage_options, catalog_properties, table_options))
+    reject_table_arguments("decrypt", source, version=version)
+    src = require_dataset(source, "decrypt", storage_options)
+    dst = locate(destination, "decrypt", storage_options)
     _separate(src, dst, "decrypt")
+    refuse_nested_tables(src, "decrypt")
     from spark_kms.spark import errors_translated, read_encrypted
 
     session = _session(spark)
-    with RunRecorder("decrypt", src, run_id) as recorder, errors_translated():
+    with RunRecorder("decrypt", src, run_id) as recorder, errors_translated(), _spark_reaches("decrypt", src, dst):
         keys = Dataset.open(src, job="decrypt")
         effective = keys.effective_deks()
-        df = read_encrypted(session, str(src), columns=list(columns) if columns is not None else None,
-                            kms_options=KmsConfig.of(kms_options).with_request_tag(recorder.run_id))
+        df = read_encrypted(session, src.uri, columns=list(columns) if columns is not None else None,
+                            kms_options=KmsConfig.of(kms_options).with_request_tag(recorder.run_id),
+                            **_storage_kwargs(read_encrypted, src))
         writer = df.write.mode("overwrite").format(output_format)
         if output_format == "csv":
             writer = writer.option("header", "true")
@@ -210,12 +359,121 @@ def decrypt_dataset(
             writer.save(str(staging))
         s = recorder.summary
         # Every row of the source is written: count it from the footers, not by reading the output again.
-        s.rows = sum(pq.read_metadata(f).num_rows for f in keys.files)
+        s.rows = sum(file_rows(keys.file_location(f)) for f in keys.files)
         s.files = len(keys.files)
         s.deks = len(effective)
         s.key_versions = s.key_versions_before = key_versions_of(
             (e.key_id, e.key_version) for e in effective.values()
         )
-        s.details.update({"destination": str(dst), "output_format": output_format,
+        s.details.update({"destination": dst.uri, "output_format": output_format,
                           "columns": list(columns) if columns is not None else None})
         return s
+
+
+# -- tables (docs/TABLES.md) ----------------------------------------------------------------
+
+
+def _is_table_uri(path: Any) -> bool:
+    from spark_kms import tables
+
+    return bool(tables.is_table_uri(path))
+
+
+def _refuse_table_source(source: StoragePath, storage_options: StorageOptions) -> None:
+    """A table's directory is no plain source: a Parquet scan of it reads every file, including those the
+    table's log removed (older versions), and misses what its log says (deletes, partition values)."""
+    fmt = detected_format(source, storage_options)
+    if fmt:
+        raise ConfigurationError(
+            f"encrypt: the source {source} is {'a Delta' if fmt == 'delta' else 'an Iceberg'} table: reading its "
+            "directory as plain files would also read the files its log removed. Read it with its own library "
+            "(deltalake.DeltaTable(...).to_pyarrow_dataset(), pyiceberg's table.scan().to_arrow_batch_reader()) "
+            "and pass the rows to spark_kms.tables.encrypt_into_table"
+        )
+
+
+def _refuse_table_destination(destination: StoragePath, job: str, storage_options: StorageOptions) -> None:
+    """Decrypt replaces its destination whole: a table there would be deleted."""
+    fmt = "iceberg" if _is_table_uri(destination) else detected_format(destination, storage_options)
+    if fmt:
+        raise ConfigurationError(
+            f"{job}: the destination {destination} is {'a Delta' if fmt == 'delta' else 'an Iceberg'} table (or "
+            f"inside one): {job} writes plaintext Parquet files into a directory it replaces whole, which would "
+            "delete the table's files. Choose a directory outside any table"
+        )
+
+
+def _arrow_batches(src: Location, source_format: str, text_columns: Sequence[str]) -> Any:
+    """The source as a stream of Arrow record batches (pyarrow.dataset: hive partition directories become
+    columns, ``_``/``.`` files are skipped, as Spark reads it). A CSV source has a header row; its types
+    are inferred except ``text_columns`` (the PII), read as text as written (leading zeros kept)."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    file_format: Any = source_format
+    if source_format == "csv":
+        import pyarrow.csv as pacsv
+
+        file_format = pads.CsvFileFormat(
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in text_columns}))
+    data = pads.dataset(src.path, filesystem=src.fs, format=file_format, partitioning="hive")
+    return data.scanner().to_reader()
+
+
+def _encrypt_into_table(
+    source: StoragePath, destination: StoragePath, *, table_format: str | None, replace_where: Any, key_uri: str,
+    columns: Sequence[str], deterministic_columns: Sequence[str], blind_index: Mapping[str, str] | None,
+    partition_by: Sequence[str], source_format: str, mode: str, encryption_context: Mapping[str, str] | None,
+    kms_options: KmsConfigLike, run_id: str | None, join_domain: str | None, join_domain_store: str | None,
+    storage_options: StorageOptions, table_kw: dict[str, Any],
+) -> RunSummary:
+    """:func:`encrypt_dataset` into a Delta or Iceberg table (see its docstring)."""
+    from spark_kms import tables
+
+    src = locate(source, "encrypt", storage_options)
+    if not src.is_dir() and not src.is_file():
+        raise ConfigurationError(f"encrypt: source {str(source)!r} does not exist")
+    if not _is_table_uri(destination):
+        dst = locate(destination, "encrypt", storage_options)
+        _separate(src, dst, "encrypt")
+        if not detected_format(dst, storage_options) and dst.list_files(include_hidden=True):
+            raise ConfigurationError(
+                f"encrypt: {dst.uri} is a plain directory with files in it, not a table: a new table goes into an "
+                "absent or empty directory (spark_kms does not turn a dataset into a table)"
+            )
+    kms = KmsConfig.of(kms_options)
+    deterministic_entry = None
+    if join_domain and (list(deterministic_columns) or dict(blind_index or {})):
+        from spark_kms.parquet.join_domains import domain_key
+
+        deterministic_entry = domain_key(None, key_uri=key_uri, kms_options=kms, domain=join_domain,
+                                         store=join_domain_store)
+    pii = [*columns, *deterministic_columns, *(blind_index or {})]
+    summary: RunSummary = tables.encrypt_into_table(
+        _arrow_batches(src, source_format, pii), destination, format=table_format, columns=list(columns),
+        key_uri=key_uri, kms_options=kms, mode=mode, partition_by=list(partition_by),
+        replace_where=dict(replace_where) if replace_where else None,
+        deterministic_columns=list(deterministic_columns), blind_index=dict(blind_index or {}),
+        deterministic_entry=deterministic_entry, encryption_context=encryption_context, run_id=run_id, **table_kw,
+    )
+    summary.details.update({"source": src.uri, "source_format": source_format, "key_uri": key_uri,
+                            "columns": list(columns), "deterministic_columns": list(deterministic_columns),
+                            "blind_index": dict(blind_index or {}), "join_domain": join_domain})
+    return summary
+
+
+def _decrypt_table(source: Any, destination: StoragePath, *, version: Any, columns: Sequence[str] | None,
+                   output_format: str, kms_options: KmsConfigLike, run_id: str | None,
+                   table_kw: dict[str, Any]) -> RunSummary:
+    """:func:`decrypt_dataset` of a Delta or Iceberg table (see its docstring)."""
+    from spark_kms import tables
+
+    if output_format != "parquet":
+        raise ConfigurationError(f"decrypt: a table is decrypted into Parquet (spark_kms.tables.decrypt_table), "
+                                 f"not {output_format}")
+    summary: RunSummary = tables.decrypt_table(
+        source, destination, version=version, columns=list(columns) if columns is not None else None,
+        kms_options=kms_options, run_id=run_id, **table_kw)
+    summary.details.update({"output_format": output_format, "version": None if version is None else str(version),
+                            "columns": list(columns) if columns is not None else None})
+    return summary

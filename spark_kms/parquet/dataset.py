@@ -188,7 +188,7 @@ def _refuse_unfinished_commit(root: Location, prefix: str) -> None:
             f"{prefix}dataset {root.uri!r}: write {unfinished[0]} is committing, or stopped while committing "
             f"({len(unfinished)} unfinished), so its files are a mix of old and new data and are not read. A "
             "running commit finishes on its own; an interrupted one is completed by the next write to the "
-            "dataset or by `spark-kms gc`"
+            "dataset through the spark_kms data source (any mode)"
         )
 
 

@@ -108,9 +108,10 @@ def read_join_keys(dataset_root: StoragePath) -> dict[str, DekEntry]:
     return out
 
 
-def _record_path(dataset_root: str, domain: str, store: StoragePath | None) -> Location:
+def _record_path(dataset_root: Location | None, domain: str, store: StoragePath | None) -> Location:
     if domain == DEFAULT_DOMAIN:
-        return resolve(dataset_root).join(JOIN_KEYS_NAME)
+        assert dataset_root is not None
+        return dataset_root.join(JOIN_KEYS_NAME)
     where = store or os.environ.get(DOMAIN_STORE_ENV)
     if not where:
         raise ConfigurationError(
@@ -153,8 +154,12 @@ def domain_key(
     name = _check_name(domain or DEFAULT_DOMAIN)
     if dataset_root is None and name == DEFAULT_DOMAIN:
         raise ConfigurationError("a writer without a dataset path must name its join domain (and its store)")
-    root = dataset_path(dataset_root) if dataset_root is not None else ""
-    path = _record_path(root, name, store)
+    try:
+        location = resolve(dataset_root) if dataset_root is not None else None  # keeps a Location's options
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"join domain {name!r}: {exc}") from None
+    root = location.uri if location is not None else ""
+    path = _record_path(location, name, store)
     record = _domain_record(path, name)
     fresh: DekEntry | None = None
     if record is not None and not rotate:
@@ -173,12 +178,12 @@ def domain_key(
                 _store_record(path, name, _new_record(entry, current))
                 logger.info("join domain %r: %s key %s under %s", name, "rotated to" if rotate else "made",
                             entry.dek_id, entry.key_uri)
-    if root and name != DEFAULT_DOMAIN:
-        _remember(root, name, entry)
+    if location is not None and name != DEFAULT_DOMAIN:
+        _remember(location, name, entry)
     # A rewrap of the dataset re-wrapped this key too (it is in every footer that uses it): the
     # manifest's entry for it takes precedence, as for every other data key of the dataset.
-    if root:
-        entry = read_manifest(root).get(entry.dek_id, entry)
+    if location is not None:
+        entry = read_manifest(location).get(entry.dek_id, entry)
     if fresh is None:
         if entry.key_uri != key_uri:
             # Someone who can write to storage could plant a domain key wrapped under a key *they*
@@ -225,9 +230,9 @@ def _store_record(path: Location, name: str, record: dict[str, Any]) -> None:
         path.write_json_atomic(record)
 
 
-def _remember(root: str, name: str, entry: DekEntry) -> None:
+def _remember(root: Location, name: str, entry: DekEntry) -> None:
     """Record a named domain's current key in the dataset too (inspection, re-encrypt)."""
-    path = resolve(root).join(JOIN_KEYS_NAME)
+    path = root.join(JOIN_KEYS_NAME)
     with _record_lock(path):
         doc = _load(path, "join-domain record") or {"format_version": _FORMAT_VERSION, "domains": {}}
         domains = dict(doc.get("domains") or {})

@@ -141,7 +141,8 @@ def read_decrypted_table(
     min_format_version: int = 1,
     verify_blind_indexes: bool = False,
 ) -> pa.Table:
-    """Read and decrypt one file, or a whole dataset directory, into a table.
+    """Read and decrypt one file, a whole dataset directory, or a Delta / Iceberg table's current snapshot
+    (:func:`spark_kms.tables.read_table_decrypted`, which also takes a version) into a table.
 
     For a directory, hive partition directories become columns again (typed as
     pyarrow.dataset infers them) and every file is decrypted with the dataset's merged
@@ -151,6 +152,14 @@ def read_decrypted_table(
     :param min_format_version: 2 refuses files of format version 1 (unauthenticated column specs).
     :param verify_blind_indexes: recompute blind-index cells from their source column.
     """
+    from spark_kms.tables.detect import detect_table, is_table_uri
+
+    if is_table_uri(path_or_dataset) or detect_table(path_or_dataset):
+        from spark_kms.tables.read import read_table_decrypted
+
+        return read_table_decrypted(path_or_dataset, columns=columns, kms_options=kms_options,
+                                    require_encrypted=require_encrypted, min_format_version=min_format_version,
+                                    verify_blind_indexes=verify_blind_indexes)
     loc = dataset_location(path_or_dataset)
     local = loc.uri
     kms = KmsConfig.of(kms_options)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import decimal
-import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -61,12 +60,12 @@ def _unescape(text: str) -> str:
 
 def hive_partition_values(rel_dir: str, path: str) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
     """The partition column names and raw values (unescaped; ``None`` = null) of the directories
-    ``rel_dir`` between a dataset's base directory and its file ``path``."""
+    ``rel_dir`` (``/``-separated) between a dataset's base directory and its file ``path``."""
     if rel_dir in ("", "."):
         return (), ()
     names: list[str] = []
     values: list[str | None] = []
-    for part in rel_dir.split(os.sep):
+    for part in rel_dir.split("/"):
         name, sep, value = part.partition("=")
         if not sep or not name:
             raise FormatError(f"file {path}: directory {part!r} is not a hive partition directory (name=value)")

@@ -9,6 +9,7 @@ from typing import Any, overload
 
 from spark_kms.errors import ConfigurationError
 from spark_kms.kms import KmsConfig
+from spark_kms.storage import Location, resolve, storage_options_from
 
 #: the column spark_kms.spark.ml adds: per row, the key table (JSON) of that row's cells
 KEYS_COLUMN = "_spark_kms_keys"
@@ -54,6 +55,20 @@ def kms_config_option(opts: Mapping[str, str]) -> KmsConfig:
         return KmsConfig.of(opts.get("kms_options"))
     except ConfigurationError as exc:
         raise ConfigurationError(f"option kms_options: {exc}") from None
+
+
+def storage_location_option(opts: Mapping[str, str], what: str) -> Location:
+    """The ``path`` option as a :class:`~spark_kms.storage.Location`, with the ``storage_options``
+    option (a JSON object of :data:`spark_kms.storage.OPTION_NAMES`) merged over the environment's
+    (``$SPARK_KMS_STORAGE_OPTIONS``). The Location travels to the tasks (it pickles as URI and
+    options); errors name options, never their values."""
+    if not opts.get("path"):
+        raise ConfigurationError(f"{what} needs a path: .save(path) / .load(path)")
+    storage = storage_options_from(opts.get("storage_options"), what="option storage_options")
+    try:
+        return resolve(opts["path"], storage)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{what}: {exc}") from None
 
 
 @overload

@@ -3,27 +3,34 @@ full-scan reader that decrypts in the Python worker (see "Reading" in :mod:`spar
 
 The plan comes from :class:`spark_kms.parquet.dataset.Dataset` (files, footers, the dataset
 root's manifest, the precedence rule), whatever the path names inside a dataset: its root, a
-hive partition directory or one data file. Footers only: planning makes no KMS call.
+hive partition directory or one data file -- a local path or a storage URI, reached through
+:mod:`spark_kms.storage` (option ``storage_options``). Footers only: planning makes no KMS call.
+
+Planning refuses a dataset with a commit in progress or interrupted (its journal exists:
+:func:`spark_kms.spark._commit.refuse_pending_commits`), whose directory may then hold a mix of
+old and new files; and plans again if a write staging into the dataset ended while it listed.
 """
 
 from __future__ import annotations
 
 import decimal
 import logging
-import os
+import posixpath
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from pyspark.sql.datasource import DataSourceReader, InputPartition
 
-from spark_kms.errors import ConfigurationError, FormatError
+from spark_kms.errors import ConfigurationError, FormatError, JobError
 from spark_kms.kms import KmsConfig
-from spark_kms.parquet.dataset import Dataset, dataset_path, open_parquet
+from spark_kms.parquet.dataset import Dataset, dataset_location, dataset_root_of, open_parquet
+from spark_kms.spark._commit import refuse_pending_commits
 from spark_kms.spark._hive import hive_partition_values, infer_partition_type, partition_scalar
-from spark_kms.spark._options import kms_config_option, positive_int, split_list
+from spark_kms.spark._options import kms_config_option, positive_int, split_list, storage_location_option
+from spark_kms.spark._scan_filters import and_all, filter_expression
+from spark_kms.storage import Location, resolve
 
 __all__ = ["SparkKmsFilteringReader", "SparkKmsInputPartition", "SparkKmsReader"]
 
@@ -32,13 +39,15 @@ logger = logging.getLogger(__name__)
 _DEFAULT_READ_BATCH_ROWS = 65_536
 _DEFAULT_MAX_PARTITION_BYTES = 128 * 1024 * 1024  # Spark's spark.sql.files.maxPartitionBytes default
 _WHAT = "the spark_kms data source"
+_PLAN_TRIES = 3
 
 
 @dataclass(frozen=True)
 class _ScanOptions:
-    """The read options, parsed once (driver side); picklable (the KmsConfig as options only)."""
+    """The read options, parsed once (driver side); picklable (the KmsConfig as options only, the
+    Location as URI and storage options)."""
 
-    path: str
+    location: Location
     kms: KmsConfig
     batch_size: int
     max_partition_bytes: int
@@ -49,13 +58,12 @@ class _ScanOptions:
     @classmethod
     def from_options(cls, options: Mapping[str, str]) -> _ScanOptions:
         opts = {k.lower(): v for k, v in options.items()}
-        if not opts.get("path"):
-            raise ConfigurationError("the spark_kms data source needs a path: .load(path)")
+        location = dataset_location(storage_location_option(opts, _WHAT))
         pushdown = (opts.get("filter_pushdown") or "false").strip().lower()
         if pushdown not in ("true", "false"):
             raise ConfigurationError(f"option filter_pushdown must be 'true' or 'false', got {pushdown!r}")
         return cls(
-            path=dataset_path(opts["path"], what=_WHAT),
+            location=location,
             kms=kms_config_option(opts),
             batch_size=positive_int(opts, "batch_size", _DEFAULT_READ_BATCH_ROWS),
             max_partition_bytes=positive_int(opts, "max_partition_bytes", _DEFAULT_MAX_PARTITION_BYTES),
@@ -64,8 +72,16 @@ class _ScanOptions:
             min_format_version=positive_int(opts, "min_format_version", 1),
         )
 
+    @property
+    def path(self) -> str:
+        return self.location.uri
+
+    def file(self, uri: str) -> Location:
+        """One data file of the dataset, with the dataset's storage options (any process)."""
+        return resolve(uri).with_options(self.location.options)
+
     def plan(self) -> _DatasetPlan:
-        return _DatasetPlan.build(self.path, self)
+        return _DatasetPlan.build(self.location, self)
 
 
 @dataclass(frozen=True)
@@ -95,18 +111,38 @@ class _DatasetPlan:
     partition_types: tuple[Any, ...]  # Spark DataTypes, inferred like Spark's partition discovery
 
     @classmethod
-    def build(cls, path: str, scan: _ScanOptions | None = None) -> _DatasetPlan:
-        """The plan of the files under ``path`` (the dataset root, a hive partition directory or
-        one data file), with the dataset root's manifest applied to every footer.
+    def build(cls, location: Location | str, scan: _ScanOptions | None = None) -> _DatasetPlan:
+        """The plan of the files under ``location`` (the dataset root, a hive partition directory
+        or one data file), with the dataset root's manifest applied to every footer.
 
-        Partition columns are the ``name=value`` directories between ``path`` (or, for a file,
-        the dataset root) and each file, as Spark's partition discovery sees them.
+        Partition columns are the ``name=value`` directories between ``location`` (or, for a
+        file, the dataset root) and each file, as Spark's partition discovery sees them.
+
+        :raises JobError: a commit of the dataset is in progress or was interrupted.
         """
+        loc = dataset_location(location)
+        root = resolve(dataset_root_of(loc)).with_options(loc.options)
+        for _ in range(_PLAN_TRIES):
+            writing = refuse_pending_commits(root, what=_WHAT)
+            plan = cls._build(loc, scan)
+            still = refuse_pending_commits(root, what=_WHAT)
+            if writing <= still:
+                return plan
+            # A write staging into the dataset ended while the files were listed: its commit may
+            # have run meanwhile, so the listing may hold part of it. List again.
+            logger.info("spark_kms scan of %s: writes %s ended while planning; planning again", loc.uri,
+                        sorted(writing - still))
+        raise JobError(f"{_WHAT}: dataset {loc.uri} kept changing while its files were listed "
+                       f"({_PLAN_TRIES} tries): writes are committing to it; read again later")
+
+    @classmethod
+    def _build(cls, loc: Location, scan: _ScanOptions | None) -> _DatasetPlan:
         from spark_kms.crypto import AES_256_GCM, AES_256_SIV
         from spark_kms.parquet import parse_arrow_type
 
+        path = loc.uri
         dataset = Dataset.open(
-            path, job=_WHAT, require_files=False, kms_options=scan.kms if scan else None,
+            loc, job=_WHAT, require_files=False, kms_options=scan.kms if scan else None,
             require_encrypted=scan.require_encrypted if scan else None,
             min_format_version=scan.min_format_version if scan else 1,
         )
@@ -114,12 +150,13 @@ class _DatasetPlan:
             raise ConfigurationError(
                 f"dataset {path} has no data files, so its schema cannot be inferred: pass .schema(...)"
             )
-        base = str(Path(path).resolve()) if os.path.isdir(path) else str(dataset.root)
+        base = loc if loc.is_dir() else dataset.location
         merged = dataset.key_table()
         files: list[_DataFile] = []
         partition_columns: tuple[str, ...] | None = None
         for file in dataset.files:
-            names, values = hive_partition_values(os.path.relpath(os.path.dirname(file), base), file)
+            file_loc = dataset.file_location(file)
+            names, values = hive_partition_values(posixpath.dirname(file_loc.relative_to(base)), file)
             if partition_columns is None:
                 partition_columns = names
             elif names != partition_columns:
@@ -127,7 +164,7 @@ class _DatasetPlan:
                     f"dataset {path}: file {file} sits in partition directories {list(names)}, "
                     f"other files in {list(partition_columns)}"
                 )
-            pf = open_parquet(file)
+            pf = open_parquet(file_loc)
             meta = pf.metadata
             files.append(
                 _DataFile(
@@ -234,13 +271,13 @@ class SparkKmsReader(DataSourceReader):
     # -- planning (driver side) -----------------------------------------------
     def partitions(self) -> list[InputPartition]:
         out: list[InputPartition] = []
-        row_filter = _and_all(self.row_filters)
+        row_filter = and_all(self.row_filters)
         for f in self.files:
             if self.partition_filters and not self._partition_matches(f):
                 continue
             groups = list(range(len(f.row_group_bytes)))
             if row_filter is not None:
-                groups = _row_groups_matching(f.path, row_filter, groups)
+                groups = _row_groups_matching(self.scan.file(f.path), row_filter, groups)
                 if not groups:
                     continue
             for run in _runs(groups, f.row_group_bytes, self.scan.max_partition_bytes):
@@ -257,7 +294,7 @@ class SparkKmsReader(DataSourceReader):
         for i, name in enumerate(self.partition_columns):
             t = self._partition_filter_type(name)
             arrays[name] = pa.array([partition_scalar(f.partition_values[i], t).as_py()], type=t)
-        return pa.table(arrays).filter(_and_all(self.partition_filters)).num_rows == 1
+        return pa.table(arrays).filter(and_all(self.partition_filters)).num_rows == 1
 
     def _partition_filter_type(self, name: str) -> pa.DataType:
         if name in self.partition_arrow_types:
@@ -275,9 +312,9 @@ class SparkKmsReader(DataSourceReader):
         from spark_kms.parquet import BatchDecryptor
 
         where = f"file {part.path}"
-        pf = open_parquet(part.path)
+        pf = open_parquet(self.scan.file(part.path))
         stored_names = pf.schema_arrow.names
-        row_filter = _and_all(self.row_filters)
+        row_filter = and_all(self.row_filters)
         filter_columns = sorted(self.row_filter_columns - set(self.stored_columns))
         needed = [*self.stored_columns, *filter_columns]
         absent = [c for c in needed if c not in stored_names]
@@ -382,93 +419,15 @@ class SparkKmsFilteringReader(SparkKmsReader):
             t, is_partition = self.files[0].arrow_schema.field(column).type, False
         else:
             return None
-        expr = _filter_expression(f, t)
+        expr = filter_expression(f, t)
         return None if expr is None else (expr, column, is_partition)
 
 
-def _pushable_type(t: pa.DataType) -> bool:
-    return (
-        pa.types.is_integer(t)
-        or pa.types.is_floating(t)
-        or pa.types.is_string(t)
-        or pa.types.is_large_string(t)
-        or pa.types.is_binary(t)
-        or pa.types.is_large_binary(t)
-        or pa.types.is_boolean(t)
-        or pa.types.is_date32(t)
-        or pa.types.is_decimal(t)
-    )
-
-
-def _filter_expression(f: Any, t: pa.DataType) -> Any:
-    """The pyarrow expression of one Spark filter on a column of type ``t``, or None if it is
-    not pushable. Null semantics follow SQL: a comparison with a null cell is null (the row is
-    dropped, also under NOT), ``<=>`` and ``IS [NOT] NULL`` are never null."""
-    import pyarrow.compute as pc
-    from pyspark.sql import datasource as sds
-
-    if not _pushable_type(t):
-        return None
-    col = pc.field(f.child.attribute[0] if isinstance(f, sds.Not) else f.attribute[0])
-
-    def lit(value: Any) -> Any:
-        if value is None:
-            raise ValueError("null literal")
-        if isinstance(value, bytearray):
-            value = bytes(value)
-        return pa.scalar(value, type=t)
-
-    def positive(g: Any) -> Any:
-        if isinstance(g, sds.IsNull):
-            return col.is_null()
-        if isinstance(g, sds.IsNotNull):
-            return col.is_valid()
-        if isinstance(g, sds.EqualNullSafe):
-            return col.is_null() if g.value is None else (col == lit(g.value)) & col.is_valid()
-        if isinstance(g, sds.EqualTo):
-            return col == lit(g.value)
-        if isinstance(g, sds.GreaterThan):
-            return col > lit(g.value)
-        if isinstance(g, sds.GreaterThanOrEqual):
-            return col >= lit(g.value)
-        if isinstance(g, sds.LessThan):
-            return col < lit(g.value)
-        if isinstance(g, sds.LessThanOrEqual):
-            return col <= lit(g.value)
-        if isinstance(g, sds.In):
-            values = [lit(v) for v in g.value]
-            # is_in answers false for a null cell; SQL answers null: keep the null.
-            return pc.if_else(col.is_valid(), pc.is_in(col, value_set=pa.array(values, type=t)), pa.scalar(None, pa.bool_()))
-        if isinstance(g, (sds.StringStartsWith, sds.StringEndsWith, sds.StringContains)):
-            if not (pa.types.is_string(t) or pa.types.is_large_string(t)) or not isinstance(g.value, str):
-                return None
-            fn = {sds.StringStartsWith: pc.starts_with, sds.StringEndsWith: pc.ends_with,
-                  sds.StringContains: pc.match_substring}[type(g)]
-            return fn(col, pattern=g.value)
-        return None
-
-    try:
-        if isinstance(f, sds.Not):
-            inner = positive(f.child)
-            return None if inner is None else ~inner
-        return positive(f)
-    except (ValueError, TypeError, OverflowError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        return None  # a literal that does not fit the column's type: Spark evaluates it
-
-
-def _and_all(exprs: Sequence[Any]) -> Any:
-    out = None
-    for e in exprs:
-        out = e if out is None else out & e
-    return out
-
-
-def _row_groups_matching(path: str, expr: Any, groups: list[int]) -> list[int]:
+def _row_groups_matching(file: Location, expr: Any, groups: list[int]) -> list[int]:
     """Row groups whose statistics may satisfy ``expr`` (pyarrow's own row-group pruning)."""
     import pyarrow.dataset as pds
-    import pyarrow.fs as pafs
 
-    fragment = pds.ParquetFileFormat().make_fragment(path, filesystem=pafs.LocalFileSystem())
+    fragment = pds.ParquetFileFormat().make_fragment(file.path, filesystem=file.fs)
     kept = {rg.id for rg in fragment.subset(filter=expr).row_groups}
     return [g for g in groups if g in kept]
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,12 +16,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql.datasource import DataSourceArrowWriter, WriterCommitMessage
 
-from spark_kms._atomic import atomic_write_json
 from spark_kms.crypto import KEY_TABLE_METADATA_KEY, KeyTable
 from spark_kms.errors import ConfigurationError, JobError
 from spark_kms.kms import KmsProvider, kms_call_counts
-from spark_kms.parquet.dataset import dataset_path
-from spark_kms.spark._commit import abort_staged, commit_staged, recover_interrupted_commits, staging_dir
+from spark_kms.spark._commit import (
+    abort_staged,
+    commit_staged,
+    final_name,
+    recover_interrupted_commits,
+    staging_alive,
+    start_staging,
+)
 from spark_kms.spark._errors import marked_for_driver
 from spark_kms.spark._hive import hive_dir_value
 from spark_kms.spark._options import (
@@ -35,7 +39,9 @@ from spark_kms.spark._options import (
     parse_json_object,
     positive_int,
     split_list,
+    storage_location_option,
 )
+from spark_kms.storage import Location, resolve
 
 __all__ = ["SparkKmsCommitMessage", "SparkKmsWriter", "WriteResult"]
 
@@ -46,7 +52,7 @@ logger = logging.getLogger(__name__)
 class WriteResult:
     """What an encrypted write did.
 
-    :param path: the dataset directory.
+    :param path: the dataset directory (a local path or a storage URI, as given).
     :param job_id: the id in the encryption context (``spark_kms.job_id``).
     :param rows: rows written.
     :param files: data files added, relative to ``path``.
@@ -86,15 +92,16 @@ class SparkKmsWriter(DataSourceArrowWriter):
     """Created once per write on the driver side, pickled to every task and to commit/abort.
 
     It carries the ``kms_options`` option as a :class:`~spark_kms.kms.KmsConfig` (options only
-    when pickled: each task builds its own provider for ``key_uri``).
+    when pickled: each task builds its own provider for ``key_uri``) and the dataset as a
+    :class:`~spark_kms.storage.Location` (URI and storage options when pickled: each process
+    builds its own filesystem client). Neither shows a secret in a repr or a log line.
     """
 
     @marked_for_driver()  # a spark_kms error reaches the driver as itself (spark/_errors.py)
     def __init__(self, options: Mapping[str, str], schema: Any, overwrite: bool) -> None:
         opts = {k.lower(): v for k, v in options.items()}
-        if not opts.get("path"):
-            raise ConfigurationError("the spark_kms data source needs a path: .save(path)")
-        self.path = dataset_path(opts["path"], what="the spark_kms data source")
+        self.location: Location = storage_location_option(opts, "the spark_kms data source")
+        self.path = self.location.uri
         self.overwrite = overwrite
         self.write_id = uuid.uuid4().hex
         self.job_id = opts.get("run_id") or self.write_id
@@ -117,7 +124,8 @@ class SparkKmsWriter(DataSourceArrowWriter):
         encrypted = sorted({*self.columns, *self.deterministic, *self.blind_index})
         self.encryption_context = {
             **user_ctx,
-            "spark_kms.dataset": self.path,
+            # s3:// and s3a:// name the same objects: one identity (spark_kms.storage)
+            "spark_kms.dataset": self.path if self.location.is_local else self.location.identity,
             "spark_kms.columns": ",".join(encrypted),
             "spark_kms.job_id": self.job_id,
         }
@@ -132,7 +140,7 @@ class SparkKmsWriter(DataSourceArrowWriter):
             # One key per join domain, made by the domain's first writer and reused by every later
             # one (appends, overwrites, other datasets of a named domain): equal values, equal cells.
             self.deterministic_entry = domain_key(
-                self.path, key_uri=self._provider().key_uri, kms_options=self.kms,
+                self.location, key_uri=self._provider().key_uri, kms_options=self.kms,
                 domain=opts.get("join_domain") or None, store=opts.get("join_domain_store") or None,
             )
             self.driver_kms_calls = counts_delta(before, kms_call_counts())
@@ -140,10 +148,10 @@ class SparkKmsWriter(DataSourceArrowWriter):
                         self.deterministic_entry.dek_id, self.deterministic_entry.key_id,
                         self.deterministic_entry.key_version)
         # Finish an interrupted commit before staging anything new next to it.
-        recover_interrupted_commits(self.path)
-        # Tasks only write inside this directory and never create it: once abort() removed it,
-        # a straggling task of the failed job fails instead of leaving an orphan file.
-        os.makedirs(self.staging_dir)
+        recover_interrupted_commits(self.location)
+        # Tasks stage files only while this marker exists: once abort() (or the commit) removed it,
+        # a straggling task of the job fails instead of leaving an orphan file.
+        self.stage: Location = start_staging(self.location, self.write_id, mode=self.mode)
         logger.info(
             "write %s to %s (%s, job %s): staging %s; columns %s, deterministic %s, blind indexes %s, "
             "partition_by %s; key %s; %r",
@@ -214,7 +222,7 @@ class SparkKmsWriter(DataSourceArrowWriter):
 
     @property
     def staging_dir(self) -> str:
-        return staging_dir(self.path, self.write_id)
+        return self.stage.uri
 
     # -- executors -----------------------------------------------------------------
     @marked_for_driver()  # a spark_kms error reaches the driver as itself (spark/_errors.py)
@@ -251,18 +259,18 @@ class SparkKmsWriter(DataSourceArrowWriter):
         if len(done) != len(messages):
             # Spark calls commit only when every task succeeded; be safe anyway.
             raise JobError(f"dataset {self.path}: {len(messages) - len(done)} write tasks did not report")
-        final = commit_staged(self.path, self.write_id, [rel for m in done for rel in m.files],
-                              overwrite=self.overwrite)
-        result = self._result(done, final)
+        commit_staged(self.location, self.write_id, [rel for m in done for rel in m.files],
+                      overwrite=self.overwrite)
+        result = self._result(done)
         logger.info("write %s to %s committed: %d files, %d rows, %d data keys, KMS calls %s",
                     self.write_id, self.path, len(result.files), result.rows, len(result.deks), result.kms_calls)
         if self.result_file:
-            atomic_write_json(self.result_file, result.to_dict())
+            resolve(self.result_file).write_json_atomic(result.to_dict())
 
     def abort(self, messages: list[SparkKmsCommitMessage | None]) -> None:  # type: ignore[override]
-        abort_staged(self.path, self.write_id)
+        abort_staged(self.location, self.write_id)
 
-    def _result(self, done: list[SparkKmsCommitMessage], final_files: list[str]) -> WriteResult:
+    def _result(self, done: list[SparkKmsCommitMessage]) -> WriteResult:
         kms_calls = dict(self.driver_kms_calls)
         deks: list[str] = []
         versions: dict[str, set[str]] = {}
@@ -282,7 +290,7 @@ class SparkKmsWriter(DataSourceArrowWriter):
             job_id=self.job_id,
             mode=self.mode,
             rows=sum(m.rows for m in done),
-            files=sorted(os.path.relpath(f, self.path) for f in final_files),
+            files=sorted(final_name(rel) for m in done for rel in m.files),
             deks=deks,
             kms_calls=dict(sorted(kms_calls.items())),
             key_versions={k: sorted(v) for k, v in sorted(versions.items())},
@@ -300,6 +308,9 @@ class _TaskWrite:
         self._encryptor: Any = None
         self._extra_tables: dict[str, KeyTable] = {}
         self._files: dict[tuple[Any, ...], tuple[str, _LazyParquetWriter]] = {}
+
+    def _aborted(self) -> JobError:
+        return JobError(f"dataset {self.w.path}: write {self.w.write_id} was aborted or has ended; task stops")
 
     def _get_encryptor(self) -> Any:
         if self._encryptor is None:
@@ -348,12 +359,9 @@ class _TaskWrite:
             hive = "/".join(f"{c}={hive_dir_value(v)}" for c, v in zip(self.w.partition_by, values, strict=True))
             name = f"part-{self.partition_id:05d}-{self.w.write_id}-a{self.attempt}.parquet"
             rel = f"{hive}/{name}" if hive else name
-            full = os.path.join(self.w.staging_dir, rel)
-            if not os.path.isdir(self.w.staging_dir):
-                raise JobError(f"dataset {self.w.path}: write {self.w.write_id} was aborted; task stops")
-            if hive:
-                os.makedirs(os.path.dirname(full), exist_ok=True)
-            entry = (rel, _LazyParquetWriter(full))
+            if not staging_alive(self.w.stage):
+                raise self._aborted()
+            entry = (rel, _LazyParquetWriter(self.w.stage.join(rel)))
             self._files[values] = entry
         return entry[1]
 
@@ -365,6 +373,12 @@ class _TaskWrite:
         data = table.to_json()
         for _rel, writer in self._files.values():
             writer.close_with_metadata({KEY_TABLE_METADATA_KEY: data})
+        if not staging_alive(self.w.stage):
+            # The write was aborted (or committed without this attempt) while this task ran: take
+            # back what it staged, so nothing is left behind.
+            for _rel, writer in self._files.values():
+                writer.location.delete_file()
+            raise self._aborted()
         logger.debug("write %s, task %d: footers name data keys %s", self.w.write_id, self.partition_id,
                      sorted(table.deks))
         return [rel for rel, _ in self._files.values()], data.decode("utf-8")
@@ -386,30 +400,35 @@ class _TaskWrite:
 
 
 class _LazyParquetWriter:
-    """A ParquetWriter opened on the first batch (its schema), closed with footer metadata."""
+    """A ParquetWriter on a storage output stream, opened on the first batch (its schema), closed
+    with footer metadata. On an object store the object appears, whole, when the stream closes."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, location: Location) -> None:
+        self.location = location
+        self._sink: pa.NativeFile | None = None
         self._writer: pq.ParquetWriter | None = None
         self._closed = False
 
     def write_batch(self, batch: pa.RecordBatch) -> None:
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self.path, batch.schema, compression="snappy")
+            self._sink = self.location.open_output_stream()
+            self._writer = pq.ParquetWriter(self._sink, batch.schema, compression="snappy")
         self._writer.write_batch(batch)
 
     def close_with_metadata(self, metadata: Mapping[str, str | bytes]) -> None:
-        assert self._writer is not None
+        assert self._writer is not None and self._sink is not None
         self._writer.add_key_value_metadata(dict(metadata))
         self._writer.close()
+        self._sink.close()  # explicitly: a stream closed by its destructor may upload unseen
         self._closed = True
 
     def abandon(self) -> None:
-        # A failed task: close the handle; the half file stays in staging, never listed, and goes
-        # with the staging dir at commit/abort.
+        # A failed task: close the handles; a half file (on an object store: the object, when the
+        # stream closes) stays in staging, never listed, and goes with the staging at commit/abort.
         if self._writer is not None and not self._closed:
-            with contextlib.suppress(Exception):
-                self._writer.close()
+            for handle in (self._writer, self._sink):
+                with contextlib.suppress(Exception):
+                    handle.close()  # type: ignore[union-attr]
             self._closed = True
 
 

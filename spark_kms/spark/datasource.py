@@ -9,7 +9,7 @@ Usage::
        .option("columns", "ssn,email")
        .option("kms_options", json.dumps({"local": {"keystore": "/tmp/ks"}}))
        .mode("overwrite")
-       .save("/data/customers"))
+       .save("/data/customers"))            # or "s3://bucket/customers", "s3a://...", "gs://...", ...
 
 Options (all strings, names lower case):
 
@@ -29,37 +29,58 @@ Options (all strings, names lower case):
                           (:mod:`spark_kms.parquet.join_domains`)
 ``join_domain_store``     the directory where a named join domain's key lives (shared by its datasets;
                           default ``$SPARK_KMS_JOIN_DOMAIN_STORE``)
+``storage_options``       JSON object of storage options (:data:`spark_kms.storage.OPTION_NAMES`, e.g.
+                          ``s3.endpoint_override``, ``s3.region``, ``s3.access_key``, ``s3.secret_key``)
+                          merged over ``$SPARK_KMS_STORAGE_OPTIONS``; read and write. Secret ones never
+                          appear in a log line, a repr, an error or the write's result
+
+Paths: a local path, ``file://``, ``s3://`` / ``s3a://`` (the same objects), ``gs://``,
+``abfs[s]://`` or ``hdfs://`` (:mod:`spark_kms.storage`). Every file operation of the writer, the
+commit and the reader goes through :mod:`spark_kms.storage` in the Python workers, so Spark needs
+no Hadoop connector for this data source (Spark's own Parquet scan, used by ``read_encrypted``,
+does: docs/STORAGE.md).
 
 Layout and protocol
 -------------------
+* The driver starts a write by writing ``<path>/_spark_kms_staging/<write_id>/_STARTED`` (after
+  completing any interrupted commit of the dataset, and removing abandoned staging).
 * Each task encrypts its batches with one :class:`spark_kms.parquet.BatchEncryptor`: exactly one
   GenerateDataKey per non-empty task (plus roll-overs at the cell limit); an empty task makes no
-  file and no KMS call. It writes one Parquet file per (task, hive partition) into
-  ``<path>/_spark_kms_staging/<write_id>/<hive dirs>/part-<partition>-<write_id>-a<attempt>.parquet``;
-  each footer holds the key table (wrapped data keys only) under ``spark_kms.key_table``.
+  file and no KMS call. It streams one Parquet file per (task, hive partition) into
+  ``<path>/_spark_kms_staging/<write_id>/<hive dirs>/part-<partition>-<write_id>-a<attempt>.parquet``
+  (an object store shows the object, whole, when its upload completes); each footer holds the key
+  table (wrapped data keys only) under ``spark_kms.key_table``. A task stages files only while
+  ``_STARTED`` exists, and takes its files back if it is gone when they are closed.
 * A DataFrame carrying the ``_spark_kms_keys`` column (cells already encrypted by
   :mod:`spark_kms.spark.ml`) has that column stripped; its key tables are merged into the footers.
 * The task's commit message lists its staged files, rows, DEK entries and KMS call counts.
-* Commit (driver): write the journal ``<staging>/_COMMITTING`` (the decision, with every move
-  listed), then for ``overwrite`` move the old data files (and the dataset manifest) aside into
-  ``<path>/_spark_kms_trash/<write_id>/``, move the staged files listed in commit messages into
-  place, delete the trash, delete staging. Files a failed task attempt left in staging are never
-  listed, so retries leave no duplicates.
-* Abort: delete this write's staging (rolling back first if a journal shows a commit had begun).
-  The previous data is untouched. Tasks never create the staging dir (the driver does), so a
-  task of the failed job still running after abort fails when it opens a file instead of
-  leaving an orphan; one racing the abort by microseconds can leave a file in a ``_`` dir
-  (invisible to readers).
+* Commit (driver): check every listed staged file is there; write the journal
+  ``<staging>/_COMMITTING`` (the decision: one object PUT listing every move, relative to the
+  dataset); roll forward: for ``overwrite`` move the old data files (and the dataset manifest)
+  aside into ``<path>/_spark_kms_trash/<write_id>/``, move the staged files listed in commit
+  messages into place, delete the journal (the commit is complete), then the trash and staging.
+  Files a failed or speculative task attempt left in staging are never listed, so retries leave
+  no duplicates. Each step lists where every file is first, so rolling forward (or back) again
+  after an interruption anywhere -- on an object store also between a move's copy and delete --
+  completes it.
+* Abort: roll back if a journal shows the commit had begun (new files back to staging, old ones
+  back in place), then delete this write's staging, ``_STARTED`` first. The previous data is
+  untouched.
 * Recovery: every write first finishes any interrupted commit of the same dataset (a journal
   present = the commit was decided: roll forward). :func:`recover_interrupted_commits` does it
   on demand.
 
-The window, honestly: moving files is not one atomic step. While a commit runs (milliseconds
-per file), a concurrent reader may see a mix (old files gone, new ones partly moved). A driver
-killed in that window leaves the dataset incomplete until the next write or a call to
-:func:`recover_interrupted_commits`, which completes it from the journal. A driver killed before
-the journal is written leaves only a staging directory, which readers ignore (``_`` prefix).
-Only local / POSIX file systems are supported (``os.replace``).
+The window, honestly: publishing is not one atomic step -- a rename per file on a local disk or
+HDFS, a copy and a delete per object on S3, GCS and Azure. While a commit is rolled forward, and
+after a driver died in the middle, the dataset directory holds a mix of old and new files. This
+data source's reader and :class:`spark_kms.parquet.dataset.Dataset` (so ``read_encrypted`` and the
+jobs) refuse to read then (:func:`spark_kms.spark._commit.pending_commits`), naming the write;
+the next write or :func:`recover_interrupted_commits` completes it. Spark's own Parquet scan
+(``spark.read.parquet``) knows nothing of the journal and can see the mix during that window;
+only a table format (Delta Lake, Iceberg) makes a whole overwrite atomic for every reader
+(docs/ARCHITECTURE.md, "Commit protocol on object stores"). A driver killed before the journal is
+written leaves only staging, which readers ignore (``_`` prefix) and the next write or
+``spark-kms gc`` removes after the grace period.
 
 Reading
 -------
@@ -78,11 +99,13 @@ JVM). Read options:
                          DataFrame per query then (a Spark 4.3 caveat, see the class)
 ``require_encrypted``    comma list of columns every file must store encrypted (else the read is refused)
 ``min_format_version``   ``2`` refuses files whose key tables predate authenticated column specs
+``storage_options``      as for writing
 
 * Schema (``.schema(...)`` optional): the stored columns with encrypted ones at their original
   types (from the footers' key tables), blind indexes ``binary``, then hive partition columns
   from ``name=value`` dirs, typed as Spark's partition discovery does (int, long, decimal,
   double, date, else string). Footers only: planning makes no KMS call.
+* A dataset with a commit in progress or interrupted is refused (JobError naming the write).
 * Path: the dataset root, one hive partition directory in it, or one data file. The key tables
   are the footers' with the *dataset root's* manifest applied (:mod:`spark_kms.parquet.dataset`),
   so a rewrapped dataset reads under its new wrapping whichever of them is loaded.
@@ -100,7 +123,7 @@ Code
 ----
 This module holds the data source class and :func:`register`; the writer is
 :mod:`spark_kms.spark._source_write`, the commit protocol :mod:`spark_kms.spark._commit`, the
-reader :mod:`spark_kms.spark._source_scan`. :func:`spark_kms.spark.write_encrypted` and
+reader :mod:`spark_kms.spark._source_scan` (its filter pushdown :mod:`spark_kms.spark._scan_filters`). :func:`spark_kms.spark.write_encrypted` and
 :func:`spark_kms.spark.read_encrypted` (:mod:`spark_kms.spark.io`) sit above this module.
 """
 
@@ -110,7 +133,8 @@ from typing import Any
 
 from pyspark.sql.datasource import DataSource
 
-from spark_kms.spark._commit import STAGING_DIR, TRASH_DIR, recover_interrupted_commits
+from spark_kms.spark._commit import STAGING_DIR, TRASH_DIR, pending_commits, recover_interrupted_commits
+from spark_kms.spark._errors import marked_for_driver
 from spark_kms.spark._options import KEYS_COLUMN
 from spark_kms.spark._source_scan import (
     SparkKmsFilteringReader,
@@ -131,6 +155,7 @@ __all__ = [
     "SparkKmsReader",
     "SparkKmsWriter",
     "WriteResult",
+    "pending_commits",
     "recover_interrupted_commits",
     "register",
 ]
@@ -149,10 +174,12 @@ class SparkKmsDataSource(DataSource):
     def name(cls) -> str:
         return "spark_kms"
 
+    @marked_for_driver()  # a spark_kms error reaches the driver as itself (spark/_errors.py)
     def schema(self) -> Any:
         """The plaintext schema of the dataset (footers only: no KMS call)."""
         return _ScanOptions.from_options(self.options).plan().spark_schema()
 
+    @marked_for_driver()
     def reader(self, schema: Any) -> SparkKmsReader:
         scan = _ScanOptions.from_options(self.options)
         cls = SparkKmsFilteringReader if scan.filter_pushdown else SparkKmsReader

@@ -24,6 +24,11 @@ Only wrapped keys travel to executors, with a :class:`~spark_kms.kms.KmsConfig` 
 only); each worker process unwraps a data key the first time one of its cells needs it (at
 most one KMS Decrypt per DEK per process). A query that keeps only plain columns builds no
 UDF and makes no KMS call. Blind-index columns stay ``binary``.
+
+Under Spark Connect (:mod:`spark_kms.spark.remote`) the client reads no file: the footers and the
+manifest are read (and an authenticated manifest verified) in one Spark task on the server side,
+which sends the :class:`~spark_kms.parquet.dataset.Dataset` back; a write's totals come back from
+the server's driver, where its commit left them.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ from spark_kms.spark._errors import errors_translated
 from spark_kms.spark._options import KEYS_COLUMN, RESULT_OPTION
 from spark_kms.spark._source_write import WriteResult
 from spark_kms.spark.datasource import register
+from spark_kms.spark.remote import is_connect, run_near_data, run_on_driver
+from spark_kms.storage import storage_options_from
 
 __all__ = ["WriteResult", "dataset_key_table", "read_encrypted", "recover_interrupted_commits", "write_encrypted"]
 
@@ -52,6 +59,25 @@ logger = logging.getLogger(__name__)
 
 
 # -- writing ----------------------------------------------------------------------------
+
+
+def _reserve_result_file() -> str:
+    """A fresh name in this process's temporary directory for a write's totals (not created: the
+    commit writes it atomically). Runs in the driver: the client's, or the Spark Connect server's."""
+    fd, result_file = tempfile.mkstemp(prefix="spark_kms_write_", suffix=".json")
+    os.close(fd)
+    os.unlink(result_file)
+    return result_file
+
+
+def _take_result_file(result_file: str) -> dict[str, Any]:
+    """The totals a write's commit left in ``result_file``, which is then removed (in the driver)."""
+    try:
+        with open(result_file, encoding="utf-8") as fh:
+            return json.load(fh)  # type: ignore[no-any-return]
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(result_file)
 
 
 def write_encrypted(
@@ -70,13 +96,15 @@ def write_encrypted(
     run_id: str | None = None,
     join_domain: str | None = None,
     join_domain_store: str | None = None,
+    storage_options: Mapping[str, str] | str | None = None,
 ) -> WriteResult:
     """Write ``df`` to ``path`` as encrypted Parquet through the ``spark_kms`` data source.
 
     ``mode`` is ``"overwrite"`` or ``"append"``; ``kms_options`` is a
     :class:`~spark_kms.kms.KmsConfig` or provider options per key-URI scheme. Deterministic and
     blind-index columns use the key of ``join_domain`` (default: the dataset's own domain; a named
-    domain keeps its key in ``join_domain_store``, see :mod:`spark_kms.parquet.join_domains`). Returns the
+    domain keeps its key in ``join_domain_store``, see :mod:`spark_kms.parquet.join_domains`);
+    ``storage_options`` reach the dataset's store (:data:`spark_kms.storage.OPTION_NAMES`). Returns the
     totals the commit computed. A failed write raises the spark_kms error that stopped it (e.g.
     ``KeyStateError``, ``AccessDeniedError``), not Spark's wrapper of it, and leaves the previous
     data at ``path`` untouched.
@@ -88,11 +116,16 @@ def write_encrypted(
         # A bad key URI (or a missing extra) fails here, in the caller's process, as itself --
         # not wrapped in the Spark error of the data source's writer.
         kms.provider(key_uri)
-    register(df.sparkSession)
-    target = dataset_path(path, what="the spark_kms data source")
-    fd, result_file = tempfile.mkstemp(prefix="spark_kms_write_", suffix=".json")
-    os.close(fd)
-    os.unlink(result_file)
+    spark = df.sparkSession
+    register(spark)
+    if is_connect(spark):
+        # The server's writer resolves the path (in its own working directory) and its driver-side
+        # commit writes the totals into the driver's temporary directory: reserved there, read there.
+        target = os.fspath(path)
+        result_file = run_on_driver(spark, _reserve_result_file)
+    else:
+        target = dataset_path(path, what="the spark_kms data source")
+        result_file = _reserve_result_file()
     writer = (
         df.write.format("spark_kms")
         .mode(mode)
@@ -112,17 +145,21 @@ def write_encrypted(
         writer = writer.option("max_cells_per_dek", str(max_cells_per_dek))
     if run_id:
         writer = writer.option("run_id", run_id)
+    storage = storage_options_from(storage_options)
+    if storage:
+        writer = writer.option("storage_options", json.dumps(storage))
     logger.info("write_encrypted to %s (%s): columns %s, deterministic %s, blind indexes %s, partition_by %s; "
                 "key %s; %r", target, mode, list(columns), list(deterministic_columns), dict(blind_index or {}),
                 list(partition_by), key_uri, kms)
     try:
         with errors_translated():
             writer.save(target)
-        with open(result_file, encoding="utf-8") as fh:
-            data = json.load(fh)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(result_file)
+    except BaseException:
+        if not is_connect(spark):  # a failed commit leaves no result file; be safe anyway
+            with contextlib.suppress(OSError):
+                os.unlink(result_file)
+        raise
+    data = run_on_driver(spark, _take_result_file, result_file)
     result = WriteResult(**data)
     logger.info("write_encrypted to %s committed (job %s): %d files, %d rows, %d data keys, KMS calls %s",
                 result.path, result.job_id, len(result.files), result.rows, len(result.deks), result.kms_calls)
@@ -132,19 +169,85 @@ def write_encrypted(
 # -- reading ----------------------------------------------------------------------------
 
 
+def _table_format(path: Any, storage_options: Any) -> str | None:
+    """``delta`` / ``iceberg`` when ``path`` is (inside) a table; runs where the data is."""
+    from spark_kms.jobs._tables import table_format
+
+    return table_format(path, storage_options_from(storage_options) or None)
+
+
+def _read_table(spark: Any, path: str, columns: Sequence[str] | None, kms: KmsConfig,
+                require_encrypted: Sequence[str] | None, min_format_version: int, storage_options: Any,
+                table_args: Mapping[str, Any]) -> Any:
+    """``read_encrypted`` of a table snapshot: its files from the table's log (near the data), Spark's native
+    scan, the decrypt UDFs; Delta partition columns cast back to the table's types."""
+    from pyspark.sql.pandas.types import from_arrow_type
+
+    from spark_kms.spark.udfs import decrypt_udf
+    from spark_kms.tables.read import table_scan
+
+    scan = run_near_data(spark, table_scan, path, require_encrypted=require_encrypted,
+                         min_format_version=min_format_version,
+                         storage_options=storage_options_from(storage_options) or None, **table_args)
+    if not scan.files:
+        df = spark.createDataFrame(scan.plaintext_schema.empty_table())
+    else:
+        reader = spark.read.option("basePath", scan.base_path) if scan.base_path else spark.read
+        df = reader.parquet(*scan.files)
+    if KEYS_COLUMN in df.columns:
+        df = df.drop(KEYS_COLUMN)
+    names = list(df.columns)
+    if columns is not None:
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise ConfigurationError(f"table {scan.table} has no columns {missing} (columns: {names})")
+        names = list(columns)
+    partition = set(scan.partition_columns)
+    encrypted = scan.encrypted_columns
+    selected = []
+    for name in names:
+        spec = scan.key_table.columns.get(name)
+        if spec is not None and spec.row_binding:
+            raise ConfigurationError(
+                f"table {scan.table}: column {name!r} is bound to the rows' {spec.row_binding!r} values; read it "
+                "with spark_kms.tables.read_table_decrypted"
+            )
+        if name in encrypted and scan.files:
+            selected.append(decrypt_udf(name, encrypted[name], scan.key_table.deks, kms)(df[name]).alias(name))
+        elif name in partition and name in scan.plaintext_schema.names:
+            spark_type = from_arrow_type(scan.plaintext_schema.field(name).type)
+            selected.append(df[name].cast(spark_type).alias(name))
+        else:
+            selected.append(df[name])
+    logger.info("read_encrypted of %s table %s (version %s): %d data files, %d data keys; encrypted columns "
+                "decrypted on use: %s; %r", scan.format, scan.table, scan.version, len(scan.files),
+                len(scan.key_table.deks), sorted(set(encrypted) & set(names)), kms)
+    return df.select(*selected)
+
+
+def _open_dataset(path: str, **options: Any) -> tuple[str, Dataset]:
+    """``(the dataset path as shown, Dataset.open(path, **options))``; runs where the data is."""
+    local = dataset_path(path, what="read_encrypted")
+    return local, Dataset.open(local, **options)
+
+
 def _dataset_keys(
     path: str,
     df: Any,
     kms: KmsConfigLike = None,
     require_encrypted: Sequence[str] | None = None,
     min_format_version: int = 1,
-) -> tuple[Dataset, KeyTable]:
-    local = dataset_path(path, what="read_encrypted")
+    storage_options: Mapping[str, str] | str | None = None,
+) -> tuple[str, Dataset, KeyTable]:
     has_keys_column = KEYS_COLUMN in df.columns
     # The KMS options verify an authenticated manifest (a declared dataset); the required columns
-    # and the minimum format version refuse files that are not encrypted as they must be.
-    dataset = Dataset.open(local, missing_ok=has_keys_column, require_files=False, kms_options=kms,
-                           require_encrypted=require_encrypted, min_format_version=min_format_version)
+    # and the minimum format version refuse files that are not encrypted as they must be. Under
+    # Spark Connect the footers are read (and the manifest verified) on the server side.
+    local, dataset = run_near_data(
+        df.sparkSession, _open_dataset, path, missing_ok=has_keys_column, require_files=False, kms_options=kms,
+        require_encrypted=require_encrypted, min_format_version=min_format_version,
+        storage_options=storage_options_from(storage_options) or None,
+    )
     table = dataset.key_table()
     if has_keys_column:
         where = f"dataset {local}, column {KEYS_COLUMN}"
@@ -156,16 +259,18 @@ def _dataset_keys(
                 # The manifest's precedence holds for keys that travel in the column too.
                 column_table = apply_manifest(KeyTable.from_json(text, where=where), dataset.manifest)
                 table = table.merge(column_table, where=where)
-    return dataset, table
+    return local, dataset, table
 
 
-def dataset_key_table(spark: Any, path: str, *, df: Any = None) -> KeyTable:
+def dataset_key_table(
+    spark: Any, path: str, *, df: Any = None, storage_options: Mapping[str, str] | str | None = None
+) -> KeyTable:
     """The merged key table of the dataset at ``path`` (footers, the dataset root's manifest
     taking precedence, and the ``_spark_kms_keys`` column if the files carry one). Wrapped keys
     only: no KMS call."""
     if df is None:
         df = spark.read.parquet(path)
-    return _dataset_keys(path, df)[1]
+    return _dataset_keys(path, df, storage_options=storage_options)[2]
 
 
 def read_encrypted(
@@ -176,10 +281,20 @@ def read_encrypted(
     kms_options: KmsConfigLike = None,
     require_encrypted: Sequence[str] | None = None,
     min_format_version: int = 1,
+    storage_options: Mapping[str, str] | str | None = None,
+    version: Any = None,
+    catalog_properties: Mapping[str, str] | None = None,
+    table_options: Mapping[str, str] | None = None,
 ) -> Any:
     """A DataFrame of the dataset at ``path`` with its encrypted columns decrypted lazily.
 
-    :param path: the dataset root, one hive partition directory in it, or one data file.
+    :param path: the dataset root, one hive partition directory in it, or one data file -- or a Delta
+        Lake / Iceberg table (its root, or ``iceberg://CATALOG/NAMESPACE.TABLE``): the snapshot's data
+        files come from the table's own log (:func:`spark_kms.tables.table_scan`), then Spark's native
+        Parquet scan reads them (docs/TABLES.md).
+    :param version: tables only: the Delta version / Iceberg snapshot id (or a timestamp) to read.
+    :param catalog_properties: Iceberg catalog tables: the catalog's properties.
+    :param table_options: tables: the table library's own storage options.
     :param columns: keep only these columns (plain or encrypted), in this order; default all.
     :param kms_options: how to reach each KMS, used on executors to unwrap keys (a
         :class:`~spark_kms.kms.KmsConfig`, or provider options per key-URI scheme).
@@ -187,6 +302,8 @@ def read_encrypted(
         in plaintext is refused (see docs/FORMAT.md, "Threat model"); a declared dataset's
         authenticated declaration is always checked.
     :param min_format_version: refuse files older than this key-table format (2: authenticated specs).
+    :param storage_options: options of the dataset's store for reading its footers and manifest
+        (:data:`spark_kms.storage.OPTION_NAMES`); Spark's own scan takes the cluster's Hadoop settings.
     :raises MissingKeyTableError: a data file has no key table (names the file).
     :raises ConfigurationError: ``columns`` names a column the dataset does not have.
 
@@ -199,16 +316,25 @@ def read_encrypted(
     """
     from spark_kms.spark.udfs import decrypt_udf
 
-    df = spark.read.parquet(path)
     kms = KmsConfig.of(kms_options)
-    dataset, table = _dataset_keys(path, df, kms, require_encrypted, min_format_version)
+    table_args = {"version": version, "catalog_properties": catalog_properties, "table_options": table_options}
+    if run_near_data(spark, _table_format, path, storage_options):
+        return _read_table(spark, path, columns, kms, require_encrypted, min_format_version, storage_options,
+                           table_args)
+    if any(v is not None for v in table_args.values()):
+        raise ConfigurationError(
+            f"read_encrypted: {path} is not a Delta or Iceberg table: version, catalog_properties and "
+            "table_options apply to tables only"
+        )
+    df = spark.read.parquet(path)
+    local, dataset, table = _dataset_keys(path, df, kms, require_encrypted, min_format_version, storage_options)
     if KEYS_COLUMN in df.columns:
         df = df.drop(KEYS_COLUMN)
     names = list(df.columns)
     if columns is not None:
         missing = [c for c in columns if c not in names]
         if missing:
-            raise ConfigurationError(f"dataset {dataset_path(path)} has no columns {missing} (columns: {names})")
+            raise ConfigurationError(f"dataset {local} has no columns {missing} (columns: {names})")
         names = list(columns)
     selected = []
     decrypted = []
@@ -219,7 +345,7 @@ def read_encrypted(
             continue
         if getattr(spec, "row_binding", None):
             raise ConfigurationError(
-                f"dataset {dataset_path(path)}: column {name!r} is bound to the rows' {spec.row_binding!r} values; "
+                f"dataset {local}: column {name!r} is bound to the rows' {spec.row_binding!r} values; "
                 "read it with spark.read.format('spark_kms') or spark_kms.parquet.read_decrypted_table"
             )
         udf = decrypt_udf(name, spec.arrow_type, table.deks, kms)

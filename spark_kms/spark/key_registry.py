@@ -15,6 +15,10 @@ temporary file then ``os.replace`` (readers never see half a file), merging with
 file under a lock (a shared deterministic key serves several columns). A failed or retried
 task may leave an unused file: harmless, a wrapped key alone decrypts nothing. Read the
 registry back with :func:`read_key_registry`. Wrapped keys only: no KMS call here.
+
+Under Spark Connect the registry is a directory of the server side (its tasks write it): give
+:func:`read_key_registry` the session (``spark=``) to read it there, and the UDF factories and SQL
+functions create it there (:func:`spark_kms.spark.remote.run_near_data`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,6 +34,7 @@ import pyarrow.compute as pc
 from spark_kms._atomic import atomic_write_bytes
 from spark_kms.crypto import DEK_ID_BYTES, ColumnSpec, DekEntry, KeyTable
 from spark_kms.errors import ConfigurationError
+from spark_kms.spark.remote import is_connect, run_near_data
 
 __all__ = ["publish_key_table", "read_key_registry"]
 
@@ -80,8 +86,14 @@ def _read_registry_file(path: str) -> KeyTable:
     return KeyTable.from_json(data, where=f"key registry file {path}")
 
 
-def read_key_registry(key_registry: str | os.PathLike[str]) -> KeyTable:
-    """All data keys and column specs published to ``key_registry``, merged into one KeyTable."""
+def read_key_registry(key_registry: str | os.PathLike[str], *, spark: Any = None) -> KeyTable:
+    """All data keys and column specs published to ``key_registry``, merged into one KeyTable.
+
+    :param spark: a Spark Connect session: read the registry on its server side, where it is
+        (default, or a classic session: here).
+    """
+    if is_connect(spark):
+        return run_near_data(spark, read_key_registry, os.fspath(key_registry))
     deks: dict[str, DekEntry] = {}
     columns: dict[str, ColumnSpec] = {}
     for path in sorted(glob.glob(os.path.join(os.fspath(key_registry), "*.json"))):

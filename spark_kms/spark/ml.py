@@ -30,6 +30,10 @@ Keys
     Deterministic and blind-index columns share one data key made once per ``transform``
     call on the driver, so equal values give equal cells across partitions.
 
+    Under Spark Connect the join domain's key record is read (or made) and the per-transform
+    deterministic key made on the server side (:func:`spark_kms.spark.remote.run_near_data`):
+    the client touches no file and makes no KMS call.
+
     Spark may evaluate a transformed DataFrame more than once (each action re-runs the
     plan): each evaluation encrypts with new data keys, and each row carries its own key
     table, so any evaluation decrypts -- but write (or ``cache``) it once.
@@ -61,6 +65,7 @@ from spark_kms.parquet.encryptor import BatchEncryptor, EncryptionSpec
 from spark_kms.parquet.join_domains import domain_key
 from spark_kms.parquet.keys import new_deterministic_entry
 from spark_kms.spark._options import KEYS_COLUMN
+from spark_kms.spark.remote import run_near_data
 from spark_kms.spark.udfs import decrypt_udf
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -321,13 +326,15 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         )
         deterministic_entry = None
         if spec.needs_deterministic_key:
+            # The domain store and the KMS are reached where the data is (the Connect server's side).
+            session = dataset.sparkSession
             domain = self.getOrDefault(self.joinDomain) if self.isDefined(self.joinDomain) else None
             if domain:
                 store = self.getOrDefault(self.joinDomainStore) if self.isDefined(self.joinDomainStore) else None
-                deterministic_entry = domain_key(None, key_uri=key_uri, kms_options=kms, domain=domain,
-                                                 store=store or None)
+                deterministic_entry = run_near_data(session, domain_key, None, key_uri=key_uri, kms_options=kms,
+                                                    domain=domain, store=store or None)
             else:
-                deterministic_entry = new_deterministic_entry(kms.provider(key_uri), context)
+                deterministic_entry = run_near_data(session, _new_deterministic_entry, key_uri, kms, context)
         encrypted = set(spec.columns) | set(spec.deterministic)
         fields = [
             StructField(f.name, BinaryType(), f.nullable) if f.name in encrypted else f
@@ -358,6 +365,11 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
                 encryptor.close()
 
         return dataset.mapInArrow(encrypt_partition, StructType(fields))
+
+
+def _new_deterministic_entry(key_uri: str, kms: KmsConfig, context: Mapping[str, str]) -> Any:
+    """A new shared deterministic entry under ``key_uri`` (one GenerateDataKey; wrapped key only)."""
+    return new_deterministic_entry(kms.provider(key_uri), context)
 
 
 def _repeat(text: str, n: int) -> pa.Array:

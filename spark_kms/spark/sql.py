@@ -8,7 +8,9 @@ and then the encrypted column names found in the key tables it knows, in that or
 
 Key tables come from datasets (:mod:`spark_kms.parquet.dataset`: footers with the dataset
 root's manifest applied) and the key registry (:mod:`spark_kms.spark.key_registry`); the
-functions carry a :class:`~spark_kms.kms.KmsConfig` to the executors (options only).
+functions carry a :class:`~spark_kms.kms.KmsConfig` to the executors (options only). Under Spark
+Connect those key tables are read on the server side (:func:`spark_kms.spark.remote.run_near_data`),
+where the datasets and the registry are.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from spark_kms.parquet.decryptor import BatchDecryptor
 from spark_kms.parquet.encryptor import EncryptionSpec
 from spark_kms.parquet.keys import DekResolver
 from spark_kms.spark.key_registry import read_key_registry, require_registry, with_registry_entries
+from spark_kms.spark.remote import run_near_data
 from spark_kms.spark.udfs import arrow_udf_of, encrypt_task
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -69,6 +72,7 @@ def _lenient_merge(first: KeyTable, second: KeyTable) -> KeyTable:
 
 
 def _gather_key_table(datasets: Sequence[str | os.PathLike[str]], key_registry: str | None) -> KeyTable:
+    """The key tables of ``datasets`` and ``key_registry``, merged; runs where the data is."""
     table = KeyTable(deks={}, columns={})
     for dataset in datasets:
         table = _lenient_merge(table, read_dataset_key_table(os.fspath(dataset)))
@@ -171,7 +175,7 @@ def register_functions(
     from pyspark.sql.types import BinaryType, StringType
 
     registry = os.fspath(key_registry) if key_registry else None
-    table = _gather_key_table(datasets, registry)
+    table = run_near_data(spark, _gather_key_table, [os.fspath(d) for d in datasets], registry)
     kms = KmsConfig.of(kms_options)
     context = dict(encryption_context or {})
     encrypted_names = [
@@ -191,7 +195,7 @@ def register_functions(
     )
 
     if key_uri is not None:
-        enc_registry = require_registry(registry)
+        enc_registry = run_near_data(spark, require_registry, registry)
         kms.provider(key_uri)  # fail fast on the driver for a bad URI
 
         def kms_encrypt(batches: Iterator[Any]) -> Iterator[pa.Array]:

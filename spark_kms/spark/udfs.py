@@ -19,6 +19,11 @@ Encryption
     Each task publishes its wrapped data keys to a key registry
     (:mod:`spark_kms.spark.key_registry`): a UDF cannot write a Parquet footer.
 
+Spark Connect
+    In a Spark Connect client, the factories create the key registry directory and make the
+    shared deterministic entry on the server side (:func:`spark_kms.spark.remote.run_near_data`,
+    with the active Connect session), where the tasks that use them run.
+
 The SQL forms of these functions are :mod:`spark_kms.spark.sql`.
 """
 
@@ -45,6 +50,7 @@ from spark_kms.parquet.decryptor import BatchDecryptor
 from spark_kms.parquet.encryptor import BatchEncryptor, EncryptionSpec
 from spark_kms.parquet.keys import new_deterministic_entry
 from spark_kms.spark.key_registry import publish_key_table, require_registry, with_registry_entries
+from spark_kms.spark.remote import active_connect_session, run_near_data
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql.types import DataType
@@ -79,6 +85,11 @@ def spark_type_of(arrow_type: str, *, column: str = "") -> DataType:
             f"column {column!r}: Arrow type {arrow_type} has no Spark SQL equivalent "
             "(Spark has no unsigned integers); decrypt it with pyarrow instead"
         ) from exc
+
+
+def _near_data(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` here, or on the server side of this process's Spark Connect session."""
+    return run_near_data(active_connect_session(), fn, *args)
 
 
 def _single_array(arg: pa.Array | tuple[pa.Array, ...]) -> pa.Array:
@@ -223,7 +234,7 @@ def encrypt_udf(
 
     One GenerateDataKey per task, on its first non-empty batch.
     """
-    registry = require_registry(key_registry)
+    registry = _near_data(require_registry, key_registry)
     kms = KmsConfig.of(kms_options)
     kms.provider(key_uri)  # fail fast on the driver for a bad URI
     context = dict(encryption_context or {})
@@ -262,10 +273,10 @@ def deterministic_udf(
     the driver (one GenerateDataKey), and shared by every task of this UDF. Pass the same
     entry to several UDFs (or jobs) to keep their cells joinable.
     """
-    registry = require_registry(key_registry)
+    registry = _near_data(require_registry, key_registry)
     kms = KmsConfig.of(kms_options)
     context = dict(encryption_context or {})
-    entry = _deterministic_entry(key_uri, kms, context, deterministic_entry)
+    entry = deterministic_entry or _near_data(_deterministic_entry, key_uri, kms, context, None)
     return _encrypting_udf(
         "kms_encrypt_deterministic", column=column, spec=EncryptionSpec(deterministic=[column]), output=column,
         key_uri=key_uri, kms=kms, encryption_context=context, key_registry=registry,
@@ -289,10 +300,10 @@ def blind_index_udf(
     ``<column>_bidx``) with the same deterministic entry, so
     ``WHERE email_bidx = kms_blind_index('a@b.c', 'email')`` finds rows.
     """
-    registry = require_registry(key_registry)
+    registry = _near_data(require_registry, key_registry)
     kms = KmsConfig.of(kms_options)
     context = dict(encryption_context or {})
-    entry = _deterministic_entry(key_uri, kms, context, deterministic_entry)
+    entry = deterministic_entry or _near_data(_deterministic_entry, key_uri, kms, context, None)
     index_name = index_column or f"{column}_bidx"
     return _encrypting_udf(
         "kms_blind_index_cells", column=column, spec=EncryptionSpec(blind_index={column: index_name}),

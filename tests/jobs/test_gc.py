@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -74,6 +75,14 @@ def littered(dataset) -> dict[str, Path]:
     return items
 
 
+def _drop_stand_in_commit(littered: dict[str, Path]) -> None:
+    """Readers refuse a dataset while a decided commit is unfinished (its files may be a mix of old and
+    new); the fixture's "decided" commit is a stand-in with an empty journal that no write can complete,
+    so it goes before the data is read back."""
+    shutil.rmtree(littered["decided"])
+    shutil.rmtree(littered["decided_trash"])
+
+
 def test_gc_dry_run_lists_and_removes_nothing_then_gc_removes_only_the_abandoned(dataset, littered):
     before = _snapshot(dataset.root)
 
@@ -98,6 +107,7 @@ def test_gc_dry_run_lists_and_removes_nothing_then_gc_removes_only_the_abandoned
     removed = {k for k in before if k not in after}
     assert all(k.split("/")[0].startswith("_") or Path(k).name.startswith(".") for k in removed)
     assert {k: v for k, v in before.items() if k not in removed} == after  # nothing else changed
+    _drop_stand_in_commit(littered)
     assert dataset.decrypted().equals(dataset.expected)  # committed data untouched
 
 
@@ -107,6 +117,7 @@ def test_grace_period_and_partition_path(dataset, littered):
     assert report.dataset == str(dataset.root)
     assert {Path(x.path) for x in report.leftovers if not x.removed} == {littered["decided"],
                                                                           littered["decided_trash"]}
+    _drop_stand_in_commit(littered)
     assert dataset.decrypted().equals(dataset.expected)
     with pytest.raises(ConfigurationError, match="non-negative number of seconds"):
         collect_garbage(dataset.root, grace_s=-1)

@@ -29,7 +29,6 @@ from spark_kms.storage import (
     storage_options_from,
 )
 
-
 # -- URI forms -----------------------------------------------------------------------------------------
 
 
