@@ -555,7 +555,9 @@ def lock(location: Location, *, timeout: float = 0.0, lease_s: float = DEFAULT_L
     Local disks: an OS file lock (``filelock``), which the OS drops when the holder dies, even by SIGKILL.
     Object stores: a lock object created with :meth:`Location.create_exclusive` holding its owner and a
     lease; a thread renews the lease every ``lease_s / 3`` seconds while the block runs, and a lock whose
-    lease ran out (its holder died) is taken over. On S3 creation is atomic; on GCS/Azure/HDFS it is a
+    lease ran out (its holder died) is taken over. A holder renews and releases only a lock object that still
+    names it (check then write: a holder stalled past its lease logs that it lost the lock and never removes
+    or overwrites the new holder's). On S3 creation is atomic; on GCS/Azure/HDFS it is a
     check-then-write (see the module docs).
 
     :raises LockTimeout: the lock is still held by another after ``timeout`` seconds.
@@ -595,9 +597,20 @@ def lock(location: Location, *, timeout: float = 0.0, lease_s: float = DEFAULT_L
         time.sleep(0.2)
     stop = threading.Event()
 
+    def still_ours() -> bool:
+        held = location.read_bytes_or_none()
+        try:
+            return held is not None and json.loads(held).get("owner") == owner
+        except ValueError:
+            return False
+
     def renew() -> None:
         while not stop.wait(lease_s / 3):
             with contextlib.suppress(Exception):
+                if not still_ours():  # stalled past the lease and taken over: never overwrite the new holder
+                    logger.error("lock %s: lost to another holder (this holder was stalled past its %.0f s lease)",
+                                 location.uri, lease_s)
+                    return
                 location.write_bytes_atomic(body())
 
     renewer = threading.Thread(target=renew, name=f"spark_kms-lock-{location.name}", daemon=True)
@@ -607,7 +620,8 @@ def lock(location: Location, *, timeout: float = 0.0, lease_s: float = DEFAULT_L
     finally:
         stop.set()
         renewer.join()
-        location.delete_file()
+        if still_ours():
+            location.delete_file()
 
 
 def _s3_put_if_absent(loc: Location, data: bytes) -> bool:

@@ -28,6 +28,7 @@ __all__ = [
     "DataKey",
     "KeyDescription",
     "KmsProvider",
+    "PROTECTION_LEVELS",
     "WrappedKey",
     "canonical_context",
     "kms_call_counts",
@@ -135,6 +136,11 @@ class KeyDescription:
     :param enabled: whether the key may be used at all.
     :param state: the key's overall state as the KMS names it.
     :param extra: backend-specific facts (aliases, rotation period, tags...).
+    :param protection_level: what guards the key material, as the KMS reports it, in one of
+        :data:`PROTECTION_LEVELS`: ``software`` (a software keystore), ``hsm`` (a hardware security
+        module: an HSM-backed cloud key, a CloudHSM custom key store, Azure Managed HSM, a PKCS#11 token) or
+        ``external`` (an external key manager: GCP EXTERNAL / EXTERNAL_VPC, AWS external key store).
+    :param protection_detail: the vendor's own words (``"HSM"``, ``"AWS_CLOUDHSM"``, ``"Managed HSM"``...).
     """
 
     key_id: str
@@ -143,6 +149,12 @@ class KeyDescription:
     state: str = "enabled"
     versions: Mapping[str, str] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    protection_level: str = "software"
+    protection_detail: str = ""
+
+
+#: the protection levels a key description names (:attr:`KeyDescription.protection_level`)
+PROTECTION_LEVELS = ("software", "hsm", "external")
 
 
 class KmsProvider(ABC):

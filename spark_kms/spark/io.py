@@ -169,6 +169,19 @@ def write_encrypted(
 # -- reading ----------------------------------------------------------------------------
 
 
+def _without_keys_column(df: Any, columns: Sequence[str] | None, where: str) -> tuple[Any, list[str]]:
+    """``df`` without ``_spark_kms_keys``, and the names to return: ``columns`` (checked) or all."""
+    if KEYS_COLUMN in df.columns:
+        df = df.drop(KEYS_COLUMN)
+    names = list(df.columns)
+    if columns is not None:
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise ConfigurationError(f"{where} has no columns {missing} (columns: {names})")
+        names = list(columns)
+    return df, names
+
+
 def _table_format(path: Any, storage_options: Any) -> str | None:
     """``delta`` / ``iceberg`` when ``path`` is (inside) a table; runs where the data is."""
     from spark_kms.jobs._tables import table_format
@@ -194,14 +207,7 @@ def _read_table(spark: Any, path: str, columns: Sequence[str] | None, kms: KmsCo
     else:
         reader = spark.read.option("basePath", scan.base_path) if scan.base_path else spark.read
         df = reader.parquet(*scan.files)
-    if KEYS_COLUMN in df.columns:
-        df = df.drop(KEYS_COLUMN)
-    names = list(df.columns)
-    if columns is not None:
-        missing = [c for c in columns if c not in names]
-        if missing:
-            raise ConfigurationError(f"table {scan.table} has no columns {missing} (columns: {names})")
-        names = list(columns)
+    df, names = _without_keys_column(df, columns, f"table {scan.table}")
     partition = set(scan.partition_columns)
     encrypted = scan.encrypted_columns
     selected = []
@@ -328,14 +334,7 @@ def read_encrypted(
         )
     df = spark.read.parquet(path)
     local, dataset, table = _dataset_keys(path, df, kms, require_encrypted, min_format_version, storage_options)
-    if KEYS_COLUMN in df.columns:
-        df = df.drop(KEYS_COLUMN)
-    names = list(df.columns)
-    if columns is not None:
-        missing = [c for c in columns if c not in names]
-        if missing:
-            raise ConfigurationError(f"dataset {local} has no columns {missing} (columns: {names})")
-        names = list(columns)
+    df, names = _without_keys_column(df, columns, f"dataset {local}")
     selected = []
     decrypted = []
     for name in names:

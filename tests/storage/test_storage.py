@@ -271,3 +271,15 @@ def test_readers_refuse_a_dataset_whose_commit_is_unfinished(s3: Any, s3_prefix:
         read_decrypted_table(root, kms_options=local_kms.kms_options)
     journal.delete_file()
     assert read_decrypted_table(root, kms_options=local_kms.kms_options).num_rows == 2
+
+
+def test_a_holder_stalled_past_its_lease_never_removes_the_new_holders_lock(s3: Any, s3_prefix: str) -> None:
+    where = resolve(s3.uri(f"{s3_prefix}/stalled.lock"), s3.options)
+    with lock(where, timeout=0, lease_s=30):
+        # another process took the lock over (as after a lease ran out while this holder was stalled)
+        where.write_json_atomic({"owner": "other-host:1:abcd", "expires_at": time.time() + 600})
+    assert json.loads(where.read_bytes())["owner"] == "other-host:1:abcd"  # not deleted on release
+    with pytest.raises(LockTimeout) as err:
+        with lock(where, timeout=0, lease_s=30):
+            pass
+    assert err.value.holder == "other-host:1:abcd"
