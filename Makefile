@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: install demo test lint format bench clean java sanitize
+.PHONY: install demo test lint format bench clean java sanitize hsm
 
 $(STAMP): pyproject.toml setup.py spark_kms/crypto/_fastgcm.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,11 @@ $(STAMP): pyproject.toml setup.py spark_kms/crypto/_fastgcm.c
 	$(BIN)/python -m pip install -q -e '.[all,test]'
 	@touch $(STAMP)
 
-install: java $(STAMP)
+install: java hsm $(STAMP)
+
+# SoftHSM2: the PKCS#11 token the pkcs11:// provider's tests run against (tests/providers, tests/spark).
+hsm:
+	@command -v softhsm2-util >/dev/null || (apt-get update && apt-get install -y softhsm2)
 
 java:
 	@command -v java >/dev/null 2>&1 || { echo "Spark needs Java 17: install a JDK 17 (e.g. apt-get install openjdk-17-jre-headless)"; exit 1; }

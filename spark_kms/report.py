@@ -26,6 +26,15 @@ def _versions_text(versions: Mapping[str, Sequence[str]]) -> str:
     return ", ".join(f"{key_id} v{','.join(vs)}" for key_id, vs in versions.items())
 
 
+def _protection_text(row: Any) -> str | None:
+    """``hsm (Managed HSM)``: a key's (or a data key's) protection level and the vendor's words."""
+    level = getattr(row, "protection_level", None)
+    if not level:
+        return None
+    detail = getattr(row, "protection_detail", None)
+    return f"{level} ({detail})" if detail and detail != level else str(level)
+
+
 def _html_table(title: str, headers: list[str], rows: list[list[Any]]) -> str:
     e = html.escape
     head = "".join(f"<th>{e(h)}</th>" for h in headers)
@@ -47,8 +56,8 @@ def inspection_html(inspection: DatasetInspection) -> str:
         f"{len(inspection.files)} files, {len(inspection.deks)} data keys, rotation status: <b>{e(status)}</b></div>",
         _html_table(
             "Keys",
-            ["key URI", "key id", "primary version", "state", "DEKs", "DEKs behind", "error"],
-            [[k.key_uri, k.key_id, k.primary_version, k.state, k.deks, k.deks_behind, k.error]
+            ["key URI", "key id", "primary version", "state", "protection", "DEKs", "DEKs behind", "error"],
+            [[k.key_uri, k.key_id, k.primary_version, k.state, _protection_text(k), k.deks, k.deks_behind, k.error]
              for k in inspection.keys],
         ),
         _html_table(
@@ -64,8 +73,8 @@ def inspection_html(inspection: DatasetInspection) -> str:
         ),
         _html_table(
             "Data keys",
-            ["DEK id", "key version", "algorithm", "created", "from", "files", "behind"],
-            [[d.dek_id, d.key_version, d.algorithm, d.created_at, d.source, d.files, d.behind]
+            ["DEK id", "key version", "protection", "algorithm", "created", "from", "files", "behind"],
+            [[d.dek_id, d.key_version, _protection_text(d), d.algorithm, d.created_at, d.source, d.files, d.behind]
              for d in inspection.deks],
         ),
     ]
@@ -95,11 +104,11 @@ def render_inspection(inspection: DatasetInspection) -> Any:
         f"{len(inspection.deks)} data keys, {inspection.manifest_entries} manifest entries; rotation: {status}"
     )
     keys = Table(title="Keys")
-    for h in ("key URI", "key id", "primary", "state", "DEKs", "behind"):
+    for h in ("key URI", "key id", "primary", "state", "protection", "DEKs", "behind"):
         keys.add_column(h)
     for k in inspection.keys:
         keys.add_row(*row(k.key_uri, k.key_id or "-", k.primary_version or "-", k.state or (k.error or "-"),
-                          k.deks, "?" if k.deks_behind is None else k.deks_behind))
+                          _protection_text(k) or "?", k.deks, "?" if k.deks_behind is None else k.deks_behind))
     columns = Table(title="Encrypted columns")
     for h in ("column", "algorithm", "type", "indexes"):
         columns.add_column(h)

@@ -341,6 +341,9 @@ class EncryptDatasetOperator(SparkKmsBaseOperator):
     :param replace_where: tables, with ``mode="overwrite"``: partition column -> value (or list of values)
         whose files are replaced (templated).
 
+    :param require_protection_level: refuse a KMS key guarded by less: ``"hsm"``, ``"software"``,
+        ``"external"`` (or several, comma-separated); checked once before any data key (templated).
+
     Into a table, ``mode`` also takes ``overwrite_partitions`` and ``error``; ``catalog_properties`` (an
     Iceberg catalog) and ``table_options`` come from the base operator.
     """
@@ -348,7 +351,7 @@ class EncryptDatasetOperator(SparkKmsBaseOperator):
     template_fields: Sequence[str] = (
         "source", "destination", "columns", "key_uri", "deterministic_columns", "blind_index", "partition_by",
         "source_format", "mode", "encryption_context", "join_domain", "join_domain_store", "table_format",
-        "replace_where", *SparkKmsBaseOperator.template_fields,
+        "replace_where", "require_protection_level", *SparkKmsBaseOperator.template_fields,
     )
 
     def __init__(
@@ -368,9 +371,11 @@ class EncryptDatasetOperator(SparkKmsBaseOperator):
         join_domain_store: str | None = None,
         table_format: str | None = None,
         replace_where: Mapping[str, Any] | None = None,
+        require_protection_level: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(_output_path=destination, **kwargs)
+        self.require_protection_level = require_protection_level
         self.join_domain = join_domain
         self.join_domain_store = join_domain_store
         self.table_format = table_format
@@ -406,12 +411,18 @@ class EncryptDatasetOperator(SparkKmsBaseOperator):
                 spark=spark if spark is not None else self.spark_session,
                 run_id=self.run_id_for(context), join_domain=self.join_domain or None,
                 join_domain_store=self.join_domain_store or None, table_format=table_format,
-                replace_where=self.replace_where or None, **self.location_kwargs(),
+                replace_where=self.replace_where or None,
+                require_protection_level=_unset_template(self.require_protection_level), **self.location_kwargs(),
             )
         self.log.info("encrypted %s rows into %s files under %s (%s data keys, KMS calls %s)",
                       summary.rows, summary.files, key_uri, summary.deks, summary.kms_calls)
         self.record_lineage(context, self.destination)
         return self.report(summary)
+
+
+def _unset_template(value: str | None) -> str | None:
+    """``None`` for an unset parameter, also once a template rendered it as ``"None"`` or ``""``."""
+    return None if value in (None, "", "None") else value
 
 
 class DecryptDatasetOperator(SparkKmsBaseOperator):

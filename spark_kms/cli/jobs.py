@@ -240,6 +240,8 @@ _run_id_option = click.option("--run-id", help="run id (default: new; reencrypt:
               help="join domain of the deterministic / blind-index columns (default: the dataset's own)")
 @click.option("--join-domain-store", default=None, metavar="DIRECTORY",
               help="where a named join domain's key lives (env SPARK_KMS_JOIN_DOMAIN_STORE)")
+@click.option("--require-protection-level", default=None, metavar="LEVEL",
+              help="refuse a KMS key guarded by less: hsm, software, external (or several, comma-separated)")
 @_run_id_option
 @_json_option
 @_storage_option
@@ -249,7 +251,7 @@ _run_id_option = click.option("--run-id", help="run id (default: new; reencrypt:
 def encrypt(source: str, destination: str, key_uri: str, columns: str, deterministic: str,
             blind_index: tuple[str, ...], partition_by: str, source_format: str, mode: str, table_format: str | None,
             replace_where: tuple[str, ...], join_domain: str | None, join_domain_store: str | None,
-            run_id: str | None, as_json: bool, storage_options: dict[str, str] | None,
+            require_protection_level: str | None, run_id: str | None, as_json: bool, storage_options: dict[str, str] | None,
             catalog_properties: dict[str, str] | None, table_options: dict[str, str] | None,
             kms_options: dict[str, dict[str, Any]], spark: Any) -> None:
     """Encrypt the PII columns of SOURCE into the encrypted dataset DESTINATION (runs Spark: --master).
@@ -265,6 +267,7 @@ def encrypt(source: str, destination: str, key_uri: str, columns: str, determini
         join_domain=join_domain, join_domain_store=join_domain_store, storage_options=storage_options,
         table_format=table_format, replace_where=_replace_where(replace_where),
         catalog_properties=catalog_properties, table_options=table_options,
+        require_protection_level=require_protection_level,
     )
     _print_summary(summary, as_json)
 

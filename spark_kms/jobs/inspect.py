@@ -64,7 +64,9 @@ class FileInspection:
 
 @dataclass
 class DekInspection:
-    """One data key as a reader sees it (``source``: ``manifest`` if a rewrap re-wrapped it, else ``footer``)."""
+    """One data key as a reader sees it (``source``: ``manifest`` if a rewrap re-wrapped it, else ``footer``).
+    ``protection_level`` / ``protection_detail``: what guards its KMS key, as DescribeKey reported it
+    (``software``, ``hsm``, ``external``; ``None`` when the key could not be described)."""
 
     dek_id: str
     key_uri: str
@@ -75,6 +77,8 @@ class DekInspection:
     source: str
     files: int
     behind: bool | None
+    protection_level: str | None = None
+    protection_detail: str | None = None
 
 
 @dataclass
@@ -96,6 +100,8 @@ class KeyInspection:
     deks: int
     deks_behind: int | None
     error: str | None = None
+    protection_level: str | None = None
+    protection_detail: str | None = None
 
 
 @dataclass
@@ -172,11 +178,13 @@ def inspect_dataset(
 
 def _inspect(keys: Dataset, kms: KmsConfig, *, strict: bool) -> DatasetInspection:
     effective = keys.effective_deks()
-    described: dict[str, tuple[str, str, str] | str] = {}  # key_uri -> (key_id, primary, state) | error
+    # key_uri -> (key_id, primary, state, protection level, protection detail) | error
+    described: dict[str, tuple[str, str, str, str, str] | str] = {}
     for key_uri in sorted({e.key_uri for e in effective.values()}):
         try:
             desc = kms.describe(key_uri)
-            described[key_uri] = (desc.key_id, desc.primary_version, desc.state)
+            described[key_uri] = (desc.key_id, desc.primary_version, desc.state, desc.protection_level,
+                                  desc.protection_detail)
         except KmsError as exc:
             if strict:
                 raise
@@ -187,6 +195,10 @@ def _inspect(keys: Dataset, kms: KmsConfig, *, strict: bool) -> DatasetInspectio
         if isinstance(d, str):
             return None
         return not (entry.key_id == d[0] and entry.key_version == d[1])
+
+    def protection(key_uri: str) -> tuple[str | None, str | None]:
+        d = described[key_uri]
+        return (None, None) if isinstance(d, str) else (d[3], d[4])
 
     dek_behind = {dek_id: behind(entry) for dek_id, entry in effective.items()}
     files: list[FileInspection] = []
@@ -219,6 +231,7 @@ def _inspect(keys: Dataset, kms: KmsConfig, *, strict: bool) -> DatasetInspectio
             dek_id=dek_id, key_uri=e.key_uri, key_id=e.key_id, key_version=e.key_version, algorithm=e.algorithm,
             created_at=e.created_at, source="manifest" if dek_id in keys.manifest else "footer",
             files=uses.get(dek_id, 0), behind=dek_behind[dek_id],
+            protection_level=protection(e.key_uri)[0], protection_detail=protection(e.key_uri)[1],
         )
         for dek_id, e in sorted(effective.items())
     ]
@@ -228,7 +241,8 @@ def _inspect(keys: Dataset, kms: KmsConfig, *, strict: bool) -> DatasetInspectio
         if isinstance(d, str):
             key_rows.append(KeyInspection(key_uri, None, None, None, len(of_key), None, error=d))
         else:
-            key_rows.append(KeyInspection(key_uri, d[0], d[1], d[2], len(of_key), sum(1 for x in of_key if x.behind)))
+            key_rows.append(KeyInspection(key_uri, d[0], d[1], d[2], len(of_key), sum(1 for x in of_key if x.behind),
+                                          protection_level=d[3], protection_detail=d[4]))
     columns = [ColumnInspection(s.name, s.algorithm, s.arrow_type, s.source) for _, s in sorted(keys.columns().items())]
     return DatasetInspection(
         path=str(keys.root), rows=total_rows, files=files, deks=deks, columns=columns, keys=key_rows,

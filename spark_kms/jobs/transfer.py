@@ -176,6 +176,7 @@ def encrypt_dataset(
     replace_where: Mapping[str, Any] | None = None,
     catalog_properties: Mapping[str, str] | None = None,
     table_options: Mapping[str, str] | None = None,
+    require_protection_level: str | Sequence[str] | None = None,
 ) -> RunSummary:
     """Encrypt the PII ``columns`` of the dataset at ``source`` into ``destination``.
 
@@ -214,6 +215,9 @@ def encrypt_dataset(
         replaced (Delta's ``replaceWhere``, Iceberg's overwrite filter).
     :param catalog_properties: tables: the Iceberg catalog's properties.
     :param table_options: tables: the table library's own options.
+    :param require_protection_level: refuse a key guarded by less (``"hsm"``, ``"software"``,
+        ``"external"`` or several): one DescribeKey before anything is read or a data key made
+        (:func:`spark_kms.parquet.encryptor.protection_levels_accepted`).
     """
     _check_format(source_format, "source_format")
     if mode not in (*_MODES, *_TABLE_MODES):
@@ -223,6 +227,12 @@ def encrypt_dataset(
         raise ConfigurationError("encrypt needs key_uri, the KMS key to generate data keys under")
     if not (list(columns) or list(deterministic_columns) or dict(blind_index or {})):
         raise ConfigurationError("encrypt needs at least one column to encrypt (columns=...)")
+    if require_protection_level:
+        from spark_kms.parquet.encryptor import check_protection_level
+
+        # Once, here, before any data key (the Spark data source, a table writer or a Connect server
+        # then encrypt under a key already checked).
+        check_protection_level(KmsConfig.of(kms_options).provider(key_uri), require_protection_level)
     refuse_table_arguments_over_connect(spark, "encrypt", table_format=table_format,
                                         replace_where=replace_where or None,
                                         catalog_properties=catalog_properties or None,

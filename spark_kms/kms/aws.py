@@ -43,7 +43,7 @@ key material ids at all (older API versions, emulators) get ``"rotations:<n>"``,
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from spark_kms.errors import (
@@ -334,6 +334,7 @@ class AwsKmsProvider(KmsProvider):
         version_state = "enabled" if enabled else _lower_state(state)
         versions = {str(r["KeyMaterialId"]): version_state for r in rotations if r.get("KeyMaterialId")}
         versions.setdefault(str(primary), version_state)
+        level, detail = _protection(meta)
         return KeyDescription(
             key_id=key_id,
             primary_version=str(primary),
@@ -344,9 +345,33 @@ class AwsKmsProvider(KmsProvider):
                 "key_spec": meta.get("KeySpec"),
                 "key_manager": meta.get("KeyManager"),
                 "origin": meta.get("Origin"),
+                "custom_key_store_id": meta.get("CustomKeyStoreId"),
                 "rotations": len([r for r in rotations if r.get("RotationDate")]),
             },
+            protection_level=level,
+            protection_detail=detail,
         )
+
+
+def _protection(meta: Mapping[str, Any]) -> tuple[str, str]:
+    """DescribeKey's ``Origin`` (and ``CustomKeyStoreId``) -> (protection level, AWS's words).
+
+    AWS KMS has no software protection level: AWS states that the key material of every KMS key
+    in its standard key store is generated and used only inside FIPS 140-3 validated HSMs
+    (multi-tenant, run by AWS), imported material (``EXTERNAL``) included once imported. So
+    ``AWS_KMS`` and ``EXTERNAL`` are ``hsm``; a CloudHSM custom key store (``AWS_CLOUDHSM``, the
+    dedicated single-tenant cluster) is ``hsm`` too, told apart by the detail; an external key store
+    (``EXTERNAL_KEY_STORE``, key material in a key manager outside AWS) is ``external``.
+    """
+    origin = str(meta.get("Origin") or "AWS_KMS")
+    store = meta.get("CustomKeyStoreId")
+    if origin == "EXTERNAL_KEY_STORE":
+        return "external", "EXTERNAL_KEY_STORE" + (f" ({store})" if store else "")
+    if origin == "AWS_CLOUDHSM":
+        return "hsm", "AWS_CLOUDHSM" + (f" ({store})" if store else "")
+    if origin == "EXTERNAL":
+        return "hsm", "EXTERNAL (imported key material, FIPS 140-3 validated AWS KMS HSMs)"
+    return "hsm", f"{origin} (FIPS 140-3 validated AWS KMS HSMs)"
 
 
 def _lower_state(aws_state: str) -> str:

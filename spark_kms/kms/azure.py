@@ -1,8 +1,13 @@
 """Azure Key Vault (and Managed HSM) as a spark_kms KMS provider (``azure-kv://`` key URIs).
 
-Key URI: ``azure-kv://<vault-name>.vault.azure.net/keys/<name>[/<version>]``. Without a
-version, new wraps use the key's current version (so they follow rotation); with one,
-they are pinned to it.
+Key URI: ``azure-kv://<vault-name>.vault.azure.net/keys/<name>[/<version>]``, or for an Azure
+Managed HSM pool ``azure-kv://<pool-name>.managedhsm.azure.net/keys/<name>[/<version>]`` (the same
+keys API; the SDK asks its credential for the pool's ``https://managedhsm.azure.net`` scope as the
+challenge says). Without a version, new wraps use the key's current version (so they follow
+rotation); with one, they are pinned to it.
+
+Protection level (``describe_key``): a Managed HSM key is ``hsm`` ("Managed HSM"); a vault key of
+type ``RSA-HSM`` / ``EC-HSM`` / ``oct-HSM`` is ``hsm`` ("HSM", Premium tier); any other is ``software``.
 
 Options:
 
@@ -90,6 +95,7 @@ T = TypeVar("T")
 _FORMAT_KEY = 0x01
 _FORMAT_PAYLOAD = 0x02
 _TAG_BYTES = 32
+_MANAGED_HSM_SUFFIX = ".managedhsm.azure.net"
 _ALGORITHMS = {"RSA-OAEP-256": KeyWrapAlgorithm.rsa_oaep_256, "RSA-OAEP": KeyWrapAlgorithm.rsa_oaep,
                "A256KW": KeyWrapAlgorithm.aes_256}
 _OPTIONS = {"vault_url", "credential", "tenant_id", "client_id", "client_secret", "algorithm",
@@ -125,9 +131,11 @@ class AzureKeyVaultProvider(KmsProvider):
         if len(parts) not in (3, 4) or not parts[0] or parts[1] != "keys" or not parts[2] or (
                 len(parts) == 4 and not parts[3]):
             raise ConfigurationError(
-                "an Azure Key Vault key URI looks like 'azure-kv://<vault>.vault.azure.net/keys/<name>[/<version>]', "
-                f"got {key_uri!r}")
+                "an Azure Key Vault key URI looks like 'azure-kv://<vault>.vault.azure.net/keys/<name>[/<version>]' "
+                f"(or '<pool>.managedhsm.azure.net' for a Managed HSM), got {key_uri!r}")
         self.vault_host = parts[0]
+        #: a Managed HSM pool (``<name>.managedhsm.azure.net``): same keys API, keys always in its HSMs
+        self.managed_hsm = self.vault_host.lower().split(":")[0].endswith(_MANAGED_HSM_SUFFIX)
         self.name = parts[2]
         self.pinned_version = parts[3] if len(parts) == 4 else None
         self.vault_url = str(options.get("vault_url") or f"https://{self.vault_host}").rstrip("/")
@@ -319,13 +327,22 @@ class AzureKeyVaultProvider(KmsProvider):
             return key, versions
 
         key, versions = self._call("DescribeKey", describe)
+        key_type = str(getattr(key.key_type, "value", key.key_type) or "")
+        if self.managed_hsm:
+            level, detail = "hsm", "Managed HSM"
+        elif key_type.upper().endswith("-HSM"):
+            level, detail = "hsm", "HSM"
+        else:
+            level, detail = "software", "software"
         return KeyDescription(
             key_id=self.key_id,
             primary_version=str(key.properties.version),
             enabled=bool(key.properties.enabled),
             state="enabled" if key.properties.enabled else "disabled",
             versions={str(v.version): ("enabled" if v.enabled else "disabled") for v in versions},
-            extra={"key_type": str(getattr(key.key_type, "value", key.key_type)), "vault_url": self.vault_url,
+            extra={"key_type": key_type, "vault_url": self.vault_url, "managed_hsm": self.managed_hsm,
                    "recovery_level": str(getattr(key.properties.recovery_level, "value",
                                                  key.properties.recovery_level))},
+            protection_level=level,
+            protection_detail=detail,
         )

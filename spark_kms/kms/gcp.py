@@ -321,6 +321,11 @@ class GcpKmsProvider(KmsProvider):
             versions[v.name.rsplit("/", 1)[1]] = _STATE_NAMES.get(v.state.name, v.state.name.lower())
         primary = key.primary.name.rsplit("/", 1)[1] if key.primary and key.primary.name else ""
         primary_state = _STATE_NAMES.get(key.primary.state.name, key.primary.state.name.lower()) if primary else ""
+        # the primary version's protection level, else the template new versions get
+        gcp_level = (key.primary.protection_level.name if primary else "") or (
+            key.version_template.protection_level.name if key.version_template else "")
+        if gcp_level in ("", "PROTECTION_LEVEL_UNSPECIFIED"):
+            gcp_level = "SOFTWARE"  # Cloud KMS's default
         return KeyDescription(
             key_id=key.name,
             primary_version=primary,
@@ -334,7 +339,13 @@ class GcpKmsProvider(KmsProvider):
                 "rotation_period_s": key.rotation_period.total_seconds() if key.rotation_period else None,
                 "labels": dict(key.labels),
             },
+            protection_level=_PROTECTION_LEVELS.get(gcp_level, gcp_level.lower()),
+            protection_detail=gcp_level,
         )
+
+
+#: Cloud KMS ProtectionLevel -> spark_kms protection level (the vendor name is kept as the detail)
+_PROTECTION_LEVELS = {"SOFTWARE": "software", "HSM": "hsm", "EXTERNAL": "external", "EXTERNAL_VPC": "external"}
 
 
 def _retry_settings(value: Any) -> tuple[float, float, float, float] | None:

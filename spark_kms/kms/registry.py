@@ -18,6 +18,7 @@ _BUILTIN: dict[str, tuple[str, str]] = {
     "gcp-kms": ("spark_kms.kms.gcp:GcpKmsProvider", "gcp"),
     "azure-kv": ("spark_kms.kms.azure:AzureKeyVaultProvider", "azure"),
     "vault": ("spark_kms.kms.vault:VaultTransitProvider", "vault"),
+    "pkcs11": ("spark_kms.kms.pkcs11:Pkcs11Provider", "hsm"),
 }
 _CUSTOM: dict[str, type[KmsProvider]] = {}
 

@@ -16,6 +16,12 @@ Options:
 - ``derived`` (default ``False``): the Vault key was created with ``derived=true``.
 - ``retry_max_attempts`` / ``retry_base_delay`` / ``retry_deadline``: the bounded retry
   of throttled (HTTP 429) calls; then :class:`~spark_kms.errors.ThrottlingError`.
+- ``protection_level`` (default ``"software"``) and ``protection_detail``: what ``describe_key``
+  reports as the key's protection level. Transit keeps key material in Vault's storage, encrypted
+  under its barrier: ``software``. Vault cannot tell a client more, so an operator who keys
+  Transit from an HSM (Vault Enterprise managed keys backed by a PKCS#11 module, or seal wrap
+  under an HSM auto-unseal) says so here (``protection_level="hsm"``, ``protection_detail=
+  "managed key: pkcs11"``); ``require_protection_level`` then trusts that statement.
 
 How each operation maps onto Transit:
 
@@ -67,7 +73,7 @@ from spark_kms.errors import (
 from spark_kms.kms._binding import binding_tag as _binding_tag
 from spark_kms.kms._binding import context_bytes as _context_bytes
 from spark_kms.kms._binding import wipe as _wipe
-from spark_kms.kms.base import DataKey, KeyDescription, KmsProvider, WrappedKey
+from spark_kms.kms.base import PROTECTION_LEVELS, DataKey, KeyDescription, KmsProvider, WrappedKey
 from spark_kms.kms.retry import RetryPolicy, call_with_retries
 
 try:
@@ -109,6 +115,7 @@ class VaultTransitProvider(KmsProvider):
         unknown = set(options) - {
             "tls", "verify", "namespace", "timeout", "token", "auth_method", "role_id", "secret_id", "role",
             "jwt_path", "auth_mount", "derived", "retry_max_attempts", "retry_base_delay", "retry_deadline",
+            "protection_level", "protection_detail",
         }
         if unknown:
             raise ConfigurationError(f"{key_uri}: unknown Vault option(s) {sorted(unknown)}")
@@ -121,6 +128,13 @@ class VaultTransitProvider(KmsProvider):
             raise ConfigurationError(f"{key_uri}: auth_method 'kubernetes' needs role=")
         self.namespace = str(options.get("namespace") or os.environ.get("VAULT_NAMESPACE", "")).strip("/")
         self.derived = bool(options.get("derived", False))
+        self.protection_level = str(options.get("protection_level") or "software").lower()
+        if self.protection_level not in PROTECTION_LEVELS:
+            raise ConfigurationError(f"{key_uri}: protection_level must be one of {PROTECTION_LEVELS}, "
+                                     f"got {options.get('protection_level')!r}")
+        self.protection_detail = str(options.get("protection_detail") or (
+            "Vault Transit (software)" if "protection_level" not in options else
+            f"Vault Transit ({self.protection_level}, as configured)"))
         self.retry_policy = RetryPolicy(
             max_attempts=int(options.get("retry_max_attempts", 6)),
             base_delay=float(options.get("retry_base_delay", 0.05)),
@@ -316,4 +330,6 @@ class VaultTransitProvider(KmsProvider):
             versions=versions,
             extra={k: data.get(k) for k in ("type", "derived", "min_decryption_version", "min_encryption_version",
                                             "deletion_allowed", "exportable", "auto_rotate_period")},
+            protection_level=self.protection_level,
+            protection_detail=self.protection_detail,
         )

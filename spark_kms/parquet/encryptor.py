@@ -61,7 +61,7 @@ from spark_kms.crypto import (
 )
 from spark_kms.errors import ConfigurationError
 from spark_kms.kms import KmsConfig, KmsConfigLike, KmsProvider
-from spark_kms.kms.base import canonical_context
+from spark_kms.kms.base import PROTECTION_LEVELS, KeyDescription, canonical_context
 from spark_kms.parquet._types import (
     array_from_buffers,
     binary_buffers,
@@ -71,9 +71,64 @@ from spark_kms.parquet._types import (
 )
 from spark_kms.parquet.keys import DekResolver, entry_for
 
-__all__ = ["BatchEncryptor", "EncryptionSpec"]
+__all__ = ["BatchEncryptor", "EncryptionSpec", "check_protection_level", "protection_levels_accepted"]
 
 logger = logging.getLogger(__name__)
+
+
+def protection_levels_accepted(required: str | Sequence[str] | None) -> frozenset[str] | None:
+    """The key protection levels a ``require_protection_level`` setting accepts (``None``: no requirement).
+
+    ``required`` is one level of :data:`~spark_kms.kms.base.PROTECTION_LEVELS`, several (a list, or a
+    comma-separated string: any of them will do), or empty / ``None``. The order is
+    ``software < hsm``: ``"software"`` accepts every key, ``"hsm"`` accepts HSM keys only.
+    ``"external"`` (an external key manager: GCP EXTERNAL / EXTERNAL_VPC, an AWS external key store)
+    stands apart: the KMS cannot say what guards the key outside it, so it neither meets ``"hsm"`` nor
+    counts as weaker; ask for it by name (``"external"``) or accept both with ``"hsm,external"``.
+    """
+    if required is None:
+        return None
+    names = required.split(",") if isinstance(required, str) else list(required)
+    levels = [str(n).strip().lower() for n in names if str(n).strip()]
+    if not levels:
+        return None
+    unknown = [n for n in levels if n not in PROTECTION_LEVELS]
+    if unknown:
+        raise ConfigurationError(
+            f"require_protection_level takes {', '.join(PROTECTION_LEVELS)} (or several, comma-separated), "
+            f"got {required!r}"
+        )
+    accepted: set[str] = set()
+    for level in levels:
+        accepted.update(PROTECTION_LEVELS if level == "software" else (level,))
+    return frozenset(accepted)
+
+
+def check_protection_level(
+    provider: KmsProvider, required: str | Sequence[str] | None, *, description: KeyDescription | None = None
+) -> KeyDescription | None:
+    """Refuse ``provider``'s key when its protection level is weaker than ``required``.
+
+    One DescribeKey (unless ``description`` is given), made before any data key; raises
+    :class:`~spark_kms.errors.ConfigurationError` naming the key, its level and what was required.
+    Returns the description (``None`` when nothing is required, and then no KMS call is made).
+    """
+    accepted = protection_levels_accepted(required)
+    if accepted is None:
+        return None
+    if description is None:
+        description = provider.describe_key()
+    level = description.protection_level
+    if level not in accepted:
+        detail = f" ({description.protection_detail})" if description.protection_detail else ""
+        wanted = required if isinstance(required, str) else ",".join(required or ())
+        raise ConfigurationError(
+            f"key {provider.key_uri} (KMS key {description.key_id}) has protection level {level!r}{detail}; "
+            f"require_protection_level={wanted!r} refuses to encrypt under it (accepted: {sorted(accepted)})"
+        )
+    logger.debug("key %s: protection level %s%s meets require_protection_level=%r", provider.key_uri, level,
+                 f" ({description.protection_detail})" if description.protection_detail else "", required)
+    return description
 
 
 def _names(value: Any, what: str) -> tuple[str, ...]:
@@ -212,6 +267,9 @@ class BatchEncryptor:
         blind-index columns (from :func:`new_deterministic_entry`).
     :param kms_options: how to reach each KMS (:class:`~spark_kms.kms.KmsConfig` or what its ``of``
         takes); needed for a key URI, or to unwrap a ``deterministic_entry`` of another KMS.
+    :param require_protection_level: refuse a key guarded by less (``"hsm"``, ``"software"``,
+        ``"external"``, or several: see :func:`protection_levels_accepted`); checked here with one
+        DescribeKey, before any data key is made.
     """
 
     def __init__(
@@ -223,6 +281,7 @@ class BatchEncryptor:
         max_cells_per_dek: int = DEFAULT_MAX_CELLS_PER_DEK,
         deterministic_entry: DekEntry | None = None,
         kms_options: KmsConfigLike = None,
+        require_protection_level: str | Sequence[str] | None = None,
     ) -> None:
         if not isinstance(spec, EncryptionSpec):
             raise ConfigurationError(f"spec must be an EncryptionSpec, got {type(spec).__name__}")
@@ -250,6 +309,9 @@ class BatchEncryptor:
             raise ConfigurationError(f"provider must be a key URI or a KmsProvider, got {type(provider).__name__}")
         self.kms = kms
         self.provider = provider
+        if protection_levels_accepted(require_protection_level) is not None:
+            # kms serves this very provider for its key URI: one DescribeKey per config
+            check_protection_level(provider, require_protection_level, description=kms.describe(provider.key_uri))
         self.encryption_context = canonical_context(encryption_context)
         self.max_cells_per_dek = max_cells_per_dek
         self._det_entry = deterministic_entry

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -44,6 +44,8 @@ class EncryptedParquetWriter:
     :param deterministic_entry: the job's key for deterministic / blind-index columns.
     :param kms_options: how to reach each KMS (:class:`~spark_kms.kms.KmsConfig` or what its ``of``
         takes); needed for a key URI, or to unwrap a ``deterministic_entry`` of another KMS.
+    :param require_protection_level: refuse a key guarded by less than this (``"hsm"``...), checked
+        once (DescribeKey) before any data key: see :class:`~spark_kms.parquet.BatchEncryptor`.
     :param write_empty: write a zero-row file when no rows arrive (default: no file, no KMS call).
     :param metadata: extra footer key-value metadata (str -> str), e.g. a job id.
     :param parquet_options: passed to ``pyarrow.parquet.ParquetWriter`` (``compression``, ...).
@@ -60,6 +62,7 @@ class EncryptedParquetWriter:
         max_cells_per_dek: int = DEFAULT_MAX_CELLS_PER_DEK,
         deterministic_entry: DekEntry | None = None,
         kms_options: KmsConfigLike = None,
+        require_protection_level: str | Sequence[str] | None = None,
         write_empty: bool = False,
         metadata: Mapping[str, str] | None = None,
         parquet_options: Mapping[str, Any] | None = None,
@@ -82,6 +85,7 @@ class EncryptedParquetWriter:
             max_cells_per_dek=max_cells_per_dek,
             deterministic_entry=deterministic_entry,
             kms_options=kms_options,
+            require_protection_level=require_protection_level,
         )
         # Validates the spec against the schema now, before any row or KMS call.
         self.output_schema = self._encryptor.output_schema(schema)

@@ -116,6 +116,7 @@ class SparkKmsWriter(DataSourceArrowWriter):
             raise ConfigurationError("option encryption_context must map strings to strings")
         self.max_cells_per_dek = positive_int(opts, "max_cells_per_dek", None)
         self.result_file = opts.get(RESULT_OPTION) or None
+        self.require_protection_level = opts.get("require_protection_level") or None
 
         names = list(schema.fieldNames())
         self.has_keys_column = KEYS_COLUMN in names
@@ -133,6 +134,18 @@ class SparkKmsWriter(DataSourceArrowWriter):
         # denied key), Spark never calls abort() and nothing may be left behind in the dataset.
         self.deterministic_entry = None
         self.driver_kms_calls: dict[str, int] = {}
+        if self.require_protection_level:
+            from spark_kms.parquet.encryptor import check_protection_level, protection_levels_accepted
+
+            protection_levels_accepted(self.require_protection_level)  # a bad value fails as itself
+            if not self.key_uri:
+                raise ConfigurationError(f"dataset {self.path}: option require_protection_level needs key_uri (a "
+                                         "DataFrame of ColumnEncryptor was checked by its requireProtectionLevel)")
+            # One DescribeKey, here on the driver, before any data key: tasks do not ask again.
+            before = kms_call_counts()
+            check_protection_level(self._provider(), self.require_protection_level,
+                                   description=self.kms.describe(self.key_uri))
+            self.driver_kms_calls = counts_delta(before, kms_call_counts())
         if self.deterministic or self.blind_index:
             from spark_kms.parquet.join_domains import domain_key
 
@@ -143,7 +156,8 @@ class SparkKmsWriter(DataSourceArrowWriter):
                 self.location, key_uri=self._provider().key_uri, kms_options=self.kms,
                 domain=opts.get("join_domain") or None, store=opts.get("join_domain_store") or None,
             )
-            self.driver_kms_calls = counts_delta(before, kms_call_counts())
+            for name, n in counts_delta(before, kms_call_counts()).items():
+                self.driver_kms_calls[name] = self.driver_kms_calls.get(name, 0) + n
             logger.info("write %s: join-domain data key %s (key %s, version %s)", self.write_id,
                         self.deterministic_entry.dek_id, self.deterministic_entry.key_id,
                         self.deterministic_entry.key_version)

@@ -97,8 +97,14 @@ def write_encrypted(
     join_domain: str | None = None,
     join_domain_store: str | None = None,
     storage_options: Mapping[str, str] | str | None = None,
+    require_protection_level: str | Sequence[str] | None = None,
 ) -> WriteResult:
     """Write ``df`` to ``path`` as encrypted Parquet through the ``spark_kms`` data source.
+
+    ``require_protection_level`` (``"hsm"``, ``"software"``, ``"external"`` or several) refuses, with a
+    :class:`~spark_kms.errors.ConfigurationError` naming the key and its level, a key guarded by less:
+    checked once on the driver (DescribeKey) before any data key is made
+    (:func:`spark_kms.parquet.encryptor.protection_levels_accepted` says which levels meet which).
 
     ``mode`` is ``"overwrite"`` or ``"append"``; ``kms_options`` is a
     :class:`~spark_kms.kms.KmsConfig` or provider options per key-URI scheme. Deterministic and
@@ -145,6 +151,14 @@ def write_encrypted(
         writer = writer.option("max_cells_per_dek", str(max_cells_per_dek))
     if run_id:
         writer = writer.option("run_id", run_id)
+    if require_protection_level:
+        from spark_kms.parquet.encryptor import protection_levels_accepted
+
+        accepted = protection_levels_accepted(require_protection_level)  # a bad value fails here, as itself
+        if accepted is not None:
+            levels = [require_protection_level] if isinstance(require_protection_level, str) else \
+                list(require_protection_level)
+            writer = writer.option("require_protection_level", ",".join(levels))
     storage = storage_options_from(storage_options)
     if storage:
         writer = writer.option("storage_options", json.dumps(storage))

@@ -61,7 +61,12 @@ from spark_kms.crypto import (
 )
 from spark_kms.errors import ConfigurationError
 from spark_kms.kms import KmsConfig
-from spark_kms.parquet.encryptor import BatchEncryptor, EncryptionSpec
+from spark_kms.parquet.encryptor import (
+    BatchEncryptor,
+    EncryptionSpec,
+    check_protection_level,
+    protection_levels_accepted,
+)
 from spark_kms.parquet.join_domains import domain_key
 from spark_kms.parquet.keys import new_deterministic_entry
 from spark_kms.spark._options import KEYS_COLUMN
@@ -173,6 +178,9 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
     :param kmsOptions: JSON object of provider options per key-URI scheme (or a KmsConfig, or a mapping);
         ``save`` drops its secret options (set them again after ``load``).
     :param maxCellsPerDek: non-null cells per data key before rolling to a new one.
+    :param requireProtectionLevel: refuse a key guarded by less (``"hsm"``, ``"software"``,
+        ``"external"``, or several comma-separated); checked once on the driver (DescribeKey) in
+        ``transform``, before any data key is made.
     """
 
     keyUri: Param[str] = Param(
@@ -216,6 +224,14 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         typeConverter=TypeConverters.toString,
     )
 
+    requireProtectionLevel: Param[str] = Param(
+        Params._dummy(),
+        "requireProtectionLevel",
+        "refuse a KMS key whose protection level is weaker: 'hsm', 'software', 'external' (or several, "
+        "comma-separated); unset: any key",
+        typeConverter=TypeConverters.toString,
+    )
+
     @keyword_only
     def __init__(
         self,
@@ -229,6 +245,7 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         maxCellsPerDek: int | None = None,
         joinDomain: str | None = None,
         joinDomainStore: str | None = None,
+        requireProtectionLevel: str | None = None,
     ) -> None:
         super().__init__()
         self._setDefault(
@@ -254,6 +271,7 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         maxCellsPerDek: int | None = None,
         joinDomain: str | None = None,
         joinDomainStore: str | None = None,
+        requireProtectionLevel: str | None = None,
     ) -> ColumnEncryptor:
         kwargs = self._input_kwargs
         return self._set(**{k: v for k, v in kwargs.items() if v is not None})
@@ -291,6 +309,13 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
     def getMaxCellsPerDek(self) -> int:
         return int(self.getOrDefault(self.maxCellsPerDek))
 
+    def setRequireProtectionLevel(self, value: str) -> ColumnEncryptor:
+        return self._set(requireProtectionLevel=value)
+
+    def getRequireProtectionLevel(self) -> str | None:
+        return self.getOrDefault(self.requireProtectionLevel) if self.isDefined(self.requireProtectionLevel) \
+            else None
+
     def encryption_spec(self) -> EncryptionSpec:
         """The :class:`~spark_kms.parquet.EncryptionSpec` these Params describe."""
         blind_index: dict[str, str] = {}
@@ -324,6 +349,10 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         BatchEncryptor(spec, key_uri, kms_options=kms, max_cells_per_dek=max_cells).output_schema(
             to_arrow_schema(dataset.schema, timezone="UTC")
         )
+        required = self.getRequireProtectionLevel()
+        if protection_levels_accepted(required) is not None:
+            # One DescribeKey where the KMS is reached (the Connect server's side), before any data key.
+            run_near_data(dataset.sparkSession, _check_protection_level, key_uri, kms, required)
         deterministic_entry = None
         if spec.needs_deterministic_key:
             # The domain store and the KMS are reached where the data is (the Connect server's side).
@@ -365,6 +394,10 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
                 encryptor.close()
 
         return dataset.mapInArrow(encrypt_partition, StructType(fields))
+
+
+def _check_protection_level(key_uri: str, kms: KmsConfig, required: str) -> None:
+    check_protection_level(kms.provider(key_uri), required, description=kms.describe(key_uri))
 
 
 def _new_deterministic_entry(key_uri: str, kms: KmsConfig, context: Mapping[str, str]) -> Any:

@@ -72,6 +72,8 @@ class ProxyState:
         self.materials: dict[str, list[str]] = {}
         # base64 ciphertext blob -> key material id that made it
         self.blob_material: dict[str, str] = {}
+        # key ARN -> CustomKeyStoreId (moto keeps a key's Origin but not its custom key store)
+        self.custom_key_stores: dict[str, str] = {}
 
     def current_material(self, arn: str) -> str:
         with self.lock:
@@ -191,6 +193,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         elif operation == "DescribeKey":
             meta = response.get("KeyMetadata", {})
             meta["CurrentKeyMaterialId"] = state.current_material(meta.get("Arn", ""))
+            with state.lock:
+                store = state.custom_key_stores.get(meta.get("Arn", ""))
+            if store:
+                meta["CustomKeyStoreId"] = store
         elif operation == "ListKeyRotations":
             rotations = response.get("Rotations", [])
             key_arn = self._arn_of(request.get("KeyId", ""), rotations)
@@ -403,6 +409,23 @@ class AwsKmsHarness(ProviderHarness):
                 self.proxy.state.key_state_errors[self.key_arn] = codes[state]
             else:
                 self.proxy.state.key_state_errors.pop(self.key_arn, None)
+
+    def create_key(self, *, origin: str = "AWS_KMS", custom_key_store_id: str | None = None) -> str:
+        """Another symmetric key on this server, with DescribeKey's ``Origin`` (moto keeps it) and
+        ``CustomKeyStoreId`` (the proxy adds it); its ARN, for :meth:`provider_for`.
+
+        moto makes no key material for ``EXTERNAL`` origins and checks no custom key store, so such
+        keys are for DescribeKey (protection levels); AWS_CLOUDHSM / EXTERNAL_KEY_STORE keys also wrap.
+        """
+        assert self.proxy is not None
+        meta = self._admin.create_key(KeySpec="SYMMETRIC_DEFAULT", KeyUsage="ENCRYPT_DECRYPT", Origin=origin,
+                                      Description=f"spark_kms tests ({origin})")["KeyMetadata"]
+        arn = str(meta["Arn"])
+        self.proxy.state.current_material(arn)
+        if custom_key_store_id:
+            with self.proxy.state.lock:
+                self.proxy.state.custom_key_stores[arn] = custom_key_store_id
+        return arn
 
     def blob_key_material(self, ciphertext: bytes) -> str | None:
         """The key material id the proxy saw make ``ciphertext`` (for tests)."""

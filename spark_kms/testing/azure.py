@@ -9,7 +9,7 @@ clients trust it through ``connection_verify=<ca_path>``.
 REST endpoints (``?api-version=`` required on every call, JSON bodies, base64url fields):
 
 ==============================================  ============================================
-``POST  /keys/<name>/create``                   new RSA key (``kty``, ``key_size``, ``key_ops``)
+``POST  /keys/<name>/create``                   new RSA key (``kty`` RSA / RSA-HSM, ``key_size``, ``key_ops``)
 ``GET   /keys/<name>[/<version>]``              key bundle: ``key`` (JWK: ``kid``, ``n``, ``e``), ``attributes``
 ``PATCH /keys/<name>/<version>``                ``attributes.enabled``
 ``GET   /keys/<name>/versions``                 the versions (one page)
@@ -108,6 +108,8 @@ class _Key:
     versions: dict[str, _KeyVersion] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)
     key_ops: list[str] = field(default_factory=lambda: list(_KEY_OPS))
+    #: ``RSA`` (software-protected) or ``RSA-HSM`` (HSM-protected: Premium vaults, Managed HSM)
+    kty: str = "RSA"
 
     @property
     def current(self) -> _KeyVersion:
@@ -213,9 +215,10 @@ class AzureKeyVaultServer:
         return f"https://127.0.0.1:{self.port}"
 
     # -- admin ------------------------------------------------------------------
-    def create_key(self, name: str, *, key_size: int = 2048) -> str:
+    def create_key(self, name: str, *, key_size: int = 2048, kty: str = "RSA") -> str:
+        """A new key (or a new version of ``name``); ``kty`` ``RSA`` or ``RSA-HSM`` (the bundle's ``kty``)."""
         with self._lock:
-            return self._create(name, key_size).version
+            return self._create(name, key_size, kty).version
 
     def rotate_key(self, name: str) -> str:
         with self._lock:
@@ -294,8 +297,10 @@ class AzureKeyVaultServer:
         with self._lock:
             return self._key_op(method, f"https://{host}", name, rest, body)
 
-    def _create(self, name: str, key_size: int = 2048) -> _KeyVersion:
-        key = self._keys.setdefault(name, _Key(name))
+    def _create(self, name: str, key_size: int = 2048, kty: str = "RSA") -> _KeyVersion:
+        if kty not in ("RSA", "RSA-HSM"):
+            raise _KvError(400, "BadParameter", "This test server makes RSA keys only.")
+        key = self._keys.setdefault(name, _Key(name, kty=kty))
         return key.add_version(key_size)
 
     def _find(self, name: str, version: str) -> tuple[_Key, _KeyVersion]:
@@ -308,7 +313,7 @@ class AzureKeyVaultServer:
     def _bundle(self, base: str, key: _Key, ver: _KeyVersion) -> dict[str, Any]:
         numbers = ver.private_key.public_key().public_numbers()
         return {
-            "key": {"kid": f"{base}/keys/{key.name}/{ver.version}", "kty": "RSA", "key_ops": key.key_ops,
+            "key": {"kid": f"{base}/keys/{key.name}/{ver.version}", "kty": key.kty, "key_ops": key.key_ops,
                     "n": _b64url(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")),
                     "e": _b64url(numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big"))},
             "attributes": {"enabled": ver.enabled, "created": ver.created, "updated": ver.created,
@@ -318,9 +323,7 @@ class AzureKeyVaultServer:
 
     def _key_op(self, method: str, base: str, name: str, rest: list[str], body: dict[str, Any]) -> Any:
         if method == "POST" and rest == ["create"]:
-            if body.get("kty", "RSA") not in ("RSA", "RSA-HSM"):
-                raise _KvError(400, "BadParameter", "This test server makes RSA keys only.")
-            ver = self._create(name, int(body.get("key_size") or 2048))
+            ver = self._create(name, int(body.get("key_size") or 2048), str(body.get("kty") or "RSA"))
             return self._bundle(base, self._keys[name], ver)
         if method == "POST" and rest == ["rotate"]:
             key, _ = self._find(name, "")
@@ -404,16 +407,23 @@ class AzureKeyVaultHarness(ProviderHarness):
 
     name = "azure"
 
-    def __init__(self, *, key_name: str = "pii", vault_host: str = "spark-kms-test.vault.azure.net") -> None:
+    def __init__(self, *, key_name: str = "pii", vault_host: str = "spark-kms-test.vault.azure.net",
+                 kty: str = "RSA") -> None:
+        """``vault_host`` is the host the key URIs name (``<pool>.managedhsm.azure.net`` for a
+        Managed HSM: the server then answers the Managed HSM challenge resource); the provider's
+        ``vault_url`` points at the local server whatever the URI names."""
         self.key_name = key_name
         self.vault_host = vault_host
-        self.server = AzureKeyVaultServer()
+        self.kty = kty
+        managed_hsm = vault_host.lower().endswith(".managedhsm.azure.net")
+        self.server = AzureKeyVaultServer(resource="https://managedhsm.azure.net" if managed_hsm
+                                          else "https://vault.azure.net")
         self._token = ""
         self._denied_token = ""
 
     def start(self) -> None:
         self.server.start()
-        self.server.create_key(self.key_name)
+        self.server.create_key(self.key_name, kty=self.kty)
         self._token = self.server.add_token(allowed=True)
         self._denied_token = self.server.add_token(allowed=False)
 

@@ -159,14 +159,19 @@ class CloudKmsServer:
         return kms_types.CryptoKeyVersion(
             name=f"{key_name}/cryptoKeyVersions/{n}",
             state=state,
-            protection_level=kms_types.ProtectionLevel.SOFTWARE,
+            protection_level=self.keys[key_name].get("protection_level", kms_types.ProtectionLevel.SOFTWARE),
             algorithm=kms_types.CryptoKeyVersion.CryptoKeyVersionAlgorithm.GOOGLE_SYMMETRIC_ENCRYPTION,
             create_time=timestamp_pb2.Timestamp(seconds=1_700_000_000 + n),
         )
 
     def _key_message(self, name: str) -> kms_types.CryptoKey:
         key = self.keys[name]
-        msg = kms_types.CryptoKey(name=name, purpose=kms_types.CryptoKey.CryptoKeyPurpose.ENCRYPT_DECRYPT)
+        msg = kms_types.CryptoKey(
+            name=name, purpose=kms_types.CryptoKey.CryptoKeyPurpose.ENCRYPT_DECRYPT,
+            version_template=kms_types.CryptoKeyVersionTemplate(
+                protection_level=key.get("protection_level", kms_types.ProtectionLevel.SOFTWARE),
+                algorithm=kms_types.CryptoKeyVersion.CryptoKeyVersionAlgorithm.GOOGLE_SYMMETRIC_ENCRYPTION),
+        )
         if key["primary"]:
             msg.primary = self._version_message(name, key["primary"])
         return msg
@@ -197,7 +202,9 @@ class CloudKmsServer:
         name = f"{request.parent}/cryptoKeys/{request.crypto_key_id}"
         if name in self.keys:
             raise _Abort(grpc.StatusCode.ALREADY_EXISTS, f"CryptoKey {name} already exists.")
-        self.keys[name] = {"versions": {}, "primary": 0}
+        # the version template's protection level (SOFTWARE / HSM / EXTERNAL...; unspecified: SOFTWARE)
+        level = request.crypto_key.version_template.protection_level or kms_types.ProtectionLevel.SOFTWARE
+        self.keys[name] = {"versions": {}, "primary": 0, "protection_level": kms_types.ProtectionLevel(level)}
         if not request.skip_initial_version_creation:
             self.keys[name]["primary"] = self._new_version(name)
         return self._key_message(name)
@@ -279,7 +286,7 @@ class CloudKmsServer:
             verified_plaintext_crc32c=verified and "plaintext_crc32c" in request,
             verified_additional_authenticated_data_crc32c=verified
             and "additional_authenticated_data_crc32c" in request,
-            protection_level=kms_types.ProtectionLevel.SOFTWARE,
+            protection_level=key.get("protection_level", kms_types.ProtectionLevel.SOFTWARE),
         )
 
     def decrypt(self, request: Any) -> Any:
@@ -309,7 +316,7 @@ class CloudKmsServer:
             plaintext_crc ^= 1
         return kms_types.DecryptResponse(
             plaintext=plaintext, plaintext_crc32c=plaintext_crc, used_primary=n == key["primary"],
-            protection_level=kms_types.ProtectionLevel.SOFTWARE,
+            protection_level=key.get("protection_level", kms_types.ProtectionLevel.SOFTWARE),
         )
 
 
@@ -326,11 +333,14 @@ class GcpKmsHarness(ProviderHarness):
     throttle_bound_is_exact = False
 
     def __init__(self, *, project: str = "spark-kms-test", location: str = "global",
-                 key_ring: str = "spark-kms", crypto_key: str = "pii", retry_deadline: float = 3.0) -> None:
+                 key_ring: str = "spark-kms", crypto_key: str = "pii", retry_deadline: float = 3.0,
+                 protection_level: str = "SOFTWARE") -> None:
         self.parent = f"projects/{project}/locations/{location}"
         self.key_ring = f"{self.parent}/keyRings/{key_ring}"
         self.key_name = f"{self.key_ring}/cryptoKeys/{crypto_key}"
         self.retry_deadline = retry_deadline
+        #: the CryptoKey's protection level (Cloud KMS's names: SOFTWARE, HSM, EXTERNAL, EXTERNAL_VPC)
+        self.protection_level = protection_level
         self.server = CloudKmsServer()
         self.endpoint = ""
         self._admin: GcpKmsProvider | None = None
@@ -342,7 +352,11 @@ class GcpKmsHarness(ProviderHarness):
                               metadata=self._admin_metadata(), retry=None)
         admin.create_crypto_key(
             request={"parent": self.key_ring, "crypto_key_id": self.key_name.rsplit("/", 1)[1],
-                     "crypto_key": {"purpose": kms_types.CryptoKey.CryptoKeyPurpose.ENCRYPT_DECRYPT}},
+                     "crypto_key": {"purpose": kms_types.CryptoKey.CryptoKeyPurpose.ENCRYPT_DECRYPT,
+                                    "version_template": {
+                                        "protection_level": kms_types.ProtectionLevel[self.protection_level],
+                                        "algorithm": kms_types.CryptoKeyVersion.CryptoKeyVersionAlgorithm
+                                        .GOOGLE_SYMMETRIC_ENCRYPTION}}},
             metadata=self._admin_metadata(), retry=None,
         )
 

@@ -20,6 +20,7 @@ HARNESSES: dict[str, str] = {
     "gcp": "spark_kms.testing.gcp:GcpKmsHarness",
     "azure": "spark_kms.testing.azure:AzureKeyVaultHarness",
     "vault": "spark_kms.testing.vault:VaultTransitHarness",
+    "pkcs11": "spark_kms.testing.pkcs11:Pkcs11Harness",
 }
 
 def _load(name: str) -> type[ProviderHarness]:
@@ -27,8 +28,24 @@ def _load(name: str) -> type[ProviderHarness]:
     return getattr(importlib.import_module(module_name), cls_name)
 
 
+@pytest.fixture(scope="session")
+def pkcs11_harness() -> Iterator[ProviderHarness]:
+    """The one SoftHSM2 token of the session (the contract suite's and test_pkcs11.py's): PKCS#11
+    libraries are process-wide, so a second token directory would mean re-initialising the module."""
+    h = _load("pkcs11")()
+    h.start()
+    try:
+        yield h
+    finally:
+        h.throttle(0, 1)
+        h.stop()
+
+
 @pytest.fixture(scope="session", params=list(HARNESSES))
 def harness(request: pytest.FixtureRequest) -> Iterator[ProviderHarness]:
+    if request.param == "pkcs11":
+        yield request.getfixturevalue("pkcs11_harness")
+        return
     h = _load(request.param)()
     h.start()
     try:

@@ -36,6 +36,7 @@ VENDOR_MODULES: dict[str, tuple[tuple[str, ...], str]] = {
     "gcp": (("google.cloud.kms", "google.cloud.kms_v1", "grpc"), "gcp"),
     "azure": (("azure.keyvault.keys", "azure.keyvault", "azure.identity"), "azure"),
     "vault": (("hvac",), "vault"),
+    "pkcs11": (("pkcs11",), "hsm"),
 }
 
 

@@ -209,4 +209,7 @@ def describe(store: KeystoreView, kid: str, keystore_dir: Path) -> KeyDescriptio
             "backing": BACKING,
             "keystore": str(keystore_dir),
         },
+        # key material lives in a file-backed keystore, encrypted under a root key in process memory
+        protection_level="software",
+        protection_detail="embedded local KMS (software keystore)",
     )
