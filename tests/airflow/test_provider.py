@@ -310,3 +310,26 @@ def test_secrets_in_a_connections_raw_options_are_masked(airflow_db: object, mon
           extra={"key_uri": "local://alias/pii", "options": {"root_key": root_b64}})
     assert SparkKmsHook("kms_raw").get_kms_options()["local"]["root_key"] == root_b64
     assert root_b64 not in json.dumps(redact(f"logged: {root_b64}"))
+
+
+def test_an_hsm_pin_in_kms_options_is_masked_in_rendered_fields(airflow_db: object) -> None:
+    # The PKCS#11 provider declares its PIN secret (secret_options): a templated kms_options carrying it is
+    # registered with Airflow's masker when the fields are rendered, before Airflow stores or logs them.
+    from airflow.sdk import DAG
+    from airflow.sdk._shared.secrets_masker import redact
+
+    from airflow_plugins.operators.spark_kms import EncryptDatasetOperator
+
+    pin = "8642-hsm-user-pin"
+    with DAG("hsm_pin", schedule=None, start_date=datetime(2025, 1, 1)):
+        op = EncryptDatasetOperator(
+            task_id="enc", source="/land", destination="/enc", columns=["ssn"],
+            key_uri="pkcs11://token=spark-kms;object=pii",
+            kms_options={"pkcs11": {"module": "/usr/lib/softhsm/libsofthsm2.so", "pin": "{{ params.pin }}"}},
+            params={"pin": pin},
+        )
+    op.render_template_fields({"params": op.params})
+    assert op.kms_options["pkcs11"]["pin"] == pin  # rendered: the task can log in
+    rendered = json.dumps(redact(op.kms_options))
+    assert pin not in rendered and "/usr/lib/softhsm/libsofthsm2.so" in rendered
+    assert pin not in json.dumps(redact(f"task log line mentioning {pin}"))
