@@ -31,16 +31,15 @@ table moves to another key URI: then one new key for the run, kept (wrapped) in 
 from __future__ import annotations
 
 import dataclasses
-import getpass
 import logging
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyarrow.parquet as pq
 
 from spark_kms.crypto import AES_256_GCM, AES_256_SIV, HMAC_SHA256_BIDX, DekEntry, KeyTable
-from spark_kms.errors import ConfigurationError, JobError, SparkKmsError
+from spark_kms.errors import ConfigurationError, JobError
+from spark_kms.jobs._journal import requester as _requester
 from spark_kms.jobs._summary import RUN_ID_CONTEXT_KEY, RunSummary, key_versions_of, utc_now, validate_run_id
 from spark_kms.jobs.reencrypt import target_options
 from spark_kms.kms import KmsConfig, KmsConfigLike
@@ -89,18 +88,6 @@ def pending_table_runs(root: Location) -> list[dict[str, Any]]:
             if journal.get("job") == JOB and journal.get("status") == "running":
                 found.append(journal)
     return sorted(found, key=lambda j: (str(j.get("started_at", "")), j["run_id"]))
-
-
-def _requester(kms: KmsConfig, key_uri: str) -> dict[str, str]:
-    try:
-        os_user = getpass.getuser()
-    except (KeyError, OSError):
-        os_user = f"uid:{os.getuid()}"
-    try:
-        principal = getattr(kms.provider(key_uri), "principal", None)
-    except SparkKmsError:
-        principal = None
-    return {"principal": str(principal or os_user), "os_user": os_user}
 
 
 def _target_uri(keys: TableKeys, key_uri: str | None) -> str:
