@@ -54,19 +54,23 @@ class LocalKmsFaults:
     """
 
     def __call__(self, operation: str, keystore_dir: Path) -> None:
-        path = Path(keystore_dir) / FAULTS_FILE
-        if not path.exists():
-            return
-        try:
-            faults = json.loads(path.read_text())
-            failures, period = faults["throttle"]
-            count = int(faults.get("count", 0))
-        except (OSError, ValueError, KeyError, TypeError):
-            return
-        faults["count"] = count + 1
-        path.write_text(json.dumps(faults))
-        if count % period < failures:
+        if next_request_fails(Path(keystore_dir) / FAULTS_FILE):
             raise _ThrottledRequest("the local KMS is throttling requests (injected fault)")
+
+
+def next_request_fails(path: Path) -> bool:
+    """Count one request in the fault file ``path`` (``{"throttle": [failures, period], "count": n}``) and say
+    whether it is one of the ``failures`` of its ``period`` to fail. No (or an unreadable) file: False. The
+    caller holds whatever lock serialises the file's writers."""
+    try:
+        faults = json.loads(path.read_text())
+        failures, period = faults["throttle"]
+        count = int(faults.get("count", 0))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    faults["count"] = count + 1
+    path.write_text(json.dumps(faults))
+    return count % period < failures
 
 
 #: the interceptor to give every client whose calls should see the faults

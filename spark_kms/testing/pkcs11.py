@@ -31,6 +31,7 @@ from filelock import FileLock
 from spark_kms.errors import ConfigurationError
 from spark_kms.kms.base import KmsProvider
 from spark_kms.kms.pkcs11 import Pkcs11Provider, _load_library, create_key_version, open_token_session
+from spark_kms.testing.faults import next_request_fails
 from spark_kms.testing.harness import ProviderHarness
 
 __all__ = ["Pkcs11Faults", "Pkcs11Harness", "find_softhsm2_module"]
@@ -65,15 +66,8 @@ class Pkcs11Faults:
 
         path = Path(self.directory) / FAULTS_FILE
         with FileLock(str(path) + ".lock"):
-            try:
-                faults = json.loads(path.read_text())
-                failures, period = faults["throttle"]
-                count = int(faults.get("count", 0))
-            except (OSError, ValueError, KeyError, TypeError):
-                return
-            faults["count"] = count + 1
-            path.write_text(json.dumps(faults))
-        if count % period < failures:
+            fails = next_request_fails(path)
+        if fails:
             raise pkcs11.exceptions.DeviceMemory()
 
 
