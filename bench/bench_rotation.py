@@ -1,6 +1,10 @@
-"""Rotation benchmark: rewrap vs full re-encryption of the benchmark dataset, in one run.
+"""Rotation benchmark: rewrap vs full re-encryption of the benchmark dataset, in one run; and rewrap
+throughput in data keys per second at scale (``--mode keys``).
 
     .venv/bin/python bench/bench_rotation.py --rows 4000000 --repeat 3
+    .venv/bin/python bench/bench_rotation.py --mode keys --keys 1000,10000,100000 --kms local,aws
+
+``--mode keys`` is in bench/bench_rotation_keys.py (see there).
 
 Writes the benchmark dataset (bench/_data.py) once with the spark_kms data source, then
 ``--repeat`` times: rotate the key and time ``rewrap_dataset`` (every DEK re-wrapped by the new
@@ -29,7 +33,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--workdir", type=Path, default=None)
-    args = parser.parse_args()
+    parser.add_argument("--mode", choices=("reencrypt", "keys"), default="reencrypt",
+                        help="reencrypt: rewrap vs re-encrypt of a Spark dataset; keys: rewrap data keys per second")
+    args, rest = parser.parse_known_args()
+    if args.mode == "keys":
+        from bench_rotation_keys import main as keys_main
+
+        keys_main(rest, workdir=args.workdir, repeat=args.repeat)
+        return
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
     from pyspark.sql import functions as F
 

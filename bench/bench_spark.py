@@ -1,19 +1,27 @@
-"""Spark write/read benchmark: plaintext vs Spark's aes_encrypt vs spark_kms.
+"""Spark write/read benchmark: plaintext vs spark_kms (and Parquet Modular Encryption), side by side in one run.
 
-One run, one DataFrame (``--rows`` rows, 5 columns: id, amount and 3 PII strings name, email,
-ssn), ``--repeat`` repetitions, medians reported::
+Each (dataset, rows) combination runs in its own child process (so each has its own peak memory),
+``--repeat`` repetitions of each step, medians reported::
 
-    .venv/bin/python bench/bench_spark.py --rows 4000000 --repeat 3
+    .venv/bin/python bench/bench_spark.py --rows 1000000,4000000 --dataset both --repeat 3
 
-Measures (wall clock, driver side):
-  write_plain      df.write.parquet
-  write_aes        aes_encrypt(col, key, 'GCM') on the 3 PII columns, then df.write.parquet
-  write_spark_kms  spark_kms data source (one data key per partition, AES-256-GCM per cell)
-  read_plain       spark.read.parquet + count + checksum of the 3 PII columns
-  read_spark_kms   read_encrypted (native scan + decrypt UDFs) + count + the same checksum
-  read_ds_scan     spark.read.format('spark_kms') (decrypt in the Python reader) + count + the same checksum
-Also: ratios, KMS calls, dataset sizes, and the peak RSS of the whole process tree (driver,
-JVM, Python workers) sampled from /proc every 50 ms.
+Datasets (``bench/_data.py``): ``synthetic`` (id, amount, 3 short regular PII strings name, email, ssn)
+and ``faker`` (id, amount, 4 realistic PII strings name, email, phone, address in 9 locales, ~5 % nulls;
+sampled from a seeded pool inside Spark, so --partitions partitions like the synthetic one).
+
+Steps (wall clock, driver side):
+  write_plain         df.write.parquet
+  write_aes           (--aes) aes_encrypt(col, key, 'GCM') on the PII columns, then df.write.parquet
+  write_spark_kms     spark_kms data source (one data key per partition, AES-256-GCM per cell)
+  read_plain          spark.read.parquet + count + checksum of the PII columns
+  read_fast           read_encrypted(fast_path=True) (JVM fast path) + count + the same checksum
+  read_python         read_encrypted(fast_path=False) (decrypt Arrow UDFs in Python workers) + the same
+  read_ds_scan        spark.read.format('spark_kms') (decrypt in the Python reader) + the same
+  sel_plain           selective query: amount > 9900 (~1 % of rows), checksum of 1 PII column, plaintext
+  sel_fast/_python    the same query through read_encrypted (1 PII column decrypted), fast / Python path
+Also: the ratios of issue #16's target table, KMS Decrypt calls per read (the local KMS's audit log), file
+sizes, the peak RSS of the whole process tree (driver, JVM, Python workers; /proc every 50 ms) during the
+Spark steps, and Parquet Modular Encryption vs spark_kms at the pyarrow level (``bench/_pme.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import os
 import secrets
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -34,7 +43,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _data import PII, benchmark_frame  # noqa: E402
+import _pme  # noqa: E402
+from _data import SELECTIVE_AMOUNT, frame  # noqa: E402
+
+KEY_URI = "local://alias/bench"
 
 
 def _tree_rss_bytes(root_pid: int) -> int:
@@ -92,83 +104,216 @@ def _timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
     return statistics.median(times), last
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=4_000_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--partitions", type=int, default=8)
-    parser.add_argument("--master", default="local[2]")
-    parser.add_argument("--workdir", type=Path, default=None)
-    args = parser.parse_args()
+def _fast_path_conf() -> tuple[dict[str, str], str | None]:
+    """The session settings of the JVM fast path, or why there are none."""
+    try:
+        from spark_kms.spark import fastpath
+    except ImportError:
+        return {}, "spark_kms.spark.fastpath is missing"
+    try:
+        return dict(fastpath.spark_conf()), None
+    except Exception as exc:  # noqa: BLE001 - e.g. the jar is not built: report and skip the row
+        return {}, str(exc)
 
+
+def run_one(args: argparse.Namespace, dataset: str, rows: int) -> dict[str, Any]:
+    """Every step for one dataset and row count, in this process; returns the figures (JSON-able)."""
     from pyspark.sql import functions as F
 
     from spark_kms.crypto import native_available
+    from spark_kms.kms import process_dek_cache
     from spark_kms.kms.local import LocalKms
     from spark_kms.spark import read_encrypted, write_encrypted
     from spark_kms.spark.session import local_session
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="spark_kms_bench_"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(args.workdir) / f"{dataset}_{rows}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
     ks = workdir / "keystore"
-    shutil.rmtree(ks, ignore_errors=True)
-    LocalKms(ks).create_key(alias="alias/bench")
-    key_uri, opts = "local://alias/bench", {"local": {"keystore": str(ks)}}
+    kms = LocalKms(ks)
+    kms.create_key(alias="alias/bench")
+    opts = {"local": {"keystore": str(ks)}}
+    fast_conf, fast_reason = _fast_path_conf()
+    out: dict[str, Any] = {"dataset": dataset, "rows": rows, "repeat": args.repeat, "master": args.master,
+                           "partitions": args.partitions, "native": native_available(), "times": {},
+                           "kms_decrypt": {}, "sizes": {}}
+
+    def decrypts() -> int:
+        return sum(1 for e in kms.audit_events() if e.get("operation") == "Decrypt")
 
     with PeakRss() as rss:
-        spark = local_session(args.master, "spark_kms-bench", conf={"spark.driver.memory": "4g"})
-        df = benchmark_frame(spark, args.rows, args.partitions)
+        conf = {"spark.driver.memory": "4g", **fast_conf}
+        spark = local_session(args.master, "spark_kms-bench", conf=conf)
+        if fast_conf and fast_reason is None:
+            from spark_kms.spark import fastpath
+
+            fast_reason = fastpath.unavailable_reason(spark)
+        out["fast_path_skipped"] = fast_reason
+        # faker: a broadcast join of the pool, recomputed by every write alike (a plaintext source read
+        # back instead would come in as fewer, larger partitions than --partitions)
+        df, pii = frame(spark, dataset, rows, args.partitions, Path(args.workdir))
+        out["pii"] = list(pii)
         paths = {k: workdir / k for k in ("plain", "aes", "spark_kms")}
         aes_key = secrets.token_hex(32)
-        checksum = F.sum(F.xxhash64(*PII).cast("decimal(38,0)")).cast("string")
+        checksum = F.sum(F.xxhash64(*pii).cast("decimal(38,0)")).cast("string")
+        one = pii[1]  # the selective query's decrypted column (email in both datasets)
+        sel_sum = F.sum(F.xxhash64(one).cast("decimal(38,0)")).cast("string")
 
         def write_plain() -> None:
             df.write.mode("overwrite").parquet(str(paths["plain"]))
 
         def write_aes() -> None:
-            cols = [F.expr(f"aes_encrypt({c}, unhex('{aes_key}'), 'GCM')").alias(c) if c in PII else F.col(c)
+            cols = [F.expr(f"aes_encrypt({c}, unhex('{aes_key}'), 'GCM')").alias(c) if c in pii else F.col(c)
                     for c in df.columns]
             df.select(*cols).write.mode("overwrite").parquet(str(paths["aes"]))
 
         def write_kms() -> Any:
-            return write_encrypted(df, str(paths["spark_kms"]), key_uri=key_uri, columns=list(PII), kms_options=opts)
+            return write_encrypted(df, str(paths["spark_kms"]), key_uri=KEY_URI, columns=list(pii), kms_options=opts)
 
         def read_plain() -> Any:
             return tuple(spark.read.parquet(str(paths["plain"])).agg(F.count("*"), checksum).first())
 
-        def read_kms() -> Any:
-            return tuple(read_encrypted(spark, str(paths["spark_kms"]), kms_options=opts).agg(F.count("*"), checksum)
-                         .first())
+        def read_kms(fast: bool) -> Callable[[], Any]:
+            return lambda: tuple(read_encrypted(spark, str(paths["spark_kms"]), kms_options=opts, fast_path=fast)
+                                 .agg(F.count("*"), checksum).first())
 
         def read_ds_scan() -> Any:
             scan = (spark.read.format("spark_kms").option("kms_options", json.dumps(opts))
                     .load(str(paths["spark_kms"])))
             return tuple(scan.agg(F.count("*"), checksum).first())
 
-        results: dict[str, float] = {}
-        results["write_plain"], _ = _timed(write_plain, args.repeat)
-        results["write_aes"], _ = _timed(write_aes, args.repeat)
-        results["write_spark_kms"], last_write = _timed(write_kms, args.repeat)
-        results["read_plain"], plain_sum = _timed(read_plain, args.repeat)
-        results["read_spark_kms"], kms_sum = _timed(read_kms, args.repeat)
-        results["read_ds_scan"], scan_sum = _timed(read_ds_scan, args.repeat)
-        spark.stop()
+        def sel_plain() -> Any:
+            q = spark.read.parquet(str(paths["plain"])).filter(F.col("amount") > SELECTIVE_AMOUNT)
+            return tuple(q.agg(F.count("*"), sel_sum).first())
 
-    assert plain_sum == kms_sum, "decrypted checksum differs from plaintext"
-    assert plain_sum == scan_sum, "data source scan checksum differs from plaintext"
-    print(f"rows={args.rows:,} partitions={args.partitions} repeat={args.repeat} master={args.master}")
-    for k, v in results.items():
-        print(f"  {k:<16} {v:8.2f} s (median)")
-    print(f"  encrypted write / plaintext write : {results['write_spark_kms'] / results['write_plain']:.2f}x")
-    print(f"  aes_encrypt write / spark_kms write: {results['write_aes'] / results['write_spark_kms']:.2f}x")
-    print(f"  decrypting read / plaintext read  : {results['read_spark_kms'] / results['read_plain']:.2f}x")
-    print(f"  format('spark_kms') scan / plain  : {results['read_ds_scan'] / results['read_plain']:.2f}x")
-    print(f"  KMS calls (last encrypted write)  : {last_write.kms_calls} for {len(last_write.files)} files")
-    for k, p in paths.items():
-        print(f"  size {k:<10} {_size(p) / 1e6:8.1f} MB")
-    print(f"  peak RSS (process tree)           : {rss.peak / 1e9:.2f} GB")
-    print(f"  checksum ok: {plain_sum == kms_sum == scan_sum}")
-    print(f"  native crypto path active         : {native_available()}")
+        def sel_kms(fast: bool) -> Callable[[], Any]:
+            def q() -> Any:
+                d = read_encrypted(spark, str(paths["spark_kms"]), columns=["amount", one], kms_options=opts,
+                                   fast_path=fast).filter(F.col("amount") > SELECTIVE_AMOUNT)
+                return tuple(d.agg(F.count("*"), sel_sum).first())
+            return q
+
+        t = out["times"]
+        t["write_plain"], _ = _timed(write_plain, args.repeat)
+        if args.aes:
+            t["write_aes"], _ = _timed(write_aes, args.repeat)
+        t["write_spark_kms"], last_write = _timed(write_kms, args.repeat)
+        out["write_kms_calls"] = last_write.kms_calls
+        out["files"] = len(last_write.files)
+        out["deks"] = len(last_write.deks)
+        results: dict[str, Any] = {}
+        reads: list[tuple[str, Callable[[], Any]]] = [
+            ("read_plain", read_plain), ("read_python", read_kms(False)), ("read_ds_scan", read_ds_scan),
+            ("sel_plain", sel_plain), ("sel_python", sel_kms(False)),
+        ]
+        if fast_reason is None:
+            reads += [("read_fast", read_kms(True)), ("sel_fast", sel_kms(True))]
+        for name, fn in reads:
+            if name.endswith("_fast"):
+                process_dek_cache().clear()  # the fast path unwraps in this driver process: start cold
+            before = decrypts()
+            t[name], results[name] = _timed(fn, args.repeat)
+            out["kms_decrypt"][name] = decrypts() - before
+        spark.stop()
+        out["peak_rss"] = rss.peak
+    for name in ("read_python", "read_ds_scan", "read_fast"):
+        if name in results and results[name] != results["read_plain"]:
+            raise SystemExit(f"{name}: decrypted checksum differs from plaintext")
+    for name in ("sel_python", "sel_fast"):
+        if name in results and results[name] != results["sel_plain"]:
+            raise SystemExit(f"{name}: decrypted checksum differs from plaintext")
+    out["selected_rows"] = results["sel_plain"][0]
+    out["sizes"] = {k: _size(p) for k, p in paths.items() if p.exists()}
+    if not args.no_pme:
+        out["pme"] = _pme.run(paths["plain"], workdir, str(ks), pii, args.repeat)
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return out
+
+
+def _ratio(t: dict[str, float], a: str, b: str) -> str:
+    return f"{t[a] / t[b]:.2f}x" if a in t and b in t else "skipped"
+
+
+def report(r: dict[str, Any]) -> list[str]:
+    t = r["times"]
+    lines = [f"== dataset={r['dataset']} rows={r['rows']:,} partitions={r['partitions']} repeat={r['repeat']} "
+             f"master={r['master']} PII={','.join(r['pii'])} native={r['native']}"]
+    for k, v in t.items():
+        lines.append(f"  {k:<16} {v:8.2f} s (median)")
+    fast_note = "" if not r.get("fast_path_skipped") else f"  (fast path skipped: {r['fast_path_skipped']})"
+    lines += [
+        "  -- issue #16 targets --",
+        f"  read_encrypted {len(r['pii'])} PII + checksum / plaintext, fast_path=True : {_ratio(t, 'read_fast', 'read_plain')}"
+        f"   (target <= 2.0x){fast_note}",
+        f"  read_encrypted {len(r['pii'])} PII + checksum / plaintext, fast_path=False: {_ratio(t, 'read_python', 'read_plain')}",
+        f"  selective query ({r['selected_rows']:,} rows) 1 PII / plaintext, fast    : {_ratio(t, 'sel_fast', 'sel_plain')}"
+        "   (target <= 1.5x)",
+        f"  selective query 1 PII / plaintext, Python path          : {_ratio(t, 'sel_python', 'sel_plain')}",
+        f"  encrypted write / plaintext write                       : {_ratio(t, 'write_spark_kms', 'write_plain')}"
+        "   (target <= 1.3x)",
+        f"  format('spark_kms') scan / plaintext read               : {_ratio(t, 'read_ds_scan', 'read_plain')}",
+    ]
+    if "write_aes" in t:
+        lines.append(f"  aes_encrypt write / spark_kms write                     : "
+                     f"{_ratio(t, 'write_aes', 'write_spark_kms')}")
+    deks = r["deks"]
+    for name, calls in r["kms_decrypt"].items():
+        if name.startswith(("read_", "sel_")) and not name.endswith("_plain"):
+            lines.append(f"  KMS Decrypt calls, {name:<12} ({r['repeat']} runs, {deks} data keys): {calls}")
+    lines.append(f"  KMS calls (last encrypted write): {r['write_kms_calls']} for {r['files']} files")
+    for k, size in r["sizes"].items():
+        lines.append(f"  size {k:<10} {size / 1e6:8.1f} MB")
+    lines.append(f"  peak RSS of the process tree (Spark steps): {r['peak_rss'] / 1e9:.2f} GB")
+    if "pme" in r:
+        lines += _pme.report(r["pme"], r["repeat"])
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default="1000000,4000000", help="row counts, comma-separated")
+    parser.add_argument("--dataset", default="both", choices=("synthetic", "faker", "both"))
+    parser.add_argument("--memory-check", action="store_true",
+                        help="also run 1,000,000 rows when not listed, to show peak memory at 1M vs the largest")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--aes", action="store_true", help="also time Spark's aes_encrypt write (slow)")
+    parser.add_argument("--no-pme", action="store_true", help="skip the pyarrow-level PME comparison")
+    parser.add_argument("--keep", action="store_true", help="keep the written datasets")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # "dataset:rows:result.json": a child run
+    args = parser.parse_args()
+    args.workdir = args.workdir or Path(tempfile.mkdtemp(prefix="spark_kms_bench_"))
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.one:
+        dataset, rows, result = args.one.split(":", 2)
+        Path(result).write_text(json.dumps(run_one(args, dataset, int(rows))))
+        return
+    row_counts = [int(x) for x in args.rows.split(",") if x.strip()]
+    if args.memory_check and 1_000_000 not in row_counts:
+        row_counts.insert(0, 1_000_000)
+    datasets = ["synthetic", "faker"] if args.dataset == "both" else [args.dataset]
+    passed = ["--repeat", str(args.repeat), "--partitions", str(args.partitions), "--master", args.master]
+    passed += [flag for flag, on in (("--aes", args.aes), ("--no-pme", args.no_pme), ("--keep", args.keep)) if on]
+    runs: list[dict[str, Any]] = []
+    for dataset in datasets:
+        for rows in row_counts:
+            result = args.workdir / f"result_{dataset}_{rows}.json"
+            cmd = [sys.executable, __file__, *passed, "--workdir", str(args.workdir), "--one",
+                   f"{dataset}:{rows}:{result}"]
+            subprocess.run(cmd, check=True)
+            runs.append(json.loads(result.read_text()))
+            print("\n".join(report(runs[-1])), flush=True)
+    print("== summary ==")
+    for dataset in datasets:
+        mine = [r for r in runs if r["dataset"] == dataset]
+        peaks = ", ".join(f"{r['rows']:,} rows: {r['peak_rss'] / 1e9:.2f} GB" for r in mine)
+        print(f"  peak RSS ({dataset}): {peaks}")
+        for r in mine:
+            sizes = ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in r["sizes"].items())
+            print(f"  sizes ({dataset}, {r['rows']:,} rows): {sizes}")
 
 
 if __name__ == "__main__":

@@ -38,9 +38,13 @@ class LocalKmsFixture(NamedTuple):
 
 @pytest.fixture(scope="session")
 def spark() -> Iterator[Any]:
+    from spark_kms.spark import fastpath
     from spark_kms.spark.session import local_session
 
-    session = local_session("local[2]", "spark_kms-tests")
+    # The JVM fast path's plugin is loaded when its jar is built (`make jar`) but switched off, so the suite
+    # tests the Python UDFs; tests/spark/test_fastpath*.py switch it on (spark.spark_kms.sql.fastPath).
+    conf = {**fastpath.session_conf({}), fastpath.CONF_SWITCH: "false"}
+    session = local_session("local[2]", "spark_kms-tests", conf=conf)
     try:
         yield session
     finally:

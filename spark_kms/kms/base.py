@@ -18,7 +18,7 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -171,6 +171,9 @@ class KmsProvider(ABC):
     #: option names whose values are secrets (root keys, tokens, client secrets): never shown in
     #: a repr, persisted with a saved stage or run record, or written to a log
     secret_options: ClassVar[frozenset[str]] = frozenset()
+    #: the most requests of :meth:`reencrypt_many` worth having in flight against this backend (None: no
+    #: cap beyond the caller's ``concurrency``); e.g. a KMS that serialises every call under one lock
+    max_concurrency: ClassVar[int | None] = None
 
     def __init__(self, key_uri: str, **options: Any) -> None:
         if not key_uri.startswith(f"{self.scheme}://"):
@@ -297,6 +300,30 @@ class KmsProvider(ABC):
         _count(self.scheme, "ReEncrypt")
         _log_call("ReEncrypt", f"{self.key_uri} -> {dest.key_uri}", ctx, wrapped.key_id, wrapped.key_version)
         return self._reencrypt(wrapped, ctx, dest, dctx)
+
+    def reencrypt_many(
+        self,
+        items: Sequence[tuple[WrappedKey, Mapping[str, str] | None]],
+        *,
+        destination: KmsProvider | None = None,
+        concurrency: int = 1,
+        on_result: Callable[[int, WrappedKey], None] | None = None,
+    ) -> list[WrappedKey]:
+        """:meth:`reencrypt` of many ``(wrapped key, encryption context)`` pairs, each keeping its
+        context, with up to ``concurrency`` KMS requests in flight
+        (:func:`spark_kms.kms.concurrent.bounded_map`: results in input order, ``on_result`` called in
+        the calling thread as each one is done, the first error raised once the calls in flight end).
+
+        Backends with a batch endpoint override it (Vault Transit: ``rewrap`` with ``batch_input``);
+        either way the call counters record one ReEncrypt per item, and the error raised carries the
+        failed item's position as ``item_index``.
+        """
+        from spark_kms.kms.concurrent import bounded_map
+
+        return bounded_map(
+            lambda item: self.reencrypt(item[0], item[1], destination=destination, destination_context=item[1]),
+            items, concurrency=min(concurrency, self.max_concurrency or concurrency), on_result=on_result,
+        )
 
     def describe_key(self) -> KeyDescription:
         """What the KMS says about this provider's key."""

@@ -16,6 +16,8 @@ Options:
 - ``derived`` (default ``False``): the Vault key was created with ``derived=true``.
 - ``retry_max_attempts`` / ``retry_base_delay`` / ``retry_deadline``: the bounded retry
   of throttled (HTTP 429) calls; then :class:`~spark_kms.errors.ThrottlingError`.
+- ``batch_size`` (default 250): data keys per ``rewrap`` request with ``batch_input`` when a rotation
+  job rewraps many (:meth:`VaultTransitProvider.reencrypt_many`).
 - ``protection_level`` (default ``"software"``) and ``protection_detail``: what ``describe_key``
   reports as the key's protection level. Transit keeps key material in Vault's storage, encrypted
   under its barrier: ``software``. Vault cannot tell a client more, so an operator who keys
@@ -29,7 +31,8 @@ How each operation maps onto Transit:
 - ``decrypt_data_key`` / ``decrypt`` -> ``POST <mount>/decrypt/<name>``.
 - ``encrypt`` (small payloads) -> ``POST <mount>/encrypt/<name>``.
 - ``reencrypt`` to the same Vault key -> ``POST <mount>/rewrap/<name>`` (server side, the
-  data key never leaves Vault) whenever the encryption context stays the same.
+  data key never leaves Vault) whenever the encryption context stays the same; many at once (rewrap
+  jobs) -> the same with ``batch_input`` (per-item results in ``data.batch_results``).
 - ``describe_key`` -> ``GET <mount>/keys/<name>`` (``latest_version`` is the primary version).
 
 The key version of a wrap is the ``N`` of Vault's ``vault:vN:`` ciphertext prefix.
@@ -56,7 +59,7 @@ import base64
 import hmac
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from spark_kms.errors import (
@@ -73,7 +76,17 @@ from spark_kms.errors import (
 from spark_kms.kms._binding import binding_tag as _binding_tag
 from spark_kms.kms._binding import context_bytes as _context_bytes
 from spark_kms.kms._binding import wipe as _wipe
-from spark_kms.kms.base import PROTECTION_LEVELS, DataKey, KeyDescription, KmsProvider, WrappedKey
+from spark_kms.kms.base import (
+    PROTECTION_LEVELS,
+    DataKey,
+    KeyDescription,
+    KmsProvider,
+    WrappedKey,
+    _log_call,
+    canonical_context,
+)
+from spark_kms.kms.base import _count as _count_call
+from spark_kms.kms.concurrent import bounded_map, chunks
 from spark_kms.kms.retry import RetryPolicy, call_with_retries
 
 try:
@@ -115,7 +128,7 @@ class VaultTransitProvider(KmsProvider):
         unknown = set(options) - {
             "tls", "verify", "namespace", "timeout", "token", "auth_method", "role_id", "secret_id", "role",
             "jwt_path", "auth_mount", "derived", "retry_max_attempts", "retry_base_delay", "retry_deadline",
-            "protection_level", "protection_detail",
+            "protection_level", "protection_detail", "batch_size",
         }
         if unknown:
             raise ConfigurationError(f"{key_uri}: unknown Vault option(s) {sorted(unknown)}")
@@ -140,6 +153,10 @@ class VaultTransitProvider(KmsProvider):
             base_delay=float(options.get("retry_base_delay", 0.05)),
             deadline=float(options.get("retry_deadline", 20.0)),
         )
+        #: items per ``batch_input`` request of :meth:`reencrypt_many`
+        self.batch_size = int(options.get("batch_size", 250))
+        if self.batch_size < 1:
+            raise ConfigurationError(f"{key_uri}: batch_size must be >= 1, got {self.batch_size}")
         ns = f"{self.namespace}/" if self.namespace else ""
         #: the key's canonical id: namespace, mount and name (not the address, which may change)
         self.key_id = f"{ns}{self.mount}/keys/{self.name}"
@@ -315,6 +332,87 @@ class VaultTransitProvider(KmsProvider):
         if tag is not None:
             ciphertext += _TAG_MARK + base64.b64encode(tag)
         return self._wrapped(ciphertext)
+
+    def reencrypt_many(self, items: Sequence[tuple[WrappedKey, Mapping[str, str] | None]], *,
+                       destination: KmsProvider | None = None, concurrency: int = 1,
+                       on_result: Callable[[int, WrappedKey], None] | None = None) -> list[WrappedKey]:
+        """Server-side rewraps in batches: ``POST <mount>/rewrap/<name>`` with ``batch_input`` of up to
+        ``batch_size`` (option, default 250) items per request, batches ``concurrency`` at a time. Items
+        that cannot be rewrapped server-side (another key, a wrap without the context tag on a
+        non-derived key) go one by one as :meth:`reencrypt` does. A failed item raises the error Vault
+        gave for it (its position in the input named), after the items before it are delivered."""
+        dest = destination if destination is not None else self
+        if not self._same_key(dest):
+            return super().reencrypt_many(items, destination=destination, concurrency=concurrency,
+                                          on_result=on_result)
+        batchable: list[int] = []
+        single: list[int] = []
+        for i, (wrapped, _ctx) in enumerate(items):
+            (batchable if self.derived or self._split(wrapped)[1] is not None else single).append(i)
+        results: list[WrappedKey | None] = [None] * len(items)
+
+        def deliver(i: int, wrapped: WrappedKey) -> None:
+            results[i] = wrapped
+            if on_result is not None:
+                on_result(i, wrapped)
+
+        if single:
+            super().reencrypt_many([items[i] for i in single], destination=destination, concurrency=concurrency,
+                                   on_result=lambda j, w: deliver(single[j], w))
+        batches = chunks(batchable, self.batch_size)
+
+        def one_batch(indexes: Sequence[int]) -> list[WrappedKey | KmsError]:
+            return self._rewrap_batch([(items[i][0], canonical_context(items[i][1])) for i in indexes])
+
+        def batch_done(b: int, outcome: list[WrappedKey | KmsError]) -> None:
+            for i, one in zip(batches[b], outcome, strict=True):
+                if isinstance(one, KmsError):
+                    one.item_index = i  # type: ignore[attr-defined]
+                    raise one
+                deliver(i, one)
+
+        bounded_map(one_batch, batches, concurrency=concurrency, on_result=batch_done)
+        return results  # type: ignore[return-value]
+
+    def _rewrap_batch(self, batch: list[tuple[WrappedKey, dict[str, str]]]) -> list[WrappedKey | KmsError]:
+        """One ``rewrap`` request for ``batch``: each item's new wrap, or the error Vault gave for it."""
+        split = [self._split(wrapped) for wrapped, _ in batch]
+        batch_input = [{"ciphertext": body, **({"context": self._context_param(ctx)} if self.derived else {})}
+                       for (body, _), (_, ctx) in zip(split, batch, strict=True)]
+        for wrapped, ctx in batch:
+            _count_call(self.scheme, "ReEncrypt")
+            _log_call("ReEncrypt", self.key_uri, ctx, wrapped.key_id, wrapped.key_version)
+
+        def post() -> Any:
+            try:
+                return self._transit.rewrap_data(name=self.name, ciphertext=None, batch_input=batch_input,
+                                                 mount_point=self.mount)
+            except hvac.exceptions.InvalidRequest as exc:
+                # Vault answers 400 when an item failed, with every item's outcome in the body.
+                body = exc.json if isinstance(exc.json, dict) else {}
+                if isinstance((body.get("data") or {}).get("batch_results"), list):
+                    return body
+                raise
+
+        response = self._call("ReEncrypt", post)
+        answers = (response.get("data") or {}).get("batch_results") or []
+        if len(answers) != len(batch):
+            raise KmsError(f"Vault rewrap on {self.key_id} answered {len(answers)} results for {len(batch)} items",
+                           key_id=self.key_id, operation="ReEncrypt")
+        out: list[WrappedKey | KmsError] = []
+        for n, (answer, (_, tag)) in enumerate(zip(answers, split, strict=True)):
+            if answer.get("error") or not answer.get("ciphertext"):
+                error = self._translate(hvac.exceptions.InvalidRequest(errors=[str(answer.get("error") or
+                                                                                   "no ciphertext")]), "ReEncrypt")
+                out.append(type(error)(f"{error} (item {n} of a batch rewrap)", key_id=self.key_id,
+                                       operation="ReEncrypt") if isinstance(error, KmsError) else
+                           KmsError(str(error), key_id=self.key_id, operation="ReEncrypt"))
+                continue
+            ciphertext = str(answer["ciphertext"]).encode()
+            if tag is not None:
+                ciphertext += _TAG_MARK + base64.b64encode(tag)
+            out.append(self._wrapped(ciphertext))
+        return out
 
     def _describe_key(self) -> KeyDescription:
         response = self._call("DescribeKey", lambda: self._transit.read_key(name=self.name, mount_point=self.mount))

@@ -10,13 +10,32 @@ The file is opened on the first non-empty batch. A writer that saw no rows makes
 KMS call and, by default, creates no file (Spark: an empty partition leaves nothing
 behind); ``write_empty=True`` writes a valid file with zero rows and a key table
 without data keys. Leaving the ``with`` block on an exception removes the partial file.
+
+How the Parquet is encoded (:func:`parquet_write_options`, :class:`RowGroupBuffer`; shared with the Spark
+data source's writer, docs/BENCHMARKS.md "Write path" has the measurements):
+
+* randomised (AES-256-GCM) columns are written **without dictionary encoding and without
+  min/max statistics**: every cell is unique, so a dictionary only costs time (with Spark's
+  10,000-row Arrow batches the dictionary of a row group never overflowed, so every page was
+  dictionary-encoded for nothing) and the statistics of random bytes prune nothing. Plain,
+  deterministic and blind-index columns keep both (equal values give equal cells there).
+  Compression stays Snappy on every column: the cell header (format byte, DEK id, nonce prefix)
+  repeats in every cell and Snappy takes ~30 % off the encrypted columns.
+* the Spark data source's writer gathers Spark's small Arrow batches into row groups of about
+  :data:`ROW_GROUP_BYTES` (or :data:`ROW_GROUP_ROWS` rows) instead of one row group per batch; the
+  memory this holds is bounded by those limits, whatever the size of the file.
+  :class:`EncryptedParquetWriter` keeps one row group per batch written (the caller picks the
+  batch size; its memory stays that of one batch).
+
+Both are ordinary Parquet choices any reader reads (PLAIN encoding, optional statistics): the file
+format (docs/FORMAT.md) does not change.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -28,7 +47,63 @@ from spark_kms.kms import KmsConfigLike, KmsProvider
 from spark_kms.parquet.encryptor import BatchEncryptor, EncryptionSpec
 from spark_kms.storage import resolve
 
-__all__ = ["EncryptedParquetWriter"]
+__all__ = ["ROW_GROUP_BYTES", "ROW_GROUP_ROWS", "EncryptedParquetWriter", "RowGroupBuffer", "parquet_write_options"]
+
+#: a row group is written once the batches gathered for it hold this many bytes (Arrow ``nbytes``)...
+ROW_GROUP_BYTES = 64 << 20
+#: ... or this many rows (pyarrow's own default maximum), whichever comes first
+ROW_GROUP_ROWS = 1 << 20
+
+
+def parquet_write_options(
+    schema: pa.Schema, random_columns: Collection[str], base: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """``pyarrow.parquet.ParquetWriter`` options for a file of ``schema`` whose ``random_columns`` hold
+    AES-256-GCM cells: Snappy everywhere; no dictionary and no statistics on the random columns (see
+    the module docstring). Options in ``base`` win over these."""
+    random = set(random_columns)
+    options: dict[str, Any] = {"compression": "snappy"}
+    if random & set(schema.names):
+        kept = [n for n in schema.names if n not in random]
+        options["use_dictionary"] = kept or False
+        options["write_statistics"] = kept or False
+    options.update(base or {})
+    return options
+
+
+class RowGroupBuffer:
+    """Gathers record batches into row groups of about ``max_bytes`` or ``max_rows``.
+
+    :meth:`add` returns the batches of a full row group when one is ready (else ``None``);
+    :meth:`drain` returns what is left. Write each returned list as one row group with
+    :func:`write_row_group`.
+    """
+
+    def __init__(self, max_bytes: int = ROW_GROUP_BYTES, max_rows: int = ROW_GROUP_ROWS) -> None:
+        self.max_bytes = max_bytes
+        self.max_rows = max_rows
+        self._batches: list[pa.RecordBatch] = []
+        self._bytes = 0
+        self._rows = 0
+
+    def add(self, batch: pa.RecordBatch) -> list[pa.RecordBatch] | None:
+        self._batches.append(batch)
+        self._bytes += batch.nbytes
+        self._rows += batch.num_rows
+        if self._bytes >= self.max_bytes or self._rows >= self.max_rows:
+            return self.drain()
+        return None
+
+    def drain(self) -> list[pa.RecordBatch]:
+        out, self._batches, self._bytes, self._rows = self._batches, [], 0, 0
+        return out
+
+
+def write_row_group(writer: pq.ParquetWriter, batches: Sequence[pa.RecordBatch]) -> None:
+    """Write ``batches`` (one schema) as one row group (zero-copy: a chunked table)."""
+    if batches:
+        table = pa.Table.from_batches(batches)
+        writer.write_table(table, row_group_size=max(1, table.num_rows))
 
 
 class EncryptedParquetWriter:
@@ -48,7 +123,8 @@ class EncryptedParquetWriter:
         once (DescribeKey) before any data key: see :class:`~spark_kms.parquet.BatchEncryptor`.
     :param write_empty: write a zero-row file when no rows arrive (default: no file, no KMS call).
     :param metadata: extra footer key-value metadata (str -> str), e.g. a job id.
-    :param parquet_options: passed to ``pyarrow.parquet.ParquetWriter`` (``compression``, ...).
+    :param parquet_options: passed to ``pyarrow.parquet.ParquetWriter`` (``compression``, ...), over the
+        defaults of :func:`parquet_write_options`.
     """
 
     def __init__(
@@ -77,7 +153,7 @@ class EncryptedParquetWriter:
         self.schema = schema
         self.write_empty = write_empty
         self._metadata = extra
-        self._parquet_options = {"compression": "snappy", **dict(parquet_options or {})}
+        self._parquet_options = dict(parquet_options or {})
         self._encryptor = BatchEncryptor(
             spec,
             provider,
@@ -176,7 +252,8 @@ class EncryptedParquetWriter:
     def _open(self) -> pq.ParquetWriter:
         if self._writer is None:
             self._sink = self._location.open_output_stream()
-            self._writer = pq.ParquetWriter(self._sink, self.output_schema, **self._parquet_options)
+            options = parquet_write_options(self.output_schema, self._encryptor.spec.randomized, self._parquet_options)
+            self._writer = pq.ParquetWriter(self._sink, self.output_schema, **options)
         return self._writer
 
     def _conform(self, batch: pa.RecordBatch) -> pa.RecordBatch:

@@ -24,7 +24,11 @@ How an error travels, from the most to the least exact:
    (JSON). It names the nearest public class (a private subclass becomes its public base) and
    keeps multi-line messages and the constructor's extra arguments exactly; it counts only
    under the exception line of the class that carried it (``"raised"``).
-2. **The traceback's last line.** Otherwise the final exception line of the worker's traceback,
+2. **The JVM fast path's exception** (:mod:`spark_kms.spark.fastpath`): a Java
+   ``io.sparkkms.fastpath.FastPathException`` whose one-line message is :data:`MARKER` and JSON
+   (``class``, ``message``), anywhere in the Spark exception's text (the task failure it caused
+   quotes it); the last one counts.
+3. **The traceback's last line.** Otherwise the final exception line of the worker's traceback,
    ``spark_kms.errors.KeyStateError: <message>``, gives the class and (first line of the) message.
 
 Only the *final* exception of the last traceback in the text counts (a spark_kms error that some
@@ -57,6 +61,7 @@ MARKER = "spark_kms error: "
 _TRACEBACK = "Traceback (most recent call last):"
 _STANDARD_LINE = re.compile(r"^spark_kms\.errors\.([A-Za-z_][A-Za-z0-9_]*)(?:: (.*))?$")
 _SPARK_MODULES = ("pyspark.", "py4j.")
+_JVM_MARKER = re.compile(r"io\.sparkkms\.fastpath\.FastPathException: " + re.escape(MARKER) + r"(\{[^\r\n]*\})")
 _MAX_CHAIN = 16
 _MAX_LINE = 1000
 
@@ -190,6 +195,21 @@ def _from_text(text: str) -> SparkKmsError | None:
     return _rebuild(m.group(1), m.group(2) or "", {})
 
 
+def _from_jvm_text(text: str) -> SparkKmsError | None:
+    """The error of the last fast-path exception quoted in ``text`` (a Java stack trace)."""
+    found = _JVM_MARKER.findall(text)
+    if not found:
+        return None
+    try:
+        fields = json.loads(found[-1])
+    except ValueError:
+        return None
+    if not (isinstance(fields, dict) and isinstance(fields.get("class"), str)
+            and isinstance(fields.get("message"), str)):
+        return None
+    return _rebuild(fields["class"], fields["message"], fields)
+
+
 def translate_spark_error(exc: BaseException) -> SparkKmsError | None:
     """The spark_kms error inside ``exc`` (a Spark exception), rebuilt; ``None`` if there is none.
 
@@ -201,7 +221,8 @@ def translate_spark_error(exc: BaseException) -> SparkKmsError | None:
     # A PythonException's context is the Py4JJavaError it was converted from: same traceback text.
     for e in _chain(exc):
         if _is_spark_exception(e):
-            err = _from_text(_text(e))
+            text = _text(e)
+            err = _from_jvm_text(text) or _from_text(text)
             if err is not None:
                 return err
     return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -16,9 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql.datasource import DataSourceArrowWriter, WriterCommitMessage
 
-from spark_kms.crypto import KEY_TABLE_METADATA_KEY, KeyTable
+from spark_kms.crypto import AES_256_GCM, KEY_TABLE_METADATA_KEY, KeyTable
 from spark_kms.errors import ConfigurationError, JobError
 from spark_kms.kms import KmsProvider, kms_call_counts
+from spark_kms.parquet.writer import RowGroupBuffer, parquet_write_options, write_row_group
 from spark_kms.spark._commit import (
     abort_staged,
     commit_staged,
@@ -375,9 +376,16 @@ class _TaskWrite:
             rel = f"{hive}/{name}" if hive else name
             if not staging_alive(self.w.stage):
                 raise self._aborted()
-            entry = (rel, _LazyParquetWriter(self.w.stage.join(rel)))
+            entry = (rel, _LazyParquetWriter(self.w.stage.join(rel), self._random_columns()))
             self._files[values] = entry
         return entry[1]
+
+    def _random_columns(self) -> set[str]:
+        """The AES-256-GCM columns of this task's output: encrypted here, or by ColumnEncryptor (key tables)."""
+        random = set(self.w.columns) - set(self.w.deterministic)
+        for table in self._extra_tables.values():
+            random.update(name for name, spec in table.columns.items() if spec.algorithm == AES_256_GCM)
+        return random
 
     def finish(self) -> tuple[list[str], str | None]:
         """Close every file with the task's key table in its footer."""
@@ -415,22 +423,31 @@ class _TaskWrite:
 
 class _LazyParquetWriter:
     """A ParquetWriter on a storage output stream, opened on the first batch (its schema), closed
-    with footer metadata. On an object store the object appears, whole, when the stream closes."""
+    with footer metadata. On an object store the object appears, whole, when the stream closes.
 
-    def __init__(self, location: Location) -> None:
+    Encoded as :mod:`spark_kms.parquet.writer` says: no dictionary nor statistics on the AES-256-GCM
+    columns (``random_columns``), and Spark's small Arrow batches gathered into larger row groups."""
+
+    def __init__(self, location: Location, random_columns: Collection[str] = ()) -> None:
         self.location = location
+        self.random_columns = frozenset(random_columns)
         self._sink: pa.NativeFile | None = None
         self._writer: pq.ParquetWriter | None = None
+        self._row_groups = RowGroupBuffer()
         self._closed = False
 
     def write_batch(self, batch: pa.RecordBatch) -> None:
         if self._writer is None:
             self._sink = self.location.open_output_stream()
-            self._writer = pq.ParquetWriter(self._sink, batch.schema, compression="snappy")
-        self._writer.write_batch(batch)
+            options = parquet_write_options(batch.schema, self.random_columns)
+            self._writer = pq.ParquetWriter(self._sink, batch.schema, **options)
+        ready = self._row_groups.add(batch)
+        if ready:
+            write_row_group(self._writer, ready)
 
     def close_with_metadata(self, metadata: Mapping[str, str | bytes]) -> None:
         assert self._writer is not None and self._sink is not None
+        write_row_group(self._writer, self._row_groups.drain())
         self._writer.add_key_value_metadata(dict(metadata))
         self._writer.close()
         self._sink.close()  # explicitly: a stream closed by its destructor may upload unseen
@@ -439,6 +456,7 @@ class _LazyParquetWriter:
     def abandon(self) -> None:
         # A failed task: close the handles; a half file (on an object store: the object, when the
         # stream closes) stays in staging, never listed, and goes with the staging at commit/abort.
+        self._row_groups.drain()
         if self._writer is not None and not self._closed:
             for handle in (self._writer, self._sink):
                 with contextlib.suppress(Exception):

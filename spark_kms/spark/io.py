@@ -25,6 +25,10 @@ only); each worker process unwraps a data key the first time one of its cells ne
 most one KMS Decrypt per DEK per process). A query that keeps only plain columns builds no
 UDF and makes no KMS call. Blind-index columns stay ``binary``.
 
+With the JVM fast path (:mod:`spark_kms.spark.fastpath`, a session started with its plugin), AES-GCM
+columns of string, binary, integer and boolean types are decrypted by Java UDFs instead, with keys the
+driver unwraps when ``read_encrypted`` is called (``fast_path=False``: never).
+
 Under Spark Connect (:mod:`spark_kms.spark.remote`) the client reads no file: the footers and the
 manifest are read (and an authenticated manifest verified) in one Spark task on the server side,
 which sends the :class:`~spark_kms.parquet.dataset.Dataset` back; a write's totals come back from
@@ -47,8 +51,9 @@ from spark_kms.kms import KmsConfig, KmsConfigLike
 from spark_kms.parquet.dataset import Dataset, apply_manifest, dataset_path
 from spark_kms.spark._commit import recover_interrupted_commits
 from spark_kms.spark._errors import errors_translated
-from spark_kms.spark._options import KEYS_COLUMN, RESULT_OPTION
+from spark_kms.spark._options import KEYS_COLUMN, RESULT_OPTION, positive_int, split_list
 from spark_kms.spark._source_write import WriteResult
+from spark_kms.spark.conf import SparkKmsConf
 from spark_kms.spark.datasource import register
 from spark_kms.spark.remote import is_connect, run_near_data, run_on_driver
 from spark_kms.storage import storage_options_from
@@ -117,12 +122,16 @@ def write_encrypted(
     """
     if mode not in ("overwrite", "append"):
         raise ConfigurationError(f"mode must be 'overwrite' or 'append', got {mode!r}")
-    kms = KmsConfig.of(kms_options)
+    spark = df.sparkSession
+    # The session's spark.spark_kms.* conf under the arguments (spark_kms.spark.conf); the data source
+    # merges the same conf into its other options (register() hands it the conf as it is now).
+    conf = SparkKmsConf.of(spark)
+    kms = conf.kms_config(kms_options)
+    key_uri = key_uri or conf.option("key_uri")
     if key_uri:
         # A bad key URI (or a missing extra) fails here, in the caller's process, as itself --
         # not wrapped in the Spark error of the data source's writer.
         kms.provider(key_uri)
-    spark = df.sparkSession
     register(spark)
     if is_connect(spark):
         # The server's writer resolves the path (in its own working directory) and its driver-side
@@ -140,7 +149,9 @@ def write_encrypted(
         .option("blind_index", ",".join(f"{s}:{t}" for s, t in (blind_index or {}).items()))
         .option("partition_by", ",".join(partition_by))
         .option("encryption_context", json.dumps(dict(encryption_context or {})))
-        .option("kms_options", kms.to_json())
+        # The call's own KMS options only: the data source merges the conf's in itself, so secrets from
+        # the conf never become options of the query plan.
+        .option("kms_options", KmsConfig.of(kms_options).to_json())
         .option("join_domain", join_domain or "")
         .option("join_domain_store", os.fspath(join_domain_store) if join_domain_store else "")
         .option(RESULT_OPTION, result_file)
@@ -305,6 +316,7 @@ def read_encrypted(
     version: Any = None,
     catalog_properties: Mapping[str, str] | None = None,
     table_options: Mapping[str, str] | None = None,
+    fast_path: bool | str = "auto",
 ) -> Any:
     """A DataFrame of the dataset at ``path`` with its encrypted columns decrypted lazily.
 
@@ -324,6 +336,9 @@ def read_encrypted(
     :param min_format_version: refuse files older than this key-table format (2: authenticated specs).
     :param storage_options: options of the dataset's store for reading its footers and manifest
         (:data:`spark_kms.storage.OPTION_NAMES`); Spark's own scan takes the cluster's Hadoop settings.
+    :param fast_path: ``"auto"`` (default), True or False: decrypt AES-GCM columns inside the executors' JVMs
+        (:mod:`spark_kms.spark.fastpath`; the session must start with :func:`spark_kms.spark.fastpath.spark_conf`)
+        instead of Python UDFs. It unwraps the data keys on the driver, now. Datasets only (tables: Python).
     :raises MissingKeyTableError: a data file has no key table (names the file).
     :raises ConfigurationError: ``columns`` names a column the dataset does not have.
 
@@ -336,7 +351,14 @@ def read_encrypted(
     """
     from spark_kms.spark.udfs import decrypt_udf
 
-    kms = KmsConfig.of(kms_options)
+    # The session's spark.spark_kms.* conf under the arguments (spark_kms.spark.conf).
+    conf = SparkKmsConf.of(spark)
+    kms = conf.kms_config(kms_options)
+    storage_options = conf.merged_storage(storage_options)
+    if require_encrypted is None and conf.option("require_encrypted"):
+        require_encrypted = split_list(conf.option("require_encrypted"))
+    if min_format_version == 1 and conf.option("min_format_version"):
+        min_format_version = positive_int(conf.options(), "min_format_version", 1)
     table_args = {"version": version, "catalog_properties": catalog_properties, "table_options": table_options}
     if run_near_data(spark, _table_format, path, storage_options):
         return _read_table(spark, path, columns, kms, require_encrypted, min_format_version, storage_options,
@@ -349,6 +371,10 @@ def read_encrypted(
     df = spark.read.parquet(path)
     local, dataset, table = _dataset_keys(path, df, kms, require_encrypted, min_format_version, storage_options)
     df, names = _without_keys_column(df, columns, f"dataset {local}")
+    from spark_kms.spark.fastpath import decrypt_columns
+
+    fast = decrypt_columns(spark, df, table, names, kms, fast_path=fast_path, where=f"dataset {local}",
+                           min_format_version=min_format_version)
     selected = []
     decrypted = []
     for name in names:
@@ -361,10 +387,10 @@ def read_encrypted(
                 f"dataset {local}: column {name!r} is bound to the rows' {spec.row_binding!r} values; "
                 "read it with spark.read.format('spark_kms') or spark_kms.parquet.read_decrypted_table"
             )
-        udf = decrypt_udf(name, spec.arrow_type, table.deks, kms)
-        selected.append(udf(df[name]).alias(name))
+        udf = fast.get(name) if name in fast else decrypt_udf(name, spec.arrow_type, table.deks, kms)(df[name])
+        selected.append(udf.alias(name))
         decrypted.append(name)
     logger.info("read_encrypted %s (dataset root %s): %d data files, %d data keys (%d from the manifest); "
-                "encrypted columns decrypted on use: %s; %r", path, dataset.root, len(dataset.files),
-                len(table.deks), len(set(dataset.manifest) & set(table.deks)), decrypted, kms)
+                "encrypted columns decrypted on use: %s (in the JVM: %s); %r", path, dataset.root, len(dataset.files),
+                len(table.deks), len(set(dataset.manifest) & set(table.deks)), decrypted, sorted(fast), kms)
     return df.select(*selected)

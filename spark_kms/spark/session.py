@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from spark_kms.errors import ConfigurationError, JobError
+from spark_kms.spark.conf import REDACTION_REGEX
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
@@ -76,6 +77,9 @@ DEFAULT_CONF: dict[str, str] = {
     "spark.driver.host": "127.0.0.1",
     "spark.driver.bindAddress": "127.0.0.1",
     "spark.sql.session.timeZone": "UTC",
+    # Spark's UI and event logs mask conf values whose names match: Spark's default names plus every
+    # spark_kms secret option (spark.spark_kms.kms.local.root_key, ...; spark_kms.spark.conf).
+    "spark.redaction.regex": REDACTION_REGEX,
 }
 
 
@@ -180,7 +184,10 @@ def spark_session(
     if os.environ.get("SPARK_CONNECT_MODE_ENABLED"):
         raise ConfigurationError(f"this process already made a Spark Connect session, so it cannot start a "
                                  f"classic one on {target}: run it in another process")
-    spark = local_session(target, app_name, conf=conf, register=register)
+    from spark_kms.spark.fastpath import session_conf
+
+    # The JVM fast path's plugin and jar, when built (spark_kms.spark.fastpath; SPARK_KMS_FAST_PATH=0: not).
+    spark = local_session(target, app_name, conf=session_conf(conf), register=register)
     running = spark.sparkContext.master
     if running != target:
         logger.warning("reusing this process's SparkSession on %s (asked for %s)", running, target)

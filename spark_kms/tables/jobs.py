@@ -34,6 +34,7 @@ from spark_kms.jobs.inspect import (
     KeyInspection,
 )
 from spark_kms.kms import KmsConfig, KmsConfigLike, WrappedKey
+from spark_kms.kms.concurrent import bounded_map, check_kms_concurrency
 from spark_kms.storage import Location, StoragePath, is_hidden
 from spark_kms.tables._runs import TableRunRecorder, read_json, runs_dir, secret_strings, table_lock
 from spark_kms.tables.detect import DELTA, TableRef
@@ -198,17 +199,6 @@ def inspect_table(
 # --------------------------------------------------------------------------- rewrap
 
 
-def _rewrap_one(entry: DekEntry, target_uri: str, kms: KmsConfig) -> DekEntry:
-    source = kms.provider(entry.key_uri)
-    destination = kms.provider(target_uri)
-    wrapped = source.reencrypt(
-        WrappedKey(entry.wrapped_dek, entry.key_id, entry.key_version), entry.encryption_context,
-        destination=None if destination is source else destination, destination_context=entry.encryption_context,
-    )
-    return entry.replace(key_uri=target_uri, key_id=wrapped.key_id, key_version=wrapped.key_version,
-                         wrapped_dek=wrapped.ciphertext)
-
-
 def stored_data_files(backend: TableBackend) -> list[Location]:
     """Every Parquet data file in the table's storage, referenced by the current snapshot or not (older
     versions' files until vacuum / expiry deletes them; orphans of failed writes)."""
@@ -235,6 +225,7 @@ def rewrap_table(
     storage_options: Mapping[str, str] | str | None = None,
     catalog_properties: Mapping[str, str] | None = None,
     table_options: Mapping[str, str] | None = None,
+    kms_concurrency: int | None = None,
 ) -> RunSummary:
     """Re-wrap every data key of the table's current snapshot under the primary version of its key (or of
     ``key_uri``), recording the new wraps in a new key manifest with one table commit.
@@ -242,6 +233,8 @@ def rewrap_table(
     :param include_history: also re-wrap the data keys of data files still on storage that the current
         snapshot no longer references (older versions' files, for time travel after the old key version is
         retired). Costs a footer read per such file.
+    :param kms_concurrency: KMS requests kept in flight (:mod:`spark_kms.kms.concurrent`; 1: one at a time).
+        The new wraps are committed once, after the last one, whatever order they finish in.
     :returns: the run summary; ``details["table_version"]`` is the commit's version (None: nothing to do).
     """
     backend = open_table(table, storage_options=storage_options, catalog_properties=catalog_properties,
@@ -249,6 +242,7 @@ def rewrap_table(
     require_writable(backend, "rewrap")
     root = backend.storage_location
     base = KmsConfig.of(kms_options)
+    concurrency = check_kms_concurrency(kms_concurrency)
     with table_lock(root, "rewrap", backend.ref.uri), \
             TableRunRecorder("rewrap", root, backend.ref.uri, run_id, secrets=secret_strings(base)) as recorder:
         kms = base.with_request_tag(recorder.run_id)
@@ -270,18 +264,27 @@ def rewrap_table(
         summary.key_versions_before = key_versions_of((e.key_id, e.key_version) for e in before.values())
         manifest = dict(keys.manifest)
         rewrapped: list[str] = []
-        described: dict[str, Any] = {}
+        target_uris = sorted({key_uri or e.key_uri for e in targets.values()})
+        described = dict(zip(target_uris, bounded_map(kms.describe, target_uris, concurrency=concurrency), strict=True))
+        todo: dict[tuple[str, str], list[tuple[str, DekEntry]]] = {}
         for dek_id, entry in sorted(targets.items()):
             target_uri = key_uri or entry.key_uri
-            if target_uri not in described:
-                described[target_uri] = kms.describe(target_uri)
             target = described[target_uri]
-            if entry.key_id == target.key_id and entry.key_version == target.primary_version:
-                continue
-            manifest[dek_id] = _rewrap_one(entry, target_uri, kms)
-            rewrapped.append(dek_id)
-            logger.debug("rewrapped data key %s: key %s version %s -> version %s", dek_id, entry.key_id,
-                         entry.key_version, manifest[dek_id].key_version)
+            if not (entry.key_id == target.key_id and entry.key_version == target.primary_version):
+                todo.setdefault((entry.key_uri, target_uri), []).append((dek_id, entry))
+        for (source_uri, target_uri), group in sorted(todo.items()):
+            source, destination = kms.provider(source_uri), kms.provider(target_uri)
+            # The context is part of the DEK's identity: readers send it on Decrypt, so it stays.
+            wrapped = source.reencrypt_many(
+                [(WrappedKey(e.wrapped_dek, e.key_id, e.key_version), e.encryption_context) for _, e in group],
+                destination=None if destination is source else destination, concurrency=concurrency)
+            for (dek_id, entry), new in zip(group, wrapped, strict=True):
+                manifest[dek_id] = entry.replace(key_uri=target_uri, key_id=new.key_id, key_version=new.key_version,
+                                                 wrapped_dek=new.ciphertext)
+                rewrapped.append(dek_id)
+                logger.debug("rewrapped data key %s: key %s version %s -> version %s", dek_id, entry.key_id,
+                             entry.key_version, new.key_version)
+        rewrapped.sort()
         version = None
         if rewrapped:
             pointer = write_table_manifest(root, manifest)

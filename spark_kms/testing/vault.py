@@ -13,6 +13,9 @@ test suite speaks to this one with the real ``hvac`` client over real HTTP on
 ``POST /v1/<mount>/encrypt/<name>``           ``plaintext``, ``context``, ``associated_data``
 ``POST /v1/<mount>/decrypt/<name>``           ``ciphertext``, ``context``, ``associated_data``
 ``POST /v1/<mount>/rewrap/<name>``            ``ciphertext``, ``context``
+(encrypt, decrypt, rewrap)                    ``batch_input``: ``data.batch_results``, per item
+                                              ``error``; 400 if an item failed (unless
+                                              ``partial_failure_response_code``)
 ``POST /v1/auth/approle/login``               ``role_id`` + ``secret_id`` -> token
 ``POST /v1/auth/kubernetes/login``            ``role`` + ``jwt`` -> token
 ``GET  /v1/auth/token/lookup-self``           the token's own record
@@ -317,30 +320,53 @@ class VaultTransitServer:
             return 200, _envelope(out)
         if method in ("POST", "PUT") and len(parts) == 2 and parts[0] in ("encrypt", "decrypt", "rewrap"):
             op, name = parts
-            if op == "encrypt":
-                key = self._keys.get((namespace, mount, name))
-                if key is None:
-                    if not root:  # Vault upserts only with the policy's create capability
-                        raise _VaultError(400, "encryption key not found")
-                    key = self._create(namespace, mount, name, bool(body.get("context")))
-                plaintext = _b64(body, "plaintext")
-                if plaintext is None:
-                    raise _VaultError(400, "missing plaintext to encrypt")
-                version = int(body.get("key_version") or key.latest_version)
-                if version not in key.versions or version < key.min_encryption_version:
-                    raise _VaultError(400, "requested version for encryption is invalid")
-                ciphertext = _seal(key, version, plaintext, _b64(body, "context"), _b64(body, "associated_data"))
-                return 200, _envelope({"ciphertext": ciphertext, "key_version": version})
-            key = self._existing(namespace, mount, name)
-            plaintext = _open(key, str(body.get("ciphertext", "")), _b64(body, "context"),
-                              _b64(body, "associated_data") if op == "decrypt" else None)
-            if op == "decrypt":
-                return 200, _envelope({"plaintext": base64.b64encode(plaintext).decode()})
-            version = key.latest_version
-            return 200, _envelope({"ciphertext": _seal(key, version, plaintext, _b64(body, "context"), None),
-                                   "key_version": version})
+            batch = body.get("batch_input")
+            if batch is None:
+                return 200, _envelope(self._crypt(op, namespace, mount, name, body, root=root))
+            if not isinstance(batch, list) or not all(isinstance(item, dict) for item in batch):
+                raise _VaultError(400, "failed to parse batch input: expected a list of objects")
+            results: list[dict[str, Any]] = []
+            for item in batch:  # Vault: each item on its own; the output keeps the input's order
+                try:
+                    out = self._crypt(op, namespace, mount, name, item, root=root)
+                except _VaultError as exc:
+                    out = {"error": "; ".join(exc.errors)}
+                if "reference" in item:
+                    out["reference"] = item["reference"]
+                results.append(out)
+            failed = sum(1 for r in results if "error" in r)
+            status = 200
+            if failed:  # Vault: 400 unless partial_failure_response_code is set and some items succeeded
+                status = int(body.get("partial_failure_response_code") or 400) if failed < len(results) else 400
+            return status, _envelope({"batch_results": results})
         raise _VaultError(405 if parts[0] in ("keys", "encrypt", "decrypt", "rewrap", "datakey") else 404,
                           f'unsupported path "{mount}/{op_path}" in this test server')
+
+
+    def _crypt(self, op: str, namespace: str, mount: str, name: str, body: dict[str, Any], *,
+               root: bool) -> dict[str, Any]:
+        """One encrypt / decrypt / rewrap (a request, or one item of its ``batch_input``)."""
+        if op == "encrypt":
+            key = self._keys.get((namespace, mount, name))
+            if key is None:
+                if not root:  # Vault upserts only with the policy's create capability
+                    raise _VaultError(400, "encryption key not found")
+                key = self._create(namespace, mount, name, bool(body.get("context")))
+            plaintext = _b64(body, "plaintext")
+            if plaintext is None:
+                raise _VaultError(400, "missing plaintext to encrypt")
+            version = int(body.get("key_version") or key.latest_version)
+            if version not in key.versions or version < key.min_encryption_version:
+                raise _VaultError(400, "requested version for encryption is invalid")
+            ciphertext = _seal(key, version, plaintext, _b64(body, "context"), _b64(body, "associated_data"))
+            return {"ciphertext": ciphertext, "key_version": version}
+        key = self._existing(namespace, mount, name)
+        plaintext = _open(key, str(body.get("ciphertext") or ""), _b64(body, "context"),
+                          _b64(body, "associated_data") if op == "decrypt" else None)
+        if op == "decrypt":
+            return {"plaintext": base64.b64encode(plaintext).decode()}
+        version = key.latest_version
+        return {"ciphertext": _seal(key, version, plaintext, _b64(body, "context"), None), "key_version": version}
 
 
 def _b64(body: dict[str, Any], name: str) -> bytes | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,6 +15,17 @@ from spark_kms.kms.local.service import LocalKms
 from spark_kms.kms.retry import RetryPolicy, call_with_retries
 
 __all__ = ["LocalKmsProvider"]
+
+# One in-process lock per keystore, taken around each call: the keystore's file lock serialises calls
+# anyway, and threads of one process (a rotation job's KMS pool) then queue here instead of all polling
+# the file lock (which made 16 threads ~2x slower than one).
+_THREAD_LOCKS: dict[str, threading.RLock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+def _thread_lock(keystore: Path) -> threading.RLock:
+    with _THREAD_LOCKS_GUARD:
+        return _THREAD_LOCKS.setdefault(str(keystore), threading.RLock())
 
 
 class LocalKmsProvider(KmsProvider):
@@ -64,8 +76,14 @@ class LocalKmsProvider(KmsProvider):
         return self.client  # type: ignore[no-any-return]
 
     def _retrying(self, operation: str, fn: Callable[[], Any]) -> Any:
+        lock = _thread_lock(self.keystore)
+
+        def locked() -> Any:
+            with lock:  # not held while a throttled call backs off
+                return fn()
+
         return call_with_retries(
-            fn,
+            locked,
             is_throttle=lambda exc: isinstance(exc, ThrottlingError),
             policy=self.retry_policy,
             what=f"local KMS {operation}",

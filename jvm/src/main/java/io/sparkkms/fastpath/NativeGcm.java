@@ -1,0 +1,62 @@
+package io.sparkkms.fastpath;
+
+import java.io.InputStream;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.nio.file.attribute.PosixFilePermissions;
+
+/**
+ * AES-256-GCM through OpenSSL EVP over JNI (jvm/src/main/c/sparkkms_gcm.c). The shared library travels inside
+ * the jar ({@code io/sparkkms/fastpath/native/libsparkkms_gcm.so}); it is copied to a private temporary file,
+ * loaded and deleted. When it cannot load (another OS or architecture, no libcrypto), {@link #available()} is
+ * false and the fast path uses JCE. The system property {@code sparkkms.fastpath.cipher=jce} forces JCE.
+ */
+final class NativeGcm {
+    private static final String RESOURCE = "/io/sparkkms/fastpath/native/libsparkkms_gcm.so";
+    private static volatile String loadError = ""; // before AVAILABLE: load() sets it
+    private static final boolean AVAILABLE = load();
+
+    private NativeGcm() {}
+
+    static boolean available() {
+        return AVAILABLE;
+    }
+
+    static String loadError() {
+        return loadError;
+    }
+
+    private static boolean load() {
+        if ("jce".equalsIgnoreCase(System.getProperty("sparkkms.fastpath.cipher", ""))) {
+            loadError = "disabled by sparkkms.fastpath.cipher=jce";
+            return false;
+        }
+        try (InputStream in = NativeGcm.class.getResourceAsStream(RESOURCE)) {
+            if (in == null) {
+                loadError = "the jar holds no native library";
+                return false;
+            }
+            Path file = Files.createTempFile("sparkkms_gcm", ".so",
+                    PosixFilePermissions.asFileAttribute(PosixFilePermissions.fromString("rwx------")));
+            try {
+                Files.copy(in, file, StandardCopyOption.REPLACE_EXISTING);
+                System.load(file.toAbsolutePath().toString());
+            } finally {
+                Files.deleteIfExists(file);
+            }
+            return true;
+        } catch (Throwable t) { // UnsatisfiedLinkError, IOException, SecurityException
+            loadError = t.getClass().getSimpleName() + ": " + t.getMessage();
+            return false;
+        }
+    }
+
+    /** An EVP context keyed with {@code key} (32 bytes), or 0 when OpenSSL refuses. */
+    static native long newContext(byte[] key);
+
+    static native void freeContext(long context);
+
+    /** 1: authentic (plaintext in out), 0: the tag does not verify, -1: bad lengths or an OpenSSL failure. */
+    static native int decrypt(long context, byte[] cell, byte[] tail, byte[] out);
+}

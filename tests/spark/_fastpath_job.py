@@ -1,0 +1,64 @@
+"""Run by test_fastpath_secrets.py as the driver of an app (local[2] or a standalone cluster):
+
+    python _fastpath_job.py MASTER_URL WORKDIR
+
+Starts its session with spark_session() (which adds the fast path's plugin and jar) and an event log in
+WORKDIR/events, logs spark_kms and py4j at DEBUG to stderr, writes a dataset, reads it with the fast path
+(checking it was used and equals the Python path) and writes WORKDIR/report.json and WORKDIR/explain.txt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import sys
+from pathlib import Path
+
+from spark_kms.kms.local import LocalKms
+from spark_kms.spark import errors_translated, fastpath, read_encrypted, write_encrypted
+from spark_kms.spark.session import spark_session
+
+
+def main(master: str, workdir: Path) -> None:
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG)
+    ks = workdir / "keystore"
+    LocalKms(ks).create_key(alias="alias/pii")
+    opts = {"local": {"keystore": str(ks)}}
+    (workdir / "events").mkdir()
+    conf = {"spark.eventLog.enabled": "true", "spark.eventLog.dir": str(workdir / "events"),
+            "spark.eventLog.compress": "false", "spark.eventLog.rolling.enabled": "false",
+            "spark.executor.memory": "512m", "spark.cores.max": "2", "spark.executor.cores": "1"}
+    spark = spark_session(master, "spark_kms-fastpath", conf=conf)
+    spark.sparkContext.setLogLevel("INFO")
+    df = spark.range(0, 2000, numPartitions=4).selectExpr(
+        "id", "concat('user', id, '@example.org') as email", "encode(cast(id * 3 as string), 'utf-8') as blob")
+    out = str(workdir / "out")
+    write_encrypted(df, out, key_uri="local://alias/pii", columns=["email", "blob"], kms_options=opts)
+    fast = read_encrypted(spark, out, kms_options=opts, fast_path=True)
+    slow = read_encrypted(spark, out, kms_options=opts, fast_path=False)
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        fast.explain(mode="extended")
+    (workdir / "explain.txt").write_text(text.getvalue())
+    with errors_translated():
+        fast_rows = sorted(tuple(r) for r in fast.collect())
+        slow_rows = sorted(tuple(r) for r in slow.collect())
+        sample = fast.filter("id = 42").first().asDict()
+    executors = spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1
+    report = {
+        "fast_used": fastpath.UDF_STRING in text.getvalue() and fastpath.UDF_BINARY in text.getvalue(),
+        "plugins": spark.sparkContext.getConf().get("spark.plugins", ""),
+        "equal": fast_rows == slow_rows,
+        "count": len(fast_rows),
+        "sample": {"id": sample["id"], "email": sample["email"]},
+        "executor_hosts": executors,
+        "app_id": spark.sparkContext.applicationId,
+    }
+    spark.stop()
+    (workdir / "report.json").write_text(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]))
