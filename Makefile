@@ -6,15 +6,42 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: install demo test lint format bench clean java sanitize hsm
+.PHONY: install demo test lint format bench clean java sanitize hsm dist jar postgres
 
 $(STAMP): pyproject.toml setup.py spark_kms/crypto/_fastgcm.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --upgrade pip 'setuptools>=77' wheel  # >=77: pyproject's SPDX license
 	$(BIN)/python -m pip install -q -e '.[all,test]'
 	@touch $(STAMP)
 
-install: java hsm $(STAMP)
+install: java hsm postgres $(STAMP) jar
+
+# `make jar`: the JVM fast path of read_encrypted (issue 16; docs/ARCHITECTURE.md "JVM fast path"): the Java
+# sources of jvm/ compiled against the jars inside the installed pyspark, plus the JNI library over OpenSSL
+# (jvm/src/main/c) inside the jar. Without gcc / libssl-dev the jar is built without it and uses JCE.
+FASTPATH_JAR  := spark_kms/jvm/spark-kms-fastpath.jar
+FASTPATH_JAVA := $(wildcard jvm/src/main/java/io/sparkkms/fastpath/*.java)
+FASTPATH_C    := jvm/src/main/c/sparkkms_gcm.c
+FASTPATH_OUT  := build/jvm/classes
+JDK_HOME       = $(shell dirname "$$(dirname "$$(readlink -f "$$(command -v javac)")")")
+
+jar: $(FASTPATH_JAR)
+
+$(FASTPATH_JAR): $(FASTPATH_JAVA) $(FASTPATH_C) | $(STAMP)
+	@command -v javac >/dev/null 2>&1 || { echo "the fast path needs a JDK 17 (javac): apt-get install openjdk-17-jdk-headless"; exit 1; }
+	rm -rf $(FASTPATH_OUT) && mkdir -p $(FASTPATH_OUT)/io/sparkkms/fastpath/native spark_kms/jvm
+	javac --release 17 -Xlint:all,-serial,-path -cp "$$($(BIN)/python -c 'import pyspark,os;print(os.path.dirname(pyspark.__file__))')/jars/*" \
+	  -d $(FASTPATH_OUT) $(FASTPATH_JAVA)
+	gcc -O2 -shared -fPIC -Wall -Wextra -I"$(JDK_HOME)/include" -I"$(JDK_HOME)/include/linux" $(FASTPATH_C) -lcrypto \
+	  -o $(FASTPATH_OUT)/io/sparkkms/fastpath/native/libsparkkms_gcm.so \
+	  || echo "warning: the fast path's OpenSSL library did not build (gcc, libssl-dev?): it will use JCE"
+	jar cf $@ -C $(FASTPATH_OUT) .
+
+# PostgreSQL: the Airflow deployment test (tests/airflow/test_deployment.py) starts a throw-away server with
+# spark_kms.testing.postgres; Debian installs the binaries under /usr/lib/postgresql/<version>/bin, off PATH.
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	  || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql)
 
 # SoftHSM2: the PKCS#11 token the pkcs11:// provider's tests run against (tests/providers, tests/spark).
 hsm:
@@ -74,5 +101,11 @@ format: install
 bench: install
 	$(BIN)/python bench/bench_spark.py
 
+# `make dist`: the sdist (sources, docs, DAGs, notebooks, tests, bench: MANIFEST.in) and the wheel into dist/.
+# Install the wheel with `pip install 'dist/spark_kms-0.1.0-<tags>.whl[spark]'` (tests/packaging/test_dist.py does).
+dist: install
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .demo build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .demo build dist *.egg-info $(FASTPATH_JAR)

@@ -4,9 +4,12 @@ the embedded keystore and key, sample landing data, seeded datasets, dataset dis
 Layout under the demo base directory::
 
     <base>/keystore/                          embedded local KMS (key alias/pii)
-    <base>/landing/<ds>/customers.csv         plain landing data (sample, made if absent)
+    <base>/landing/<day>/customers.csv        plain landing data (sample, made if absent)
     <base>/encrypted/<dataset>/...            encrypted Parquet datasets (or Delta tables)
-    <base>/exports/<ds>/customers/            plaintext exports (decrypt)
+    <base>/exports/<day>/customers/           plaintext exports (decrypt)
+
+``<day>`` is the run's day (:data:`RUN_DAY`): its logical date, or for a run without one (Airflow 3's
+manual trigger) the day it was triggered for (``run_after``).
 
 The base directory is the Airflow Variable ``spark_kms_demo_base``, else the environment
 variable ``SPARK_KMS_DEMO_BASE``, else ``$AIRFLOW_HOME/spark_kms_demo``. Nothing here
@@ -31,6 +34,7 @@ __all__ = [
     "DEMO_COLUMNS",
     "DEMO_KEY_URI",
     "PII_COLUMNS",
+    "RUN_DAY",
     "datasets_under_key",
     "default_base",
     "demo_settings",
@@ -46,6 +50,10 @@ DEMO_KEY_ALIAS = "alias/pii"
 DEMO_KEY_URI = f"local://{DEMO_KEY_ALIAS}"
 DEMO_COLUMNS = ("customer_id", "name", "email", "ssn", "country", "amount")
 PII_COLUMNS = ("name", "email", "ssn")
+
+#: The run's day (``YYYY-MM-DD``) as a template: ``{{ ds }}`` exists only for runs with a logical date, while
+#: Airflow 3 triggers manual runs without one (``ds`` is then undefined); ``dag_run.run_after`` is always set.
+RUN_DAY = "{{ (dag_run.logical_date or dag_run.run_after) | ds }}"
 
 _FIRST = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Tim")
 _LAST = ("Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson", "Perlman", "Berners")
@@ -109,6 +117,8 @@ def _rows(seed: str, count: int) -> list[dict[str, Any]]:
 
 def write_landing(base: str | os.PathLike[str], ds: str, *, rows: int = 50) -> Path:
     """``<base>/landing/<ds>/customers.csv`` with a header row; left as is if it exists."""
+    if not ds or ds == "None":  # a run without a logical date must not land data under landing/None
+        raise ValueError(f"write_landing needs the run's day (YYYY-MM-DD), got {ds!r}")
     target = Path(base) / "landing" / ds / "customers.csv"
     if target.exists():
         return target

@@ -4,8 +4,8 @@
 only); this module, one layer above jobs/, draws it:
 
 * :func:`render_inspection` -- a rich renderable, what ``spark-kms inspect`` prints;
-* :func:`inspection_html` -- HTML tables, what a notebook shows once :func:`spark_kms.display.install`
-  registered it with IPython (or through ``display.view(inspection)``, an :class:`InspectionView`).
+* :func:`inspection_html` -- HTML tables, what a notebook shows once :func:`spark_kms.notebook.install`
+  registered it with IPython (or through ``notebook.view(inspection)``, an :class:`InspectionView`).
 
 Paths, key URIs and KMS error messages are data: HTML-escaped, and never read as rich markup.
 """

@@ -1,4 +1,5 @@
-"""spark_kms.display: masking rules, HTML views of real key tables / cells / runs, key-version charts.
+"""spark_kms.notebook: masking rules, HTML views of real key tables / cells / runs, key-version charts;
+and spark_kms.display, its deprecated 0.1.0 name.
 
 Key tables, cells and datasets come from the real file layer over the embedded local KMS
 (the ``local_kms`` fixture); nothing here is mocked.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -20,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from IPython.core.formatters import DisplayFormatter
 
-from spark_kms import display
+from spark_kms import notebook as skn
 from spark_kms.crypto import AES_256_GCM, AES_256_SIV, HMAC_SHA256_BIDX, DekEntry, KeyTable, parse_cell_header
 from spark_kms.crypto.cell import HEADER_BYTES, SIV_IV_BYTES, SIV_OVERHEAD
 from spark_kms.errors import ConfigurationError, MalformedCellError
@@ -29,7 +32,7 @@ from spark_kms.kms import provider_from_uri
 from spark_kms.kms.local import LocalKms
 from spark_kms.parquet import EncryptedParquetWriter, EncryptionSpec, read_key_table
 
-B = display.MASK_CHAR
+B = skn.MASK_CHAR
 
 
 # --------------------------------------------------------------------------- mask
@@ -50,13 +53,13 @@ B = display.MASK_CHAR
     ],
 )
 def test_mask_rule(value: object, keep_last: int, expected: str) -> None:
-    assert display.mask(value, keep_last) == expected
+    assert skn.mask(value, keep_last) == expected
 
 
 def test_mask_keeps_null_and_hides_length() -> None:
-    assert display.mask(None) is None
-    assert display.mask("9" * 40 + "6789") == display.mask("000-00-6789")
-    assert display.mask("123-45-6789", width=3, mask_char="*") == "***6789"
+    assert skn.mask(None) is None
+    assert skn.mask("9" * 40 + "6789") == skn.mask("000-00-6789")
+    assert skn.mask("123-45-6789", width=3, mask_char="*") == "***6789"
 
 
 @pytest.mark.parametrize(
@@ -66,7 +69,7 @@ def test_mask_keeps_null_and_hides_length() -> None:
 )
 def test_mask_rejects_bad_arguments(kwargs: dict, word: str) -> None:
     with pytest.raises(ConfigurationError, match=word):
-        display.mask("secret-value", **kwargs)
+        skn.mask("secret-value", **kwargs)
 
 
 # --------------------------------------------------------------------------- masked
@@ -82,7 +85,7 @@ def _people() -> pa.Table:
 
 def test_masked_arrow_table_masks_only_the_named_columns() -> None:
     table = _people()
-    out = display.masked(table, ["ssn", "pin"])
+    out = skn.masked(table, ["ssn", "pin"])
     assert out.column_names == table.column_names
     assert out.column("id").equals(table.column("id"))
     assert out.schema.field("ssn").type == pa.large_string()
@@ -93,7 +96,7 @@ def test_masked_arrow_table_masks_only_the_named_columns() -> None:
 
 def test_masked_record_batch_and_single_column_name() -> None:
     batch = _people().to_batches()[0]
-    out = display.masked(batch, "ssn", keep_last=2)
+    out = skn.masked(batch, "ssn", keep_last=2)
     assert isinstance(out, pa.RecordBatch)
     assert out.column(1).to_pylist() == [B * 6 + "89", None, B * 6 + "21"]
 
@@ -104,7 +107,7 @@ def test_masked_pandas_keeps_nulls_of_every_kind() -> None:
         "score": [1.5, float("nan"), 12345678.0],
         "n": pd.array([1, pd.NA, 3], dtype="Int64"),
     })
-    out = display.masked(df, ["email", "score", "n"])
+    out = skn.masked(df, ["email", "score", "n"])
     assert out["email"].tolist()[0] == B * 6 + ".com"
     assert out["email"].isna().tolist() == [False, True, False]
     assert out["score"].isna().tolist() == [False, True, False]
@@ -115,7 +118,7 @@ def test_masked_pandas_keeps_nulls_of_every_kind() -> None:
 
 def test_masked_unknown_column_names_it_and_lists_the_columns() -> None:
     with pytest.raises(ConfigurationError) as info:
-        display.masked(_people(), ["ssn", "passport"])
+        skn.masked(_people(), ["ssn", "passport"])
     message = str(info.value)
     assert "'passport'" in message and "'id'" in message and "'ssn'" in message
     assert "123-45-6789" not in message
@@ -123,22 +126,22 @@ def test_masked_unknown_column_names_it_and_lists_the_columns() -> None:
 
 def test_masked_rejects_other_objects() -> None:
     with pytest.raises(ConfigurationError, match="list"):
-        display.masked([{"ssn": "123-45-6789"}], ["ssn"])
+        skn.masked([{"ssn": "123-45-6789"}], ["ssn"])
 
 
 @pytest.mark.spark
 def test_masked_spark_dataframe_matches_the_python_rule(spark) -> None:
     rows = [("123-45-6789", 1), (None, 2), ("abc", 3), ("abcdefgh", 4), ("\u00e9l\u00e8ve@\u00e9cole.fr", 5)]
     df = spark.createDataFrame(rows, "value string, id int")
-    out = display.masked(df, ["value", "id"], keep_last=4)
+    out = skn.masked(df, ["value", "id"], keep_last=4)
     assert out.columns == ["value", "id"]
     collected = sorted(out.collect(), key=lambda r: str(r["id"]))
     expected = sorted(
-        [(display.mask(v, 4), display.mask(i, 4)) for v, i in rows], key=lambda t: str(t[1])
+        [(skn.mask(v, 4), skn.mask(i, 4)) for v, i in rows], key=lambda t: str(t[1])
     )
     assert [(r["value"], r["id"]) for r in collected] == expected
     with pytest.raises(ConfigurationError, match="nope"):
-        display.masked(df, ["nope"])
+        skn.masked(df, ["nope"])
 
 
 # --------------------------------------------------------------------------- real encrypted data
@@ -164,7 +167,7 @@ def encrypted_file(tmp_path: Path, local_kms) -> tuple[Path, dict]:
 def test_key_table_view_shows_keys_and_columns_but_not_wrapped_bytes(encrypted_file) -> None:
     path, _ = encrypted_file
     key_table = read_key_table(path)
-    html = display.view(key_table)._repr_html_()
+    html = skn.view(key_table)._repr_html_()
     for dek_id, entry in key_table.deks.items():
         assert dek_id in html and entry.key_id in html
         assert entry.wrapped_dek.hex() not in html
@@ -174,7 +177,7 @@ def test_key_table_view_shows_keys_and_columns_but_not_wrapped_bytes(encrypted_f
         assert name in html
     assert "dataset=&lt;people &amp; co&gt;" in html, "context values are HTML-escaped"
     assert "<people" not in html
-    text = repr(display.view(key_table))
+    text = repr(skn.view(key_table))
     assert all(dek_id in text for dek_id in key_table.deks)
     assert "ssn_bidx: HMAC_SHA256_128" in text
 
@@ -189,7 +192,7 @@ def test_cell_view_splits_real_cells_per_format(encrypted_file) -> None:
     }
     for column, (algorithm, names, sizes) in expected_parts.items():
         cell = stored.column(column)[3].as_py()
-        cv = display.view(cell)
+        cv = skn.view(cell)
         header = parse_cell_header(cell)
         assert (cv.version, cv.algorithm, cv.dek_id) == (header.version, algorithm, header.dek_id_hex)
         assert [n for n, _ in cv.fields.parts] == names
@@ -198,23 +201,23 @@ def test_cell_view_splits_real_cells_per_format(encrypted_file) -> None:
         assert cv.hex == cell.hex()
         html = cv._repr_html_()
         assert header.dek_id_hex in html and algorithm in html
-    gcm = display.CellView(stored.column("ssn")[0].as_py())
+    gcm = skn.CellView(stored.column("ssn")[0].as_py())
     assert len(gcm.fields.parts[2][1]) == len("123-45-0000")  # GCM ciphertext is as long as the plaintext
-    siv = display.CellView(stored.column("email")[3].as_py())
+    siv = skn.CellView(stored.column("email")[3].as_py())
     assert len(siv.fields.parts[2][1]) == len("u3@example.com")  # so is SIV's, after the synthetic IV
 
 
 def test_cell_view_takes_the_siv_layout_from_the_crypto_core() -> None:
-    # One definition of the layout: display used to carry its own copy of the IV length.
+    # One definition of the layout: the helpers used to carry its own copy of the IV length.
     assert SIV_IV_BYTES == 16 and SIV_OVERHEAD == HEADER_BYTES + SIV_IV_BYTES
-    assert not hasattr(display, "_SIV_IV_BYTES")
+    assert not hasattr(skn, "_SIV_IV_BYTES")
 
 
 def test_cell_view_of_a_malformed_cell_says_where() -> None:
     with pytest.raises(MalformedCellError, match="people.parquet, column ssn"):
-        display.CellView(b"\x11\x00", where="people.parquet, column ssn")
+        skn.CellView(b"\x11\x00", where="people.parquet, column ssn")
     with pytest.raises(MalformedCellError):
-        display.view(b"\x1f" + bytes(20))  # unknown algorithm id
+        skn.view(b"\x1f" + bytes(20))  # unknown algorithm id
 
 
 @pytest.mark.parametrize(
@@ -230,12 +233,12 @@ def test_cell_view_refuses_a_cell_too_short_for_its_fields(cell: bytes, rule: st
     # Sliced without a length check, a short GCM cell showed a 12-byte "tag" overlapping its
     # "nonce", i.e. a layout the cell does not have.
     with pytest.raises(MalformedCellError, match=f"{len(cell)} bytes, the format needs {rule} \\(f.parquet\\)"):
-        display.CellView(cell, where="f.parquet")
+        skn.CellView(cell, where="f.parquet")
 
 
 def test_view_rejects_what_it_cannot_show() -> None:
     with pytest.raises(ConfigurationError, match="KeyTable"):
-        display.view(42)
+        skn.view(42)
 
 
 def test_run_summary_view() -> None:
@@ -244,11 +247,11 @@ def test_run_summary_view() -> None:
         kms_calls={"local:ReEncrypt": 3, "local:DescribeKey": 1},
         key_versions={"k1": ["2"]}, key_versions_before={"k1": ["1", "2"]},
     )
-    html = display.view(summary)._repr_html_()
+    html = skn.view(summary)._repr_html_()
     assert "local:ReEncrypt: 3" in html and "k1 v1,2" in html and "k1 v2" in html
     assert "/data/&lt;x&gt;" in html
-    assert "rewrap run r-1: succeeded" in repr(display.view(summary))
-    failed = display.RunSummaryView({**summary.to_dict(), "status": "failed", "error": "JobError: boom"})
+    assert "rewrap run r-1: succeeded" in repr(skn.view(summary))
+    failed = skn.RunSummaryView({**summary.to_dict(), "status": "failed", "error": "JobError: boom"})
     assert "JobError: boom" in failed._repr_html_()
 
 
@@ -257,29 +260,29 @@ def test_install_registers_html_for_key_tables(encrypted_file) -> None:
     key_table = read_key_table(path)
     formatter = DisplayFormatter()
     assert "text/html" not in formatter.format(key_table)[0]
-    display.install(formatter)
+    skn.install(formatter)
     data, _ = formatter.format(key_table)
     assert "Data keys" in data["text/html"]
     entry = next(iter(key_table.deks.values()))
     assert entry.dek_id in formatter.format(entry)[0]["text/html"]
-    display.install()  # outside IPython: a no-op, not an error
+    skn.install()  # outside IPython: a no-op, not an error
 
 
 def test_inspection_renders_as_html_through_display(tmp_path: Path, local_kms) -> None:
-    # DatasetInspection holds data only; spark_kms.report draws it, display shows it in notebooks.
+    # DatasetInspection holds data only; spark_kms.report draws it, spark_kms.notebook shows it in notebooks.
     _, key_uri, kms_options = local_kms
     dataset = tmp_path / "ds<&>"
     dataset.mkdir()
     _write(dataset, "a.parquet", key_uri, kms_options)
     inspection = inspect_dataset(dataset, kms_options=kms_options)
-    html = display.view(inspection)._repr_html_()
+    html = skn.view(inspection)._repr_html_()
     assert "a.parquet" in html and "<table>" in html and "up to date" in html and "local://alias/pii" in html
     assert "ds&lt;&amp;&gt;" in html and "ds<&>" not in html, "paths are HTML-escaped"
-    assert repr(display.view(inspection)).endswith(": 3 rows, 1 files, 1 data keys)")
+    assert repr(skn.view(inspection)).endswith(": 3 rows, 1 files, 1 data keys)")
 
     formatter = DisplayFormatter()
     assert "text/html" not in formatter.format(inspection)[0]
-    display.install(formatter)
+    skn.install(formatter)
     assert formatter.format(inspection)[0]["text/html"] == html
 
 
@@ -303,9 +306,9 @@ def test_files_per_key_version_and_chart(tmp_path: Path, local_kms) -> None:
     _write(dataset, "c.parquet", key_uri, kms_options)
 
     inspection = inspect_dataset(dataset, kms_options=kms_options)
-    assert display.files_per_key_version(inspection) == {"v1": 2, "v2": 1}
+    assert skn.files_per_key_version(inspection) == {"v1": 2, "v2": 1}
 
-    ax = display.plot_files_per_key_version(inspection, title="before")
+    ax = skn.plot_files_per_key_version(inspection, title="before")
     assert [t.get_text() for t in ax.get_xticklabels()] == ["v1", "v2"]
     assert [p.get_height() for p in ax.patches] == [2, 1]
     colors = [matplotlib.colors.to_hex(p.get_facecolor()) for p in ax.patches]
@@ -318,7 +321,7 @@ def test_files_per_key_version_and_chart(tmp_path: Path, local_kms) -> None:
     # A second KMS key: labels name the key as well as the version.
     other = LocalKms(keystore).create_key(alias="alias/other")
     _write(dataset, "d.parquet", "local://alias/other", kms_options)
-    counts = display.files_per_key_version(inspect_dataset(dataset, kms_options=kms_options))
+    counts = skn.files_per_key_version(inspect_dataset(dataset, kms_options=kms_options))
     assert counts[f"{other[:8]} v1"] == 1
     assert sum(counts.values()) == 4 and len(counts) == 3
     assert not any(re.fullmatch(r"v\d+", label) for label in counts)
@@ -329,8 +332,8 @@ def test_chart_of_an_empty_inspection(tmp_path: Path) -> None:
         files: list = []
         keys: list = []
 
-    assert display.files_per_key_version(_Empty()) == {}
-    ax = display.plot_files_per_key_version(_Empty())
+    assert skn.files_per_key_version(_Empty()) == {}
+    ax = skn.plot_files_per_key_version(_Empty())
     assert len(ax.patches) == 0
     assert ax.get_legend() is None
 
@@ -341,5 +344,37 @@ def test_key_table_view_of_a_hand_made_entry() -> None:
         wrapped_dek=b"\x01" * 40, encryption_context={"dataset": "d"}, algorithm=AES_256_GCM,
         created_at="2025-01-01T00:00:00Z",
     )
-    html = display.KeyTableView(KeyTable(deks={entry.dek_id: entry}, columns={}), title="t")._repr_html_()
+    html = skn.KeyTableView(KeyTable(deks={entry.dek_id: entry}, columns={}), title="t")._repr_html_()
     assert "00112233aabbccdd" in html and ">7<" in html and "40 bytes" in html and "01" * 40 not in html
+
+
+# --------------------------------------------------------------------------- the 0.1.0 name
+
+
+def test_display_module_is_a_deprecated_alias_of_notebook() -> None:
+    # A fresh interpreter: in this process the alias may already be imported (and warned once).
+    code = (
+        "import warnings\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from spark_kms import display\n"
+        "from spark_kms import notebook\n"
+        "deprecations = [w for w in caught if issubclass(w.category, DeprecationWarning)]\n"
+        "assert len(deprecations) == 1, [str(w.message) for w in caught]\n"
+        "assert 'spark_kms import notebook' in str(deprecations[0].message)\n"
+        "assert display.__all__ == notebook.__all__\n"
+        "assert all(getattr(display, n) is getattr(notebook, n) for n in notebook.__all__)\n"
+        "assert display._table is notebook._table\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def test_notebooks_use_the_new_name() -> None:
+    notebooks = Path(__file__).resolve().parents[1] / "notebooks"
+    for path in notebooks.glob("*.ipynb"):
+        text = path.read_text()
+        assert "from spark_kms import display" not in text, path.name
+        assert "from spark_kms import notebook as skn" in text, path.name

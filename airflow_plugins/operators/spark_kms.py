@@ -46,8 +46,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
@@ -68,6 +69,7 @@ __all__ = [
     "ReencryptDatasetOperator",
     "SparkKmsBaseOperator",
     "job_run_id_for",
+    "jvm_stderr_to_stdout",
     "spark_master_from_connection",
     "spark_session_from_connection",
 ]
@@ -129,12 +131,43 @@ def spark_master_from_connection(conn: Connection) -> str:
 def spark_session_from_connection(spark_conn_id: str | None, app_name: str,
                                   conf: Mapping[str, Any] | None = None) -> Any:
     """The SparkSession for an Airflow ``spark`` connection (None: in-process ``local[2]``)."""
-    from spark_kms.spark.session import spark_session
+    from spark_kms.spark.session import is_connect_master, spark_session
 
     master = DEFAULT_MASTER
     if spark_conn_id:
         master = spark_master_from_connection(BaseHook.get_connection(spark_conn_id))
-    return spark_session(master, app_name, conf=conf)
+    if is_connect_master(master):
+        return spark_session(master, app_name, conf=conf)
+    with jvm_stderr_to_stdout():
+        return spark_session(master, app_name, conf=conf)
+
+
+@contextmanager
+def jvm_stderr_to_stdout() -> Iterator[None]:
+    """While this block starts Spark's JVM in this process, the JVM gets this process's stdout as its stderr.
+
+    Airflow's task supervisor logs a task's stderr at ERROR level and its stdout at INFO; the JVM writes its
+    start-up banners (log4j's profile and level notes, ``NativeCodeLoader``, JDK incubator warnings) and its
+    log4j console output to stderr, so without this a healthy task's log opens with error lines. Only the
+    launch is redirected (the JVM keeps the descriptor it was started with; this process gets its own
+    stderr back); nothing happens when the JVM is already running."""
+    from pyspark import SparkContext
+
+    if getattr(SparkContext, "_gateway", None) is not None:
+        yield
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):
+            stream.flush()
+    saved = os.dup(2)
+    try:
+        os.dup2(1, 2)
+        yield
+    finally:
+        with suppress(Exception):
+            sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 @contextmanager
@@ -157,9 +190,34 @@ def _is_templated(value: Any) -> bool:
 
 
 def _asset_of(path: str) -> Asset:
-    if str(path).lower().startswith("iceberg://"):  # a catalog table: its URI names it
-        return Asset(uri=str(path))
-    return Asset(uri=Path(path).absolute().as_uri())
+    """The lineage Asset of a dataset path, its URI written as users write it: ``iceberg://``, ``s3://``, ...
+    URIs as they are; a local path as ``file://<absolute path>``, unescaped (``Path.as_uri()`` would write
+    ``event_date%3D2026-11-29``, which an Asset a consumer declares as ``.../event_date=2026-11-29`` does not
+    match; Airflow keeps ``=`` in an Asset URI as it is)."""
+    text = str(path)
+    if "://" in text:  # a catalog table or an object store: its URI names it
+        return Asset(uri=text)
+    return Asset(uri="file://" + str(Path(text).absolute()))
+
+
+#: the template variables Airflow 3 sets only for a run with a logical date
+_DATE_VARIABLES = ("ds", "ds_nodash", "ts", "ts_nodash", "ts_nodash_with_tz", "logical_date",
+                   "data_interval_start", "data_interval_end")
+
+
+def _undefined_date_hint(exc: Exception, context: Context) -> Exception:
+    """``exc`` unless it is Jinja's "'ds' is undefined" in a run without a logical date: then an error
+    that says why and what to template instead."""
+    if context.get("logical_date") is not None:
+        return exc
+    match = re.search(r"'(\w+)' is undefined", str(exc))
+    if not match or match.group(1) not in _DATE_VARIABLES:
+        return exc
+    return ConfigurationError(
+        f"{exc}: this DAG run has no logical date (Airflow 3 triggers manual runs without one), so "
+        f"{{{{ {match.group(1)} }}}} is not set; template the day as "
+        "{{ (dag_run.logical_date or dag_run.run_after) | ds }} (airflow_plugins.demo.RUN_DAY), or trigger "
+        "the run with a logical date")
 
 
 def _optional_float(value: Any, what: str) -> float | None:
@@ -247,7 +305,15 @@ class SparkKmsBaseOperator(BaseOperator):
         self.table_options = table_options
 
     def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
-        super().render_template_fields(context, jinja_env)
+        import jinja2
+
+        try:
+            super().render_template_fields(context, jinja_env)
+        except jinja2.UndefinedError as exc:
+            hinted = _undefined_date_hint(exc, context)
+            if hinted is exc:
+                raise
+            raise hinted from exc
         # Before Airflow stores the rendered fields: a root key passed in kms_options is masked too,
         # and so are the secrets of storage options, catalog properties and table options.
         from airflow_plugins.hooks.spark_kms import mask_mapping_secrets, mask_option_secrets
@@ -501,6 +567,8 @@ class ReencryptDatasetOperator(SparkKmsBaseOperator):
         the table; time travel to older versions ends). A plain dataset keeps no older files (templated;
         ``"None"`` / ``""``: no vacuum).
     :param include_history: ``rewrap`` of a table: also rewrap the data keys older versions reference.
+    :param kms_concurrency: ``rewrap``: KMS requests kept in flight (default 16; ``1``: one at a time);
+        throttled requests are retried with backoff (docs/ROTATION.md).
 
     A Delta or Iceberg ``path`` goes to :mod:`spark_kms.tables` (re-encrypt: new files and one commit per
     batch, never a file the table's log references rewritten); ``catalog_properties`` and
@@ -522,6 +590,7 @@ class ReencryptDatasetOperator(SparkKmsBaseOperator):
         batch_files: int | str | None = None,
         vacuum_retention_hours: float | str | None = None,
         include_history: bool = False,
+        kms_concurrency: int | None = None,
         **kwargs: Any,
     ) -> None:
         if not _is_templated(mode) and mode not in self.MODES:
@@ -535,6 +604,7 @@ class ReencryptDatasetOperator(SparkKmsBaseOperator):
         self.batch_files = batch_files
         self.vacuum_retention_hours = vacuum_retention_hours
         self.include_history = include_history
+        self.kms_concurrency = kms_concurrency
 
     @task_errors()
     def execute(self, context: Context) -> dict[str, Any]:
@@ -553,7 +623,10 @@ class ReencryptDatasetOperator(SparkKmsBaseOperator):
         with self.job_session(required=False) as spark:
             if self.mode == "rewrap":
                 summary = rewrap_dataset(self.path, key_uri=self.key_uri, kms_options=kms_options, run_id=run_id,
-                                         spark=spark, include_history=bool(self.include_history), **location)
+                                         spark=spark, include_history=bool(self.include_history),
+                                         kms_concurrency=_optional_int(self.kms_concurrency,
+                                                                       f"task {self.task_id!r}: kms_concurrency"),
+                                         **location)
             elif self.abandon:
                 summary = reencrypt_dataset(self.path, kms_options=kms_options, abandon=str(self.abandon),
                                             spark=spark, **location)

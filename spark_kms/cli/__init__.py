@@ -24,6 +24,7 @@ __all__ = ["ExitCode", "cli", "main"]
 _COMMANDS: dict[str, str] = {
     "keys": "spark_kms.cli.keys:keys",
     "demo": "spark_kms.cli.demo:demo",
+    "doctor": "spark_kms.cli.doctor:doctor",
     "encrypt": "spark_kms.cli.jobs:encrypt",
     "decrypt": "spark_kms.cli.jobs:decrypt",
     "rewrap": "spark_kms.cli.jobs:rewrap",

@@ -1,8 +1,9 @@
 """``spark-kms encrypt | decrypt | rewrap | reencrypt | inspect | gc | vacuum``: the dataset jobs on the command line.
 
-Every command but ``gc`` takes ``--keystore DIR`` (the local KMS keystore, i.e. ``--kms-option
-local.keystore=DIR``) and ``--kms-option scheme.key=value`` (repeatable; values that parse
-as JSON numbers or booleans are passed as such), e.g.
+Every command but ``gc`` and ``vacuum`` (no KMS call) takes ``--keystore DIR`` (the local KMS keystore,
+i.e. ``--kms-option local.keystore=DIR``), ``--principal P`` (``--kms-option local.principal=P``) and
+``--kms-option scheme.key=value`` (repeatable; values that parse as JSON numbers or booleans are passed
+as such), e.g.
 ``--kms-option aws-kms.endpoint_url=http://127.0.0.1:5000 --kms-option aws-kms.region=us-east-1``.
 
 Every command takes ``--master URL`` and ``--conf KEY=VALUE`` (:mod:`spark_kms.cli._spark`):
@@ -21,6 +22,9 @@ KEY=VALUE`` (the table library's own options, repeatable), ``--version`` (inspec
 ``--batch-files`` and ``--vacuum-retention-hours`` (reencrypt), ``--table-format`` and ``--replace-where``
 (encrypt into a table, read with pyarrow: no Spark), and the table-only verb ``vacuum``.
 
+The long verbs (``encrypt``, ``decrypt``, ``rewrap``, ``reencrypt``, ``inspect``) draw a progress bar on
+stderr (:mod:`spark_kms.cli._progress`): not with ``-q/--quiet``, ``--json``, or when stderr is not a terminal.
+
 Errors exit with a message that says what to do and the codes of ``spark-kms --help``
 (:mod:`spark_kms.cli._errors`).
 """
@@ -35,20 +39,24 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from spark_kms.cli._progress import JobProgress, progress_wanted
 from spark_kms.cli._spark import parse_conf, spark_options
 from spark_kms.errors import ConfigurationError
+from spark_kms.kms.concurrent import DEFAULT_KMS_CONCURRENCY, MAX_KMS_CONCURRENCY
 
 __all__ = ["decrypt", "encrypt", "gc", "inspect", "reencrypt", "rewrap", "vacuum"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _parse_kms_options(keystore: str | None, pairs: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+def _parse_kms_options(keystore: str | None, pairs: tuple[str, ...],
+                       principal: str | None = None) -> dict[str, dict[str, Any]]:
     options: dict[str, dict[str, Any]] = {}
     if keystore:
         options.setdefault("local", {})["keystore"] = keystore
+    if principal:
+        options.setdefault("local", {})["principal"] = principal
     for pair in pairs:
         name, sep, raw = pair.partition("=")
         scheme, dot, key = name.partition(".")
@@ -66,15 +74,18 @@ def _parse_kms_options(keystore: str | None, pairs: tuple[str, ...]) -> dict[str
 
 
 def _job_command(fn: F) -> F:
-    """Add --keystore / --kms-option and turn them into ``kms_options``."""
+    """Add --keystore / --principal / --kms-option and turn them into ``kms_options``."""
 
     @click.option("--kms-option", "kms_option", multiple=True, metavar="SCHEME.KEY=VALUE",
                   help="a KMS provider option, e.g. aws-kms.region=us-east-1 (repeatable)")
+    @click.option("--principal", default=None,
+                  help="local KMS: act as this principal, i.e. --kms-option local.principal=P "
+                       "(env SPARK_KMS_PRINCIPAL, default the OS user)")
     @click.option("--keystore", type=click.Path(file_okay=False), envvar="SPARK_KMS_KEYSTORE",
                   help="local KMS keystore directory (env SPARK_KMS_KEYSTORE)")
     @functools.wraps(fn)
-    def wrapper(keystore: str | None, kms_option: tuple[str, ...], **kwargs: Any) -> Any:
-        return fn(kms_options=_parse_kms_options(keystore, kms_option), **kwargs)
+    def wrapper(keystore: str | None, principal: str | None, kms_option: tuple[str, ...], **kwargs: Any) -> Any:
+        return fn(kms_options=_parse_kms_options(keystore, kms_option, principal), **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
@@ -194,29 +205,10 @@ def _versions(kv: dict[str, list[str]]) -> str:
     return "; ".join(f"{k} v{','.join(v)}" for k, v in kv.items()) or "-"
 
 
-class _ProgressBar:
-    """Rich progress on stderr, driven by a job's ``progress(item, done, total)`` callback."""
-
-    def __init__(self, what: str) -> None:
-        self._progress = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                  console=Console(stderr=True), transient=True)
-        self._task: Any = None
-
-    def __enter__(self) -> _ProgressBar:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
-
-    def __call__(self, item: str, done: int, total: int) -> None:
-        if self._task is None:
-            self._task = self._progress.add_task("", total=total)
-        self._progress.update(self._task, completed=done, total=total)
-
-
 _json_option = click.option("--json", "as_json", is_flag=True, help="print the run summary as JSON")
 _run_id_option = click.option("--run-id", help="run id (default: new; reencrypt: resumes an unfinished run)")
+_quiet_option = click.option("-q", "--quiet", is_flag=True,
+                             help="no progress bar (there is none either with --json or when stderr is not a terminal)")
 
 
 @click.command()
@@ -244,6 +236,7 @@ _run_id_option = click.option("--run-id", help="run id (default: new; reencrypt:
               help="refuse a KMS key guarded by less: hsm, software, external (or several, comma-separated)")
 @_run_id_option
 @_json_option
+@_quiet_option
 @_storage_option
 @_table_options
 @spark_options(always=True)
@@ -251,7 +244,8 @@ _run_id_option = click.option("--run-id", help="run id (default: new; reencrypt:
 def encrypt(source: str, destination: str, key_uri: str, columns: str, deterministic: str,
             blind_index: tuple[str, ...], partition_by: str, source_format: str, mode: str, table_format: str | None,
             replace_where: tuple[str, ...], join_domain: str | None, join_domain_store: str | None,
-            require_protection_level: str | None, run_id: str | None, as_json: bool, storage_options: dict[str, str] | None,
+            require_protection_level: str | None, run_id: str | None, as_json: bool, quiet: bool,
+            storage_options: dict[str, str] | None,
             catalog_properties: dict[str, str] | None, table_options: dict[str, str] | None,
             kms_options: dict[str, dict[str, Any]], spark: Any) -> None:
     """Encrypt the PII columns of SOURCE into the encrypted dataset DESTINATION (runs Spark: --master).
@@ -260,15 +254,16 @@ def encrypt(source: str, destination: str, key_uri: str, columns: str, determini
     source is read with pyarrow, one commit through the table's library, no Spark."""
     from spark_kms.jobs import encrypt_dataset
 
-    summary = encrypt_dataset(
-        source, destination, key_uri=key_uri, columns=_csv(columns), deterministic_columns=_csv(deterministic),
-        blind_index=_blind_index(blind_index), partition_by=_csv(partition_by), source_format=source_format,
-        mode=mode, kms_options=kms_options, run_id=run_id, spark=spark,
-        join_domain=join_domain, join_domain_store=join_domain_store, storage_options=storage_options,
-        table_format=table_format, replace_where=_replace_where(replace_where),
-        catalog_properties=catalog_properties, table_options=table_options,
-        require_protection_level=require_protection_level,
-    )
+    with JobProgress("encrypting", spark=spark, enabled=progress_wanted(quiet=quiet, as_json=as_json)):
+        summary = encrypt_dataset(
+            source, destination, key_uri=key_uri, columns=_csv(columns), deterministic_columns=_csv(deterministic),
+            blind_index=_blind_index(blind_index), partition_by=_csv(partition_by), source_format=source_format,
+            mode=mode, kms_options=kms_options, run_id=run_id, spark=spark,
+            join_domain=join_domain, join_domain_store=join_domain_store, storage_options=storage_options,
+            table_format=table_format, replace_where=_replace_where(replace_where),
+            catalog_properties=catalog_properties, table_options=table_options,
+            require_protection_level=require_protection_level,
+        )
     _print_summary(summary, as_json)
 
 
@@ -281,12 +276,13 @@ def encrypt(source: str, destination: str, key_uri: str, columns: str, determini
 @_version_option
 @_run_id_option
 @_json_option
+@_quiet_option
 @_storage_option
 @_table_options
 @spark_options(always=True)
 @_job_command
 def decrypt(source: str, destination: str, columns: str | None, output_format: str, version: str | None,
-            run_id: str | None, as_json: bool, storage_options: dict[str, str] | None,
+            run_id: str | None, as_json: bool, quiet: bool, storage_options: dict[str, str] | None,
             catalog_properties: dict[str, str] | None, table_options: dict[str, str] | None,
             kms_options: dict[str, dict[str, Any]], spark: Any) -> None:
     """Decrypt the encrypted dataset SOURCE into plaintext at DESTINATION (must differ from SOURCE).
@@ -295,10 +291,11 @@ def decrypt(source: str, destination: str, columns: str | None, output_format: s
     Iceberg table SOURCE is decrypted with pyarrow (Parquet output, no Spark; --version: time travel)."""
     from spark_kms.jobs import decrypt_dataset
 
-    summary = decrypt_dataset(source, destination, columns=_csv(columns) if columns is not None else None,
-                              output_format=output_format, kms_options=kms_options, run_id=run_id, spark=spark,
-                              storage_options=storage_options, version=_table_version(version),
-                              catalog_properties=catalog_properties, table_options=table_options)
+    with JobProgress("decrypting", spark=spark, enabled=progress_wanted(quiet=quiet, as_json=as_json)):
+        summary = decrypt_dataset(source, destination, columns=_csv(columns) if columns is not None else None,
+                                  output_format=output_format, kms_options=kms_options, run_id=run_id, spark=spark,
+                                  storage_options=storage_options, version=_table_version(version),
+                                  catalog_properties=catalog_properties, table_options=table_options)
     _print_summary(summary, as_json)
 
 
@@ -307,25 +304,31 @@ def decrypt(source: str, destination: str, columns: str | None, output_format: s
 @click.option("--key-uri", default=None, help="target key (default: each data key's own key, new primary version)")
 @click.option("--include-history", is_flag=True,
               help="tables: also rewrap the data keys of files older versions still reference (time travel)")
+@click.option("--kms-concurrency", type=click.IntRange(min=1, max=MAX_KMS_CONCURRENCY), default=None, metavar="N",
+              help=f"KMS requests in flight (default {DEFAULT_KMS_CONCURRENCY}; 1: one at a time); throttled "
+                   "requests are retried with backoff")
 @_run_id_option
 @_json_option
+@_quiet_option
 @_storage_option
 @_table_options
 @spark_options(always=False)
 @_job_command
-def rewrap(path: str, key_uri: str | None, include_history: bool, run_id: str | None, as_json: bool,
-           storage_options: dict[str, str] | None, catalog_properties: dict[str, str] | None,
-           table_options: dict[str, str] | None, kms_options: dict[str, dict[str, Any]], spark: Any) -> None:
+def rewrap(path: str, key_uri: str | None, include_history: bool, kms_concurrency: int | None, run_id: str | None,
+           as_json: bool, quiet: bool, storage_options: dict[str, str] | None,
+           catalog_properties: dict[str, str] | None, table_options: dict[str, str] | None,
+           kms_options: dict[str, dict[str, Any]], spark: Any) -> None:
     """Rewrap every data key of the dataset PATH under the target key's primary version (no cell rewritten).
 
     A Delta or Iceberg table: the new wraps go to the table key manifest, in one property-only commit."""
     from spark_kms.jobs import rewrap_dataset
 
-    with _ProgressBar("rewrapping data keys") as bar:
+    with JobProgress("rewrapping", unit="data keys", spark=spark,
+                     enabled=progress_wanted(quiet=quiet, as_json=as_json)) as bar:
         summary = rewrap_dataset(path, key_uri=key_uri, kms_options=kms_options, run_id=run_id, progress=bar,
                                  storage_options=storage_options, include_history=include_history,
                                  catalog_properties=catalog_properties, table_options=table_options,
-                                 **_through(spark))
+                                 kms_concurrency=kms_concurrency, **_through(spark))
     _print_summary(summary, as_json)
 
 
@@ -346,13 +349,14 @@ def rewrap(path: str, key_uri: str | None, include_history: bool, run_id: str | 
                    "the old data keys are then nowhere in the table)")
 @_run_id_option
 @_json_option
+@_quiet_option
 @_storage_option
 @_table_options
 @spark_options(always=False)
 @_job_command
 def reencrypt(path: str, key_uri: str | None, force: bool, abandon: str | None, rotate_join_domain: bool,
               join_domain_store: str | None, batch_files: int | None, vacuum_retention_hours: float | None,
-              run_id: str | None, as_json: bool, storage_options: dict[str, str] | None,
+              run_id: str | None, as_json: bool, quiet: bool, storage_options: dict[str, str] | None,
               catalog_properties: dict[str, str] | None, table_options: dict[str, str] | None,
               kms_options: dict[str, dict[str, Any]], spark: Any) -> None:
     """Re-encrypt the dataset PATH with new data keys, file by file (resumable: run again after a crash).
@@ -363,7 +367,8 @@ def reencrypt(path: str, key_uri: str | None, force: bool, abandon: str | None, 
     vacuumed (--vacuum-retention-hours, or `spark-kms vacuum`)."""
     from spark_kms.jobs import reencrypt_dataset
 
-    with _ProgressBar("re-encrypting files") as bar:
+    with JobProgress("re-encrypting", unit="files", spark=spark,
+                     enabled=progress_wanted(quiet=quiet, as_json=as_json)) as bar:
         summary = reencrypt_dataset(path, key_uri=key_uri, kms_options=kms_options, run_id=run_id, force=force,
                                     abandon=abandon, progress=bar, rotate_join_domain=rotate_join_domain,
                                     join_domain_store=join_domain_store, storage_options=storage_options,
@@ -376,12 +381,13 @@ def reencrypt(path: str, key_uri: str | None, force: bool, abandon: str | None, 
 @click.command()
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="print the inspection as JSON")
+@_quiet_option
 @_version_option
 @_storage_option
 @_table_options
 @spark_options(always=False)
 @_job_command
-def inspect(path: str, as_json: bool, version: str | None, storage_options: dict[str, str] | None,
+def inspect(path: str, as_json: bool, quiet: bool, version: str | None, storage_options: dict[str, str] | None,
             catalog_properties: dict[str, str] | None, table_options: dict[str, str] | None,
             kms_options: dict[str, dict[str, Any]], spark: Any) -> None:
     """Show the files, data keys, key versions and encrypted columns of the dataset PATH
@@ -389,9 +395,11 @@ def inspect(path: str, as_json: bool, version: str | None, storage_options: dict
     from spark_kms.jobs import inspect_dataset
     from spark_kms.report import render_inspection
 
-    inspection = inspect_dataset(path, kms_options=kms_options, storage_options=storage_options,
-                                 version=_table_version(version), catalog_properties=catalog_properties,
-                                 table_options=table_options, **_through(spark))
+    with JobProgress("inspecting", unit="files", spark=spark,
+                     enabled=progress_wanted(quiet=quiet, as_json=as_json)) as bar:
+        inspection = inspect_dataset(path, kms_options=kms_options, storage_options=storage_options,
+                                     version=_table_version(version), catalog_properties=catalog_properties,
+                                     table_options=table_options, progress=bar, **_through(spark))
     if as_json:
         click.echo(json.dumps(inspection.to_dict(), indent=2, sort_keys=True, default=str))
     else:

@@ -2,7 +2,11 @@
 
 Every command works on one keystore: ``--keystore DIR`` (env ``SPARK_KMS_KEYSTORE``,
 default ``~/.spark_kms/keystore``), acting as ``--principal`` (env
-``SPARK_KMS_PRINCIPAL``, default the OS user). The root key comes from
+``SPARK_KMS_PRINCIPAL``, default the OS user). Both go after the sub-command, where every other verb
+takes them (``spark-kms keys list --keystore DIR``, like ``spark-kms rewrap PATH --keystore DIR``); the
+0.1.0 position before it (``spark-kms keys --keystore DIR list``) still works. ``keys policy set`` is the
+one exception for ``--principal``: there it names the principal whose roles are set, so the acting
+principal goes before the sub-command or in ``SPARK_KMS_PRINCIPAL``. The root key comes from
 ``SPARK_KMS_ROOT_KEY`` or ``<keystore>/root.key``. Human output is rich tables;
 ``--json`` prints machine-readable JSON. Errors exit with a message that says what
 to do and the codes of ``spark-kms --help`` (:mod:`spark_kms.cli._errors`).
@@ -17,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from spark_kms.kms.base import KeyDescription
 from spark_kms.kms.local import (
@@ -33,8 +38,64 @@ __all__ = ["keys"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class _KeystoreChoice:
+    """The keystore and principal of a ``keys`` verb: the sub-command's options, else the group's (or env)."""
+
+    def __init__(self, keystore: str | None, principal: str | None) -> None:
+        self.keystore, self.principal = keystore, principal
+        self._kms: LocalKms | None = None
+
+    def kms(self) -> LocalKms:
+        if self._kms is None:
+            self._kms = LocalKms(self.keystore or default_keystore_dir(), principal=self.principal)
+        return self._kms
+
+
 def _kms(ctx: click.Context) -> LocalKms:
-    return ctx.find_object(LocalKms)  # type: ignore[return-value]
+    return ctx.find_object(_KeystoreChoice).kms()  # type: ignore[union-attr]
+
+
+def _override(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    """A sub-command's ``--keystore`` / ``--principal``: replaces the group's value; both given and
+    different is a usage error (which one was meant?)."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value is None:
+            return
+        choice = ctx.find_object(_KeystoreChoice)
+        owner = next((c for c in _contexts(ctx) if c.command is keys), None)
+        given_before = (owner is not None and owner.get_parameter_source(name) is ParameterSource.COMMANDLINE
+                        and getattr(choice, name) not in (None, value))
+        if given_before:
+            raise click.UsageError(f"--{name} given twice, before and after the sub-command, with different values")
+        setattr(choice, name, value)
+
+    return callback
+
+
+def _contexts(ctx: click.Context | None) -> list[click.Context]:
+    out = []
+    while ctx is not None:
+        out.append(ctx)
+        ctx = ctx.parent
+    return out
+
+
+def _keystore_option(fn: F) -> F:
+    return click.option("--keystore", type=click.Path(file_okay=False), default=None, expose_value=False,
+                        callback=_override("keystore"),
+                        help="Keystore directory [env SPARK_KMS_KEYSTORE; default ~/.spark_kms/keystore].")(fn)  # type: ignore[return-value]
+
+
+def _principal_option(fn: F) -> F:
+    return click.option("--principal", default=None, expose_value=False,
+                        callback=_override("principal"),
+                        help="Act as this principal [env SPARK_KMS_PRINCIPAL; default the OS user].")(fn)  # type: ignore[return-value]
+
+
+def _where(fn: F) -> F:
+    """``--keystore`` and ``--principal`` in the sub-command position."""
+    return _keystore_option(_principal_option(fn))
 
 
 def _console() -> Any:
@@ -70,17 +131,20 @@ def _json_option(fn: F) -> F:
     envvar="SPARK_KMS_KEYSTORE",
     type=click.Path(file_okay=False),
     default=None,
-    help="Keystore directory [env SPARK_KMS_KEYSTORE; default ~/.spark_kms/keystore].",
+    help="Keystore directory [env SPARK_KMS_KEYSTORE; default ~/.spark_kms/keystore]. Prefer giving it after "
+         "the sub-command (keys list --keystore DIR); this position is kept for 0.1.0 scripts.",
 )
 @click.option("--principal", envvar="SPARK_KMS_PRINCIPAL", default=None,
-              help="Act as this principal [env SPARK_KMS_PRINCIPAL; default the OS user].")
+              help="Act as this principal [env SPARK_KMS_PRINCIPAL; default the OS user]. Prefer giving it after "
+                   "the sub-command; this position is kept for 0.1.0 scripts.")
 @click.pass_context
 def keys(ctx: click.Context, keystore: str | None, principal: str | None) -> None:
     """Manage keys of the embedded local KMS (a software keystore, not an HSM)."""
-    ctx.obj = LocalKms(keystore or default_keystore_dir(), principal=principal)
+    ctx.obj = _KeystoreChoice(keystore, principal)
 
 
 @keys.command()
+@_where
 @click.option("--alias", default=None, help="Alias for the new key, e.g. alias/pii.")
 @click.option("--spec", type=click.Choice(KEY_SPECS), default="SYMMETRIC_DEFAULT", show_default=True)
 @click.option("--description", default="", help="Free text.")
@@ -107,6 +171,7 @@ def create(ctx: click.Context, alias: str | None, spec: str, description: str, t
 
 
 @keys.command("list")
+@_where
 @_json_option
 @click.pass_context
 def list_(ctx: click.Context, as_json: bool) -> None:
@@ -136,6 +201,7 @@ def list_(ctx: click.Context, as_json: bool) -> None:
 
 
 @keys.command()
+@_where
 @click.argument("key")
 @_json_option
 @click.pass_context
@@ -161,6 +227,7 @@ def describe(ctx: click.Context, key: str, as_json: bool) -> None:
 
 
 @keys.command()
+@_where
 @click.argument("key")
 @_json_option
 @click.pass_context
@@ -174,6 +241,7 @@ def rotate(ctx: click.Context, key: str, as_json: bool) -> None:
 
 
 @keys.command()
+@_where
 @click.argument("key")
 @click.option("--version", "version", type=int, default=None, help="Enable only this version.")
 @click.pass_context
@@ -188,6 +256,7 @@ def enable(ctx: click.Context, key: str, version: int | None) -> None:
 
 
 @keys.command()
+@_where
 @click.argument("key")
 @click.option("--version", "version", type=int, default=None, help="Disable only this version.")
 @click.pass_context
@@ -202,6 +271,7 @@ def disable(ctx: click.Context, key: str, version: int | None) -> None:
 
 
 @keys.command("schedule-deletion")
+@_where
 @click.argument("key")
 @click.option("--days", type=int, required=True,
               help=f"Waiting period, {MIN_DELETION_DAYS}-{MAX_DELETION_DAYS} days.")
@@ -214,6 +284,7 @@ def schedule_deletion(ctx: click.Context, key: str, days: int) -> None:
 
 
 @keys.command("cancel-deletion")
+@_where
 @click.argument("key")
 @click.pass_context
 def cancel_deletion(ctx: click.Context, key: str) -> None:
@@ -223,6 +294,7 @@ def cancel_deletion(ctx: click.Context, key: str) -> None:
 
 
 @keys.command("destroy-version")
+@_where
 @click.argument("key")
 @click.option("--version", "version", type=int, required=True)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
@@ -242,6 +314,7 @@ def alias() -> None:
 
 
 @alias.command("create")
+@_where
 @click.argument("alias_name", metavar="ALIAS")
 @click.argument("key")
 @click.pass_context
@@ -252,6 +325,7 @@ def alias_create(ctx: click.Context, alias_name: str, key: str) -> None:
 
 
 @alias.command("update")
+@_where
 @click.argument("alias_name", metavar="ALIAS")
 @click.argument("key")
 @click.pass_context
@@ -262,6 +336,7 @@ def alias_update(ctx: click.Context, alias_name: str, key: str) -> None:
 
 
 @alias.command("delete")
+@_where
 @click.argument("alias_name", metavar="ALIAS")
 @click.pass_context
 def alias_delete(ctx: click.Context, alias_name: str) -> None:
@@ -271,6 +346,7 @@ def alias_delete(ctx: click.Context, alias_name: str) -> None:
 
 
 @alias.command("list")
+@_where
 @_json_option
 @click.pass_context
 def alias_list(ctx: click.Context, as_json: bool) -> None:
@@ -289,6 +365,7 @@ def policy() -> None:
 
 
 @policy.command("set")
+@_keystore_option
 @click.argument("key")
 @click.option("--principal", "principal", required=True, help="Principal name, or '*' for everyone.")
 @click.option("--role", "roles", multiple=True, required=True, type=click.Choice(ROLES), help="Repeatable.")
@@ -310,6 +387,7 @@ def policy_set(ctx: click.Context, key: str, principal: str, roles: tuple[str, .
 
 
 @policy.command("show")
+@_where
 @click.argument("key")
 @click.pass_context
 def policy_show(ctx: click.Context, key: str) -> None:
@@ -318,6 +396,7 @@ def policy_show(ctx: click.Context, key: str) -> None:
 
 
 @keys.command()
+@_where
 @click.option("--key", "key", default=None, help="Only events about this key (id or alias).")
 @click.option("--limit", type=int, default=None, help="Only the last N events.")
 @_json_option

@@ -3,10 +3,11 @@
 Imports only ``cryptography``, the standard library and :mod:`spark_kms.errors`. The byte layouts are
 specified in docs/FORMAT.md and pinned by the vectors in tests/vectors/. The batched GCM hot loop runs in an
 optional C extension when it is built (:func:`native_available`; ``SPARK_KMS_PURE_PYTHON=1`` forces the
-``cryptography`` path), see :mod:`spark_kms.crypto._native`.
+``cryptography`` path), see :mod:`spark_kms.crypto._native`. Importing this package logs one line saying which
+(INFO; a WARNING, with how to fix it, when the package was built without the extension).
 """
 
-from spark_kms.crypto._native import BinaryBuffers, native_available
+from spark_kms.crypto._native import BinaryBuffers, native_available, native_status
 from spark_kms.crypto.cell import (
     AES_256_GCM,
     AES_256_SIV,
@@ -111,6 +112,7 @@ __all__ = [
     "encode_signed_manifest",
     "manifest_mac",
     "native_available",
+    "native_status",
     "new_dek_id",
     "parse_cell_header",
     "row_context",

@@ -20,6 +20,7 @@ row of the first value concerned. They never raise for bad data, only for bad ar
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from collections.abc import Callable, Sequence
@@ -29,7 +30,10 @@ from typing import Any, NamedTuple
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
+    "BUILD_HINT",
     "PURE_PYTHON_ENV",
     "ST_AUTH_FAILED",
     "ST_BAD_OFFSETS",
@@ -47,6 +51,7 @@ __all__ = [
     "count_valid",
     "dek_id_at",
     "native_available",
+    "native_status",
     "values_from_buffers",
 ]
 
@@ -278,13 +283,28 @@ class _PureBackend:
 
 # --------------------------------------------------------------------------- selection
 
+#: How to get the extension when it is missing (logged at import, shown by ``spark-kms doctor``).
+BUILD_HINT = ("install a C compiler and the OpenSSL 3 headers (Debian: apt-get install gcc libssl-dev), then "
+              "reinstall spark_kms from source (`make install`, or pip install --force-reinstall --no-binary "
+              "spark-kms ...)")
+
 _FORCED_PURE = os.environ.get(PURE_PYTHON_ENV, "").strip() not in ("", "0")
 _native: Any = None
-if not _FORCED_PURE:
+_STATUS: str
+if _FORCED_PURE:
+    _STATUS = f"native AES-GCM loop off ({PURE_PYTHON_ENV}=1): cells go through the cryptography package"
+    logger.info("%s", _STATUS)
+else:
     try:
         from spark_kms.crypto import _fastgcm as _native
-    except ImportError:  # not built (no compiler / OpenSSL headers at install time): the pure path serves
+    except ImportError as exc:  # not built (no compiler / OpenSSL headers at install time): the pure path serves
         _native = None
+        _STATUS = (f"native AES-GCM loop missing ({exc}): this install was built without spark_kms.crypto._fastgcm, "
+                   f"cells go through the cryptography package, about 4x slower; to fix, {BUILD_HINT}")
+        logger.warning("%s", _STATUS)
+    else:
+        _STATUS = f"native AES-GCM loop available ({os.path.basename(getattr(_native, '__file__', None) or '?')})"
+        logger.info("%s", _STATUS)
 
 _BACKEND: Any = _native if _native is not None else _PureBackend
 
@@ -292,6 +312,11 @@ _BACKEND: Any = _native if _native is not None else _PureBackend
 def native_available() -> bool:
     """True when the C extension does the batched GCM work, False on the pure ``cryptography`` path."""
     return _native is not None
+
+
+def native_status() -> str:
+    """One line: whether the native loop is in use, and if it is missing, why and how to get it."""
+    return _STATUS
 
 
 def backend() -> Any:

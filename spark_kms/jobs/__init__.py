@@ -32,6 +32,17 @@ from spark_kms.jobs.inspect import (
 from spark_kms.jobs.reencrypt import reencrypt_dataset
 from spark_kms.jobs.rewrap import rewrap_dataset
 from spark_kms.jobs.transfer import decrypt_dataset, encrypt_dataset
+from spark_kms.spark.conf import with_session_conf
+
+# Given a SparkSession (spark=...), the jobs take KMS and storage options -- and encrypt_dataset its key
+# URI -- from its spark.spark_kms.* conf too, under the call's own (spark_kms.spark.conf).
+encrypt_dataset = with_session_conf(encrypt_dataset, key_uri=True)
+decrypt_dataset = with_session_conf(decrypt_dataset)
+rewrap_dataset = with_session_conf(rewrap_dataset)
+reencrypt_dataset = with_session_conf(reencrypt_dataset)
+inspect_dataset = with_session_conf(inspect_dataset)
+needs_rotation = with_session_conf(needs_rotation)
+collect_garbage = with_session_conf(collect_garbage)
 
 __all__ = [
     "RUNS_DIR_NAME",

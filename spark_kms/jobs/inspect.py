@@ -17,7 +17,7 @@ ranged reads; no data page is read.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -33,6 +33,7 @@ from spark_kms.jobs._tables import (
     table_kwargs,
 )
 from spark_kms.kms import KmsConfig, KmsConfigLike
+from spark_kms.kms.concurrent import DEFAULT_KMS_CONCURRENCY, bounded_map
 from spark_kms.parquet.dataset import Dataset
 from spark_kms.storage import Location, StoragePath
 
@@ -107,7 +108,7 @@ class KeyInspection:
 @dataclass
 class DatasetInspection:
     """What :func:`inspect_dataset` found; data only. ``to_dict()`` is JSON-serialisable. It is drawn
-    by :mod:`spark_kms.report`: HTML in notebooks (after ``spark_kms.display.install()``), rich tables
+    by :mod:`spark_kms.report`: HTML in notebooks (after ``spark_kms.notebook.install()``), rich tables
     in the terminal (``spark-kms inspect``)."""
 
     path: str
@@ -145,6 +146,7 @@ def inspect_dataset(
     path: StoragePath, *, kms_options: KmsConfigLike = None, spark: Any = None,
     storage_options: StorageOptions = None, version: Any = None,
     catalog_properties: Mapping[str, str] | None = None, table_options: Mapping[str, str] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> DatasetInspection:
     """Inspect the encrypted dataset at ``path`` (one DescribeKey per distinct key URI).
 
@@ -158,6 +160,8 @@ def inspect_dataset(
     :param version: tables only: time travel (a Delta version, an Iceberg snapshot id or a timestamp).
     :param catalog_properties: tables only: the Iceberg catalog's properties.
     :param table_options: tables only: the table library's own options.
+    :param progress: a file dataset here (not a table, not over Spark Connect): called after each data
+        file with (file, files done, files in all).
     """
     refuse_table_arguments_over_connect(spark, "inspect", version=version, catalog_properties=catalog_properties,
                                         table_options=table_options)
@@ -173,22 +177,26 @@ def inspect_dataset(
     reject_table_arguments("inspect", path, version=version)
     dataset = require_dataset(path, "inspect", storage_options)
     keys = Dataset.open(dataset, job="inspect")
-    return _inspect(keys, KmsConfig.of(kms_options), strict=False)
+    return _inspect(keys, KmsConfig.of(kms_options), strict=False, progress=progress)
 
 
-def _inspect(keys: Dataset, kms: KmsConfig, *, strict: bool) -> DatasetInspection:
+def _inspect(keys: Dataset, kms: KmsConfig, *, strict: bool,
+             progress: Callable[[str, int, int], None] | None = None) -> DatasetInspection:
     effective = keys.effective_deks()
     # key_uri -> (key_id, primary, state, protection level, protection detail) | error
-    described: dict[str, tuple[str, str, str, str, str] | str] = {}
-    for key_uri in sorted({e.key_uri for e in effective.values()}):
+    def describe(key_uri: str) -> tuple[str, str, str, str, str] | str:
         try:
             desc = kms.describe(key_uri)
-            described[key_uri] = (desc.key_id, desc.primary_version, desc.state, desc.protection_level,
-                                  desc.protection_detail)
         except KmsError as exc:
             if strict:
                 raise
-            described[key_uri] = f"{type(exc).__name__}: {exc}"
+            return f"{type(exc).__name__}: {exc}"
+        return desc.key_id, desc.primary_version, desc.state, desc.protection_level, desc.protection_detail
+
+    # One DescribeKey per distinct key, a few in flight at once (a dataset moved between keys has several).
+    key_uris = sorted({e.key_uri for e in effective.values()})
+    described: dict[str, tuple[str, str, str, str, str] | str] = dict(
+        zip(key_uris, bounded_map(describe, key_uris, concurrency=DEFAULT_KMS_CONCURRENCY), strict=True))
 
     def behind(entry: DekEntry) -> bool | None:
         d = described[entry.key_uri]
@@ -226,6 +234,8 @@ def _inspect(keys: Dataset, kms: KmsConfig, *, strict: bool) -> DatasetInspectio
             key_versions={k: sorted(v) for k, v in sorted(versions.items())},
             behind=None if any(f is None for f in flags) else any(flags),
         ))
+        if progress is not None:
+            progress(keys.relpath(file), len(files), len(keys.files))
     deks = [
         DekInspection(
             dek_id=dek_id, key_uri=e.key_uri, key_id=e.key_id, key_version=e.key_version, algorithm=e.algorithm,

@@ -8,7 +8,9 @@ Modules, top to bottom (each imports only those below it):
 * :mod:`~spark_kms.spark.datasource`: the ``spark_kms`` data source and ``register``; its writer
   (``_source_write``), commit protocol (``_commit``) and reader (``_source_scan``)
 * :mod:`~spark_kms.spark.ml`: ``ColumnEncryptor`` / ``ColumnDecryptor``
-* :mod:`~spark_kms.spark.sql`: ``register_functions`` (``kms_encrypt``, ``kms_decrypt``, ...)
+* :mod:`~spark_kms.spark.sql`: ``register`` (the data source and the SQL functions: one call per session),
+  ``register_functions`` (``kms_encrypt``, ``kms_decrypt``, ``kms_decrypt_bigint``, ...)
+* :mod:`~spark_kms.spark.conf`: ``SparkKmsConf``: every option from the ``spark.spark_kms.*`` Spark conf
 * :mod:`~spark_kms.spark.udfs`: the Arrow UDF factories
 * :mod:`~spark_kms.spark.key_registry`: the on-disk registry where encrypting UDFs publish data keys
 * :mod:`~spark_kms.spark.session`: ``local_session``
@@ -30,7 +32,7 @@ from typing import Any
 
 # public name -> module under spark_kms.spark that defines it
 _EXPORTS: dict[str, str] = {
-    "register": "datasource",
+    "register": "sql",
     "write_encrypted": "io",
     "WriteResult": "io",
     "recover_interrupted_commits": "io",
@@ -42,6 +44,7 @@ _EXPORTS: dict[str, str] = {
     "blind_index_udf": "udfs",
     "register_functions": "sql",
     "read_key_registry": "key_registry",
+    "SparkKmsConf": "conf",
     "ColumnEncryptor": "ml",
     "ColumnDecryptor": "ml",
     "KEYS_COLUMN": "ml",

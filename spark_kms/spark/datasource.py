@@ -11,7 +11,10 @@ Usage::
        .mode("overwrite")
        .save("/data/customers"))            # or "s3://bucket/customers", "s3a://...", "gs://...", ...
 
-Options (all strings, names lower case):
+Options (all strings, names lower case). Each may also come from the session's Spark conf as
+``spark.spark_kms.<option>`` (KMS options also per scheme, ``spark.spark_kms.kms.<scheme>.<option>``; storage
+options as ``spark.spark_kms.storage.<name>``), as it was at :func:`register`; ``.option(...)`` wins
+(:mod:`spark_kms.spark.conf`, docs/CONFIGURATION.md):
 
 ``key_uri``               the KMS key that wraps the data keys (required when there is a column to encrypt)
 ``columns``               comma list of columns encrypted with AES-256-GCM, one data key per task
@@ -129,7 +132,8 @@ reader :mod:`spark_kms.spark._source_scan` (its filter pushdown :mod:`spark_kms.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from pyspark.sql.datasource import DataSource
 
@@ -143,6 +147,7 @@ from spark_kms.spark._source_scan import (
     _ScanOptions,
 )
 from spark_kms.spark._source_write import SparkKmsCommitMessage, SparkKmsWriter, WriteResult
+from spark_kms.spark.conf import AUTO_REGISTER, SparkKmsConf
 
 __all__ = [
     "KEYS_COLUMN",
@@ -168,27 +173,54 @@ class SparkKmsDataSource(DataSource):
     a full-scan reader that decrypts inside the Python worker, see "Reading" in the module
     docstring and :class:`SparkKmsReader`. :func:`spark_kms.spark.read_encrypted` (Spark's
     native Parquet scan, with column pruning) stays the path for selective queries.
+
+    Options come from ``.option(...)`` over the session's ``spark.spark_kms.*`` conf as it was
+    when :func:`register` ran (:attr:`session_conf`; :mod:`spark_kms.spark.conf`).
     """
+
+    #: the ``spark.spark_kms.*`` settings of the session at registration (Spark's Python planner
+    #: workers cannot read the session's conf themselves); set on the class :func:`register` makes
+    session_conf: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def name(cls) -> str:
         return "spark_kms"
 
+    def merged_options(self) -> dict[str, str]:
+        """The call's options over the session conf's (:meth:`SparkKmsConf.source_options`)."""
+        return SparkKmsConf(dict(self.session_conf)).source_options(self.options)
+
     @marked_for_driver()  # a spark_kms error reaches the driver as itself (spark/_errors.py)
     def schema(self) -> Any:
         """The plaintext schema of the dataset (footers only: no KMS call)."""
-        return _ScanOptions.from_options(self.options).plan().spark_schema()
+        return _ScanOptions.from_options(self.merged_options()).plan().spark_schema()
 
     @marked_for_driver()
     def reader(self, schema: Any) -> SparkKmsReader:
-        scan = _ScanOptions.from_options(self.options)
+        scan = _ScanOptions.from_options(self.merged_options())
         cls = SparkKmsFilteringReader if scan.filter_pushdown else SparkKmsReader
         return cls(scan, schema)
 
     def writer(self, schema: Any, overwrite: bool) -> SparkKmsWriter:
-        return SparkKmsWriter(dict(self.options), schema, overwrite)
+        return SparkKmsWriter(self.merged_options(), schema, overwrite)
 
 
 def register(spark: Any) -> None:
-    """Register the ``spark_kms`` data source with ``spark`` (idempotent)."""
-    spark.dataSource.register(SparkKmsDataSource)
+    """Register the ``spark_kms`` data source with ``spark``, carrying the session's ``spark.spark_kms.*``
+    conf as it is now (idempotent; call again after changing the conf -- the Python entry points do).
+
+    With ``spark.spark_kms.sql.autoRegister=true`` it also registers the SQL functions
+    (:func:`spark_kms.spark.sql.register_functions`, options from the conf) unless the session has a
+    ``kms_decrypt`` function already.
+    """
+    conf = SparkKmsConf.of(spark)
+    source: type[SparkKmsDataSource] = SparkKmsDataSource
+    if conf:
+        # A class made here pickles by value, its conf included, into the planner workers.
+        source = type("ConfiguredSparkKmsDataSource", (SparkKmsDataSource,),
+                      {"session_conf": dict(conf.entries), "__module__": __name__})
+    spark.dataSource.register(source)
+    if conf.flag(AUTO_REGISTER) and not spark.catalog.functionExists("kms_decrypt"):
+        from spark_kms.spark.sql import register_functions
+
+        register_functions(spark)

@@ -70,6 +70,7 @@ from spark_kms.parquet.encryptor import (
 from spark_kms.parquet.join_domains import domain_key
 from spark_kms.parquet.keys import new_deterministic_entry
 from spark_kms.spark._options import KEYS_COLUMN
+from spark_kms.spark.conf import SparkKmsConf
 from spark_kms.spark.remote import run_near_data
 from spark_kms.spark.udfs import decrypt_udf
 
@@ -158,9 +159,10 @@ class _KmsParams(Params):
     def setKmsOptions(self, value: KmsConfig | Mapping[str, Mapping[str, Any]] | str) -> Any:
         return self._set(kmsOptions=value)
 
-    def kms_config(self) -> KmsConfig:
-        """The kmsOptions Param as the :class:`~spark_kms.kms.KmsConfig` tasks carry."""
-        return KmsConfig.of(self.getOrDefault(self.kmsOptions))
+    def kms_config(self, spark: Any = None) -> KmsConfig:
+        """The kmsOptions Param as the :class:`~spark_kms.kms.KmsConfig` tasks carry, over the KMS options
+        of ``spark``'s ``spark.spark_kms.*`` conf when a session is given (:mod:`spark_kms.spark.conf`)."""
+        return SparkKmsConf.of(spark).kms_config(self.getOrDefault(self.kmsOptions))
 
     def write(self) -> DefaultParamsWriter:
         """The writer of ``save``: every Param, ``kmsOptions`` without its secret options."""
@@ -171,7 +173,9 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
     """Encrypts PII columns with one data key per partition (layout in the module docstring).
 
     :param inputCols: columns to encrypt with AES-256-GCM (randomised).
-    :param keyUri: the KMS key wrapping the data keys (``local://alias/pii``, ``aws-kms://...``).
+    :param keyUri: the KMS key wrapping the data keys (``local://alias/pii``, ``aws-kms://...``); default the
+        session's ``spark.spark_kms.keyUri``. Both transformers take KMS options from the session's
+        ``spark.spark_kms.*`` conf too, under ``kmsOptions`` (:mod:`spark_kms.spark.conf`), at ``transform``.
     :param deterministicCols: columns to encrypt with AES-SIV (joinable, reveals equality).
     :param blindIndexCols: source columns to blind-index (``"email"`` or ``"email=email_idx"``).
     :param encryptionContext: JSON object of str -> str sent to the KMS (audit trail).
@@ -332,16 +336,18 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         from pyspark.sql.pandas.types import to_arrow_schema
         from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
-        if not self.isDefined(self.keyUri):
-            raise ConfigurationError("ColumnEncryptor needs keyUri (e.g. 'local://alias/pii')")
+        conf = SparkKmsConf.of(dataset.sparkSession)
+        key_uri = self.getKeyUri() if self.isDefined(self.keyUri) else conf.option("key_uri")
+        if not key_uri:
+            raise ConfigurationError("ColumnEncryptor needs keyUri (e.g. 'local://alias/pii'; or set the "
+                                     "Spark conf spark.spark_kms.keyUri)")
         if KEYS_COLUMN in dataset.columns:
             raise ConfigurationError(
                 f"the DataFrame already has a {KEYS_COLUMN!r} column: it is encrypted already "
                 "(decrypt it first, or drop the column)"
             )
         spec = self.encryption_spec()
-        key_uri = self.getKeyUri()
-        kms = self.kms_config()
+        kms = self.kms_config(conf)
         context = self.getEncryptionContext()
         max_cells = self.getMaxCellsPerDek()
         # Validates the key URI and the spec against the schema on the driver (missing columns,
@@ -507,7 +513,7 @@ class ColumnDecryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
                 )
         else:
             columns = [c for c in decryptable if c in dataset.columns]
-        kms = self.kms_config()
+        kms = self.kms_config(dataset.sparkSession)
         logger.info("ColumnDecryptor: decrypting %s with %d data keys; %r", columns, len(table.deks), kms)
         for column in columns:
             udf = decrypt_udf(column, table.columns[column].arrow_type, table.deks, kms)

@@ -1,16 +1,30 @@
-"""SQL functions over encrypted columns: :func:`register_functions`.
+"""SQL functions over encrypted columns: :func:`register` / :func:`register_functions`.
 
-:func:`register_functions` registers ``kms_encrypt``, ``kms_decrypt`` (-> string),
-``kms_decrypt_binary`` and ``kms_blind_index`` for ``spark.sql``. Cells are bound (AAD) to a
-column label; the SQL forms take it as an optional last argument (``kms_decrypt(ssn, 'ssn')``).
-Without it, ``kms_encrypt`` binds to :data:`SQL_COLUMN` and ``kms_decrypt`` tries that label
-and then the encrypted column names found in the key tables it knows, in that order.
+One call per session registers them (``spark_kms.spark.register(spark)``: the data source too), or
+``spark.spark_kms.sql.autoRegister=true`` in the session's conf, honoured when spark_kms first touches
+the session (:func:`spark_kms.spark.datasource.register`: ``local_session``, ``spark_session``, the CLI,
+the Airflow operators, ``write_encrypted``, ...). Then, with no registration argument::
 
-Key tables come from datasets (:mod:`spark_kms.parquet.dataset`: footers with the dataset
-root's manifest applied) and the key registry (:mod:`spark_kms.spark.key_registry`); the
-functions carry a :class:`~spark_kms.kms.KmsConfig` to the executors (options only). Under Spark
+    SELECT name, kms_decrypt(ssn) AS ssn, kms_decrypt_bigint(amount) AS amount FROM customers
+
+``kms_decrypt`` (-> string), ``kms_decrypt_binary`` and the typed ``kms_decrypt_<type>``
+(:data:`TYPED_FUNCTIONS`) are temporary SQL functions that expand to Python Arrow UDFs called with
+``input_file_name()``: a row's cells are decrypted with the key table of the file the row came from
+(:mod:`spark_kms.spark._sql_keys`), whether the query reads a path or a table over the files. Spark
+SQL functions have one return type each, hence one typed function per type. ``kms_encrypt`` and
+``kms_blind_index`` are Python UDFs.
+
+Cells are bound (AAD) to a column label; the SQL forms take it as an optional last argument
+(``kms_decrypt(ssn, 'ssn')``). Without it, ``kms_encrypt`` binds to :data:`SQL_COLUMN` and the
+decrypt functions try the encrypted column names of the row's file, then that label and the column
+names of the key tables given at registration, in that order.
+
+Key tables also come from datasets given at registration (:mod:`spark_kms.parquet.dataset`: footers
+with the dataset root's manifest applied) and the key registry (:mod:`spark_kms.spark.key_registry`);
+the functions carry a :class:`~spark_kms.kms.KmsConfig` to the executors (options only). Under Spark
 Connect those key tables are read on the server side (:func:`spark_kms.spark.remote.run_near_data`),
-where the datasets and the registry are.
+where the datasets and the registry are; the files' key tables are read by the UDFs, on the server's
+workers, too.
 """
 
 from __future__ import annotations
@@ -42,6 +56,8 @@ from spark_kms.parquet.dataset import read_dataset_key_table
 from spark_kms.parquet.decryptor import BatchDecryptor
 from spark_kms.parquet.encryptor import EncryptionSpec
 from spark_kms.parquet.keys import DekResolver
+from spark_kms.spark._sql_keys import file_key_tables, missing_dek_ids, source_files, unknown_key_error
+from spark_kms.spark.conf import SparkKmsConf
 from spark_kms.spark.key_registry import read_key_registry, require_registry, with_registry_entries
 from spark_kms.spark.remote import run_near_data
 from spark_kms.spark.udfs import arrow_udf_of, encrypt_task
@@ -49,14 +65,12 @@ from spark_kms.spark.udfs import arrow_udf_of, encrypt_task
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
 
-__all__ = ["SQL_COLUMN", "SQL_FUNCTIONS", "register_functions"]
+__all__ = ["SQL_COLUMN", "SQL_FUNCTIONS", "TYPED_FUNCTIONS", "register", "register_functions"]
 
 logger = logging.getLogger(__name__)
 
 #: the column label one-argument ``kms_encrypt(value)`` binds its cells to
 SQL_COLUMN = "sql"
-#: the names :func:`register_functions` registers
-SQL_FUNCTIONS = ("kms_encrypt", "kms_decrypt", "kms_decrypt_binary", "kms_blind_index")
 
 _LABEL_RULE = "{name}: the column label argument must be the same on every row"
 
@@ -94,36 +108,160 @@ def _constant_label(args: pa.Array | tuple[pa.Array, ...], name: str) -> str | N
     return labels[0] if labels else None
 
 
+#: the typed decrypt functions: SQL name -> the Spark SQL type they return (the column's original type)
+TYPED_FUNCTIONS: dict[str, str] = {
+    f"kms_decrypt_{t}": t
+    for t in ("boolean", "tinyint", "smallint", "int", "bigint", "float", "double", "date", "timestamp",
+              "timestamp_ntz")
+}
+#: the names :func:`register_functions` registers
+SQL_FUNCTIONS = ("kms_encrypt", "kms_decrypt", "kms_decrypt_binary", *TYPED_FUNCTIONS, "kms_blind_index")
+
+
+def _sql_type(name: str) -> Any:
+    """The Spark DataType of a SQL type name (``bigint`` -> LongType())."""
+    from pyspark.sql.types import (
+        BinaryType,
+        BooleanType,
+        ByteType,
+        DateType,
+        DoubleType,
+        FloatType,
+        IntegerType,
+        LongType,
+        ShortType,
+        StringType,
+        TimestampNTZType,
+        TimestampType,
+    )
+
+    return {
+        "boolean": BooleanType(), "tinyint": ByteType(), "smallint": ShortType(), "int": IntegerType(),
+        "bigint": LongType(), "float": FloatType(), "double": DoubleType(), "date": DateType(),
+        "timestamp": TimestampType(), "timestamp_ntz": TimestampNTZType(), "string": StringType(),
+        "binary": BinaryType(),
+    }[name]
+
+
+def _arrow_of(sql_type: str) -> pa.DataType:
+    from pyspark.sql.pandas.types import to_arrow_type
+
+    return to_arrow_type(_sql_type(sql_type), timezone="UTC")
+
+
+def _function_for(recorded: pa.DataType) -> str:
+    """The SQL function that returns a column recorded as ``recorded`` (for messages)."""
+    if pa.types.is_string(recorded) or pa.types.is_large_string(recorded):
+        return "kms_decrypt"
+    if pa.types.is_binary(recorded) or pa.types.is_large_binary(recorded):
+        return "kms_decrypt_binary"
+    for name, sql_type in TYPED_FUNCTIONS.items():
+        if _arrow_of(sql_type) == recorded:
+            return name
+    return f"CAST(kms_decrypt(...) AS <{recorded}>)"
+
+
+def _typed(values: pa.Array, column: str, function: str, sql_type: str) -> pa.Array:
+    """``values`` (the column's cells decrypted to its recorded type) as ``sql_type``: the same type,
+    or a widening of an integer or floating-point one; anything else is refused, naming the right function."""
+    target = _arrow_of(sql_type)
+    recorded = values.type
+    if recorded == target:
+        return values
+    widening = (pa.types.is_integer(recorded) and pa.types.is_integer(target)) or (
+        pa.types.is_floating(recorded) and pa.types.is_floating(target))
+    if pa.types.is_timestamp(recorded) and pa.types.is_timestamp(target):
+        widening = (recorded.tz is None) == (target.tz is None)
+    if widening:
+        try:
+            return values.cast(target, safe=True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise ConfigurationError(
+                f"{function}: column {column!r} holds {recorded} values that do not fit {sql_type}; use "
+                f"{_function_for(recorded)}({column})"
+            ) from None
+    raise ConfigurationError(
+        f"{function}: column {column!r} was {recorded} when encrypted, not {sql_type}: use "
+        f"{_function_for(recorded)}({column})"
+    )
+
+
+class _SqlDecrypt:
+    """The body of the decrypt UDFs: one batch of cells, with the optional label and the files the
+    rows came from (``input_file_name()``). Pickled to the executors: key tables (wrapped keys only),
+    the KmsConfig (options only), the registry path and the storage options."""
+
+    def __init__(self, table: KeyTable, kms: KmsConfig, key_registry: str | None, candidates: Sequence[str],
+                 storage_options: Mapping[str, str] | None) -> None:
+        self.table = table
+        self.kms = kms
+        self.key_registry = key_registry
+        self.candidates = list(candidates)
+        self.storage_options = dict(storage_options or {}) or None
+
+    def __call__(self, function: str, result: str, cells: pa.Array, labels: pa.Array | None,
+                 files: pa.Array | None) -> pa.Array:
+        label = _constant_label((cells, labels), function) if labels is not None else None
+        names = source_files(files)
+        failures: dict[str, str] = {}
+        file_tables = file_key_tables(names, self.kms, self.storage_options, failures=failures)
+        table = self._merged(file_tables, cells)
+        missing = missing_dek_ids(table, cells)
+        if missing and names:  # a file replaced in place, a manifest rewritten: read the key tables again
+            failures.clear()
+            file_tables = file_key_tables(names, self.kms, self.storage_options, fresh=True, failures=failures)
+            table = self._merged(file_tables, cells)
+            missing = missing_dek_ids(table, cells)
+        if missing:
+            raise unknown_key_error(function, missing, names, failures)
+        from_files = [n for t in file_tables for n, s in t.columns.items() if s.algorithm != HMAC_SHA256_BIDX]
+        candidates = [label] if label is not None else list(dict.fromkeys([*from_files, *self.candidates]))
+        return _sql_decrypt(table, self.kms, function, result, candidates, label is not None, cells)
+
+    def _merged(self, file_tables: Sequence[KeyTable], cells: pa.Array) -> KeyTable:
+        table = self.table
+        for one in file_tables:
+            table = _lenient_merge(one, table)
+        return with_registry_entries(table, self.key_registry, cells)
+
+
 def _sql_decrypt(
     table: KeyTable,
     kms: KmsConfig,
-    key_registry: str | None,
+    function: str,
+    result: str,
     candidates: Sequence[str],
-    arrow_type: str,
-    args: tuple[pa.Array, ...],
+    labelled: bool,
+    cells: pa.Array,
 ) -> pa.Array:
-    cells = args[0]
-    label = _constant_label(args, "kms_decrypt")
-    names = [label] if label is not None else list(candidates)
-    table = with_registry_entries(table, key_registry, cells)
+    """Decrypt ``cells`` under the first candidate column label they authenticate under, as ``result``
+    (``string``, ``binary`` or a typed function's SQL type)."""
+    if cells.null_count == len(cells):  # nothing to decrypt: no label to find, no type to check
+        return pa.nulls(len(cells), pa.binary() if result == "binary" else _arrow_of(result))
     failure: DecryptionError | None = None
-    for name in names:
+    for name in candidates:
         # The cells authenticate their column's recorded spec (format 2 binds the type into the
-        # AAD), so decrypt under that spec and only then present the bytes as text or binary.
+        # AAD), so decrypt under that spec and only then present the value as asked.
         spec = table.columns.get(name)
         if spec is None or spec.algorithm == HMAC_SHA256_BIDX:
             spec = ColumnSpec(name, AES_256_GCM, "string", None)
         decryptor = BatchDecryptor(KeyTable(deks=dict(table.deks), columns={name: spec}), kms_options=kms)
         try:
-            plain = decryptor.decrypt_bytes(cells, name, where="Spark SQL")
-            return plain if arrow_type == "binary" else plain.cast(pa.string())
+            if result in ("string", "binary"):
+                plain = decryptor.decrypt_bytes(cells, name, where="Spark SQL")
+                return plain if result == "binary" else plain.cast(pa.string())
+            values = decryptor.decrypt_array(cells, name, where="Spark SQL")
         except DecryptionError as exc:
-            if isinstance(exc, UnknownDataKeyError) or label is not None:
+            if isinstance(exc, UnknownDataKeyError) or labelled:
                 raise
             failure = exc  # authenticated under another column label: try the next one
+            continue
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        return _typed(values, name, function, result)
     raise DecryptionError(
-        f"kms_decrypt: no cell authenticated under any known column label {names}; "
-        "pass the column name as the second argument, e.g. kms_decrypt(ssn, 'ssn')"
+        f"{function}: no cell authenticated under any known column label {list(candidates)}; "
+        f"pass the column name as the second argument, e.g. {function}(ssn, 'ssn')"
     ) from failure
 
 
@@ -156,45 +294,72 @@ def register_functions(
     kms_options: KmsConfigLike = None,
     encryption_context: Mapping[str, str] | None = None,
 ) -> KeyTable:
-    """Register ``kms_encrypt``, ``kms_decrypt``, ``kms_decrypt_binary`` and ``kms_blind_index``.
+    """Register the SQL functions for ``spark`` (temporary: for this session).
 
+    * ``kms_decrypt(cell [, column])`` -> string: the plaintext as UTF-8 text (the plaintext
+      encoding writes every non-binary type as its string form).
+    * ``kms_decrypt_<type>(cell [, column])`` -> ``<type>`` (:data:`TYPED_FUNCTIONS`: ``boolean``,
+      ``tinyint``, ``smallint``, ``int``, ``bigint``, ``float``, ``double``, ``date``, ``timestamp``,
+      ``timestamp_ntz``): the value at the column's original type, e.g. ``kms_decrypt_bigint(amount)``
+      -> 42. The column's recorded type must be that type (or a narrower integer / floating-point
+      one); otherwise the error names the function to use.
+    * ``kms_decrypt_binary(cell [, column])`` -> binary: the plaintext bytes.
     * ``kms_encrypt(value [, column])`` -> binary: AES-256-GCM under a data key from
       ``key_uri``, one per task, published to ``key_registry`` (both required for it).
-    * ``kms_decrypt(cell [, column])`` -> string: the plaintext as UTF-8 text (the
-      plaintext encoding writes every non-binary type as its string form).
-    * ``kms_decrypt_binary(cell [, column])`` -> binary: the plaintext bytes.
     * ``kms_blind_index(value, column)`` -> binary: the blind-index token of a string
       value for source column ``column``, as written by the file layer.
 
-    DEK entries come from the key tables of ``datasets`` (footers and manifest) and the
-    key registry at registration; DEK ids missing from them are looked up in the key
-    registry again at decryption time (cells encrypted after registration).
-    ``kms_options`` is a :class:`~spark_kms.kms.KmsConfig` or provider options per key-URI scheme.
-    Returns the key table gathered at registration.
-    """
-    from pyspark.sql.types import BinaryType, StringType
+    **Where the decrypt functions find a cell's data key**, no registration argument needed: the key
+    table of the Parquet file the row came from (``input_file_name()``, which each function passes to its
+    Python UDF; footer plus the dataset root's manifest, read and cached per worker process), for paths
+    (``FROM parquet.`/data/x```, a view of ``spark.read.parquet``) and tables (``CREATE TABLE t USING
+    parquet LOCATION '...'``) alike. Then the key tables of ``datasets`` read at registration, then
+    ``key_registry`` (also re-read for DEK ids it lacked). A cell of a row that did not come straight
+    from a file (after a join, an aggregation, a cache) needs ``datasets=`` or ``key_registry=``; the
+    error says so.
 
+    Every argument may come from the session's Spark conf instead (:mod:`spark_kms.spark.conf`:
+    ``spark.spark_kms.kms.<scheme>.<option>``, ``spark.spark_kms.keyUri``,
+    ``spark.spark_kms.key_registry``, ``spark.spark_kms.storage.<name>``), read now; the arguments win.
+    ``kms_encrypt`` is enabled by an explicit ``key_uri`` (then ``key_registry`` is required) or by the
+    conf's key URI and key registry together.
+    Returns the key table gathered at registration (``datasets`` and the registry).
+    """
+    from pyspark.sql.types import BinaryType
+
+    conf = SparkKmsConf.of(spark)
+    explicit_key_uri = key_uri is not None
+    key_uri = key_uri if explicit_key_uri else conf.option("key_uri")
+    if key_registry is None:
+        key_registry = conf.option("key_registry")
     registry = os.fspath(key_registry) if key_registry else None
-    table = run_near_data(spark, _gather_key_table, [os.fspath(d) for d in datasets], registry)
-    kms = KmsConfig.of(kms_options)
+    table = (run_near_data(spark, _gather_key_table, [os.fspath(d) for d in datasets], registry)
+             if datasets or registry else KeyTable(deks={}, columns={}))
+    kms = conf.kms_config(kms_options)
+    storage = conf.merged_storage(None)
     context = dict(encryption_context or {})
     encrypted_names = [
         name for name, spec in table.columns.items() if spec.algorithm != HMAC_SHA256_BIDX
     ]
     candidates = [SQL_COLUMN, *(n for n in encrypted_names if n != SQL_COLUMN)]
+    body = _SqlDecrypt(table, kms, registry, candidates, storage)
 
-    def kms_decrypt(*args: pa.Array) -> pa.Array:
-        return _sql_decrypt(table, kms, registry, candidates, "string", args)
+    def decrypting(function: str, result: str) -> Any:
+        def kms_decrypt_cells(cells: pa.Array, labels: pa.Array, files: pa.Array) -> pa.Array:
+            return body(function, result, cells, labels, files)
 
-    def kms_decrypt_binary(*args: pa.Array) -> pa.Array:
-        return _sql_decrypt(table, kms, registry, candidates, "binary", args)
+        return kms_decrypt_cells
 
-    spark.udf.register("kms_decrypt", arrow_udf_of(kms_decrypt, StringType(), iterator=False))
-    spark.udf.register(
-        "kms_decrypt_binary", arrow_udf_of(kms_decrypt_binary, BinaryType(), iterator=False)
-    )
+    decrypt_functions = {"kms_decrypt": "string", "kms_decrypt_binary": "binary", **TYPED_FUNCTIONS}
+    for function, result in decrypt_functions.items():
+        udf_name = f"_spark_kms_{function}"
+        spark.udf.register(udf_name, arrow_udf_of(decrypting(function, result), _sql_type(result), iterator=False))
+        spark.sql(
+            f"CREATE OR REPLACE TEMPORARY FUNCTION {function}(cell BINARY, label STRING DEFAULT NULL) "
+            f"RETURNS {result.upper()} RETURN {udf_name}(cell, label, input_file_name())"
+        )
 
-    if key_uri is not None:
+    if key_uri is not None and (explicit_key_uri or registry is not None):
         enc_registry = run_near_data(spark, require_registry, registry)
         kms.provider(key_uri)  # fail fast on the driver for a bad URI
 
@@ -229,19 +394,30 @@ def register_functions(
 
         spark.udf.register("kms_encrypt", arrow_udf_of(kms_encrypt, BinaryType(), iterator=True))
     else:
-        _register_refusal(spark, "kms_encrypt", "register_functions(spark, key_uri=..., key_registry=...)")
+        _register_refusal(spark, "kms_encrypt", "register_functions(spark, key_uri=..., key_registry=...) "
+                          "(or set spark.spark_kms.keyUri and spark.spark_kms.key_registry)")
 
     def kms_blind_index(values: pa.Array, columns: pa.Array) -> pa.Array:
         return _sql_blind_index(table, kms, registry, values, columns)
 
     spark.udf.register("kms_blind_index", arrow_udf_of(kms_blind_index, BinaryType(), iterator=False))
     logger.info(
-        "registered SQL functions %s: %d data keys and %d columns from %d datasets and key registry %s; "
-        "kms_encrypt %s; %r",
+        "registered SQL functions %s: %d data keys and %d columns from %d datasets and key registry %s, "
+        "and each file's own key table; kms_encrypt %s; %r",
         list(SQL_FUNCTIONS), len(table.deks), len(table.columns), len(datasets), registry,
-        f"under {key_uri}" if key_uri is not None else "disabled", kms,
+        f"under {key_uri}" if key_uri is not None and (explicit_key_uri or registry) else "disabled", kms,
     )
     return table
+
+
+def register(spark: SparkSession, **functions: Any) -> KeyTable:
+    """The one call a session needs: the ``spark_kms`` data source and the SQL functions
+    (:func:`register_functions`, given ``functions`` as its keyword arguments; options otherwise from
+    the session's Spark conf). Returns the key table :func:`register_functions` gathered."""
+    from spark_kms.spark.datasource import register as register_source
+
+    register_source(spark)
+    return register_functions(spark, **functions)
 
 
 def _sql_blind_index(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import spark_kms.jobs
-from spark_kms import display
+from spark_kms import notebook as skn
 from spark_kms.crypto import AES_256_GCM, AES_256_SIV, HMAC_SHA256_BIDX
 from spark_kms.errors import ConfigurationError, KeyNotFoundError
 from spark_kms.jobs import inspect_dataset, needs_rotation, reencrypt_dataset, rewrap_dataset
@@ -37,7 +37,7 @@ def test_inspect_lists_files_deks_columns_and_makes_one_describe_call(dataset):
     (key,) = insp.keys
     assert key.primary_version == "1" and key.deks == 5 and key.deks_behind == 0
     json.dumps(insp.to_dict())  # JSON-serialisable
-    html = display.view(insp)._repr_html_()
+    html = skn.view(insp)._repr_html_()
     assert "date=2024-01-01/part-0.parquet" in html and "<table>" in html and "up to date" in html
 
 
@@ -111,7 +111,7 @@ def test_render_inspection_shows_paths_and_errors_verbatim():
 
 
 def test_jobs_hold_data_and_leave_drawing_to_the_presentation_layer():
-    # jobs/ sits below spark_kms.report and spark_kms.display: no rich, no HTML in it.
+    # jobs/ sits below spark_kms.report and spark_kms.notebook: no rich, no HTML in it.
     jobs_dir = Path(spark_kms.jobs.__file__).parent
     for source in sorted(jobs_dir.glob("*.py")):
         text = source.read_text("utf-8")
