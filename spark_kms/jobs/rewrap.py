@@ -145,14 +145,7 @@ def rewrap_dataset(
         pruned = len(keys.manifest) - len(manifest)
         rewrapped: list[str] = []
         # One DescribeKey per distinct target key (KmsConfig keeps it), then the DEKs behind it.
-        target_uris = sorted({key_uri or e.key_uri for e in before.values()})
-        described = dict(zip(target_uris, bounded_map(kms.describe, target_uris, concurrency=concurrency), strict=True))
-        todo: dict[tuple[str, str], list[tuple[str, DekEntry]]] = {}
-        for dek_id, entry in sorted(before.items()):
-            target_uri = key_uri or entry.key_uri
-            target = described[target_uri]
-            if not (entry.key_id == target.key_id and entry.key_version == target.primary_version):
-                todo.setdefault((entry.key_uri, target_uri), []).append((dek_id, entry))
+        todo = rewrap_plan(before, key_uri, kms, concurrency)
         skipped = len(before) - sum(len(group) for group in todo.values())
         flusher = _Flusher(keys, manifest, kms, flush_every)
         try:
@@ -203,6 +196,25 @@ def rewrap_dataset(
              "files_total": len(keys.files)}
         )
         return summary
+
+
+def rewrap_plan(
+    entries: Mapping[str, DekEntry], key_uri: str | None, kms: KmsConfig, concurrency: int
+) -> dict[tuple[str, str], list[tuple[str, DekEntry]]]:
+    """The data keys that need a rewrap, grouped by (source key URI, target key URI), in DEK-id order.
+
+    One DescribeKey per distinct target key (at most ``concurrency`` at a time); a DEK already wrapped by the
+    target's primary version is left out. Shared by the dataset and the table rewrap.
+    """
+    target_uris = sorted({key_uri or e.key_uri for e in entries.values()})
+    described = dict(zip(target_uris, bounded_map(kms.describe, target_uris, concurrency=concurrency), strict=True))
+    todo: dict[tuple[str, str], list[tuple[str, DekEntry]]] = {}
+    for dek_id, entry in sorted(entries.items()):
+        target_uri = key_uri or entry.key_uri
+        target = described[target_uri]
+        if not (entry.key_id == target.key_id and entry.key_version == target.primary_version):
+            todo.setdefault((entry.key_uri, target_uri), []).append((dek_id, entry))
+    return todo
 
 
 class _Flusher:

@@ -33,8 +33,9 @@ from spark_kms.jobs.inspect import (
     FileInspection,
     KeyInspection,
 )
+from spark_kms.jobs.rewrap import rewrap_plan
 from spark_kms.kms import KmsConfig, KmsConfigLike, WrappedKey
-from spark_kms.kms.concurrent import bounded_map, check_kms_concurrency
+from spark_kms.kms.concurrent import check_kms_concurrency
 from spark_kms.storage import Location, StoragePath, is_hidden
 from spark_kms.tables._runs import TableRunRecorder, read_json, runs_dir, secret_strings, table_lock
 from spark_kms.tables.detect import DELTA, TableRef
@@ -264,14 +265,7 @@ def rewrap_table(
         summary.key_versions_before = key_versions_of((e.key_id, e.key_version) for e in before.values())
         manifest = dict(keys.manifest)
         rewrapped: list[str] = []
-        target_uris = sorted({key_uri or e.key_uri for e in targets.values()})
-        described = dict(zip(target_uris, bounded_map(kms.describe, target_uris, concurrency=concurrency), strict=True))
-        todo: dict[tuple[str, str], list[tuple[str, DekEntry]]] = {}
-        for dek_id, entry in sorted(targets.items()):
-            target_uri = key_uri or entry.key_uri
-            target = described[target_uri]
-            if not (entry.key_id == target.key_id and entry.key_version == target.primary_version):
-                todo.setdefault((entry.key_uri, target_uri), []).append((dek_id, entry))
+        todo = rewrap_plan(targets, key_uri, kms, concurrency)
         for (source_uri, target_uri), group in sorted(todo.items()):
             source, destination = kms.provider(source_uri), kms.provider(target_uri)
             # The context is part of the DEK's identity: readers send it on Decrypt, so it stays.

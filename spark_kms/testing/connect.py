@@ -39,8 +39,9 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["SERVER_CLASS", "ConnectServer", "ConnectServerError", "connect_server", "free_port", "spark_home"]
+__all__ = ["SERVER_CLASS", "ConnectServer", "ConnectServerError", "connect_server", "free_port", "kill_group", "spark_home"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,15 +103,16 @@ def _listening(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def _kill_group(process: subprocess.Popen[bytes], timeout: float) -> None:
-    """SIGTERM to the server's process group; after ``timeout`` (or once the leader is gone), SIGKILL to
-    whatever of the group is left (a stuck JVM, its Python workers)."""
+def kill_group(process: subprocess.Popen[Any], timeout: float, first: signal.Signals = signal.SIGTERM) -> None:
+    """``first`` (SIGTERM by default) to a server's process group; after ``timeout`` (or once the leader is
+    gone), SIGKILL to whatever of the group is left (a stuck JVM, its Python workers). The server must have
+    been started with ``start_new_session=True``: the group's id is then the leader's pid."""
 
     def signal_group(sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)  # started with start_new_session: the group's id is the leader's pid
+            os.killpg(process.pid, sig)
 
-    signal_group(signal.SIGTERM)
+    signal_group(first)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=timeout)
     signal_group(signal.SIGKILL)
@@ -177,7 +179,7 @@ def connect_server(
         logger.info("Spark Connect server listening on %s", server.url)
         yield server
     finally:
-        _kill_group(process, stop_timeout)
+        kill_group(process, stop_timeout)
         logger.info("Spark Connect server on %s stopped", server.url)
         if own_log_dir:
             shutil.rmtree(log_path.parent, ignore_errors=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from spark_kms.errors import SparkKmsError
-from spark_kms.testing.connect import free_port
+from spark_kms.testing.connect import free_port, kill_group
 
 __all__ = ["PostgresServerError", "find_bin_dir", "postgres_server"]
 
@@ -84,16 +84,7 @@ def _tail(path: Path, lines: int = 30) -> str:
 def _stop(process: subprocess.Popen[Any], timeout: float) -> None:
     """SIGINT (PostgreSQL's fast shutdown) to the server's process group, SIGKILL to what is left after
     ``timeout``."""
-
-    def signal_group(sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)  # start_new_session: the group id is the postmaster's pid
-
-    signal_group(signal.SIGINT)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=timeout)
-    signal_group(signal.SIGKILL)
-    process.wait()
+    kill_group(process, timeout, first=signal.SIGINT)
 
 
 @contextlib.contextmanager
