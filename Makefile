@@ -57,9 +57,28 @@ demo: install
 # Connect client for good, and the rest of the suite uses a classic session (tests/connect/conftest.py keeps a
 # run over more than that directory from collecting it). It starts its own Connect server in a private mount
 # namespace (unshare -m, as root, like CI).
+#
+# Two lanes at once, to keep CI short: the tests that mostly wait on other processes (the wheel installed into
+# a fresh venv, the Airflow deployment on PostgreSQL, the Spark Connect server) run in a second pytest process
+# beside the rest. Lane 2's output is printed when both are done; either failing fails `make test`.
+# `make test LANES=1` runs everything in one lane, one after the other.
+LANE2_TESTS := tests/packaging tests/airflow/test_deployment.py
+LANES ?= 2
 test: install
-	$(BIN)/python -m pytest
+ifeq ($(LANES),1)
+	$(BIN)/python -m pytest --durations=25
 	$(BIN)/python -m pytest tests/connect
+else
+	@rm -f .lane2.log .lane2.rc
+	@( { $(BIN)/python -m pytest -p no:cacheprovider $(LANE2_TESTS); a=$$?; \
+	     $(BIN)/python -m pytest -p no:cacheprovider tests/connect; b=$$?; \
+	     [ $$a -eq 0 ] && [ $$b -eq 0 ]; } > .lane2.log 2>&1; echo $$? > .lane2.rc ) &
+	@$(BIN)/python -m pytest --durations=25 $(addprefix --ignore=,$(LANE2_TESTS)); rc=$$?; \
+	  while [ ! -f .lane2.rc ]; do sleep 2; done; \
+	  echo "================ lane 2: $(LANE2_TESTS) tests/connect ================"; cat .lane2.log; \
+	  rc2=$$(cat .lane2.rc); rm -f .lane2.log .lane2.rc; \
+	  echo "lane 1 exit $$rc, lane 2 exit $$rc2"; [ $$rc -eq 0 ] && [ $$rc2 -eq 0 ]
+endif
 
 # `make sanitize`: spark_kms/crypto/_fastgcm.c built with ASan + UBSan into build/sanitize/ (the extension that
 # `pip install -e .` put in the source tree stays as it is), then the crypto tests and a 350,000-case fuzz run

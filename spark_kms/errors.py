@@ -14,12 +14,15 @@ provider edge with ``raise ... from exc`` so callers only ever catch these.
     │   ├── MissingKeyTableError      a Parquet file without the spark_kms key table
     │   └── MalformedCellError        truncated / oversized cell, unknown algorithm
     ├── DecryptionError               authentication failed: wrong key, tampered cell, wrong column
-    │   └── UnknownDataKeyError       a cell names a data key that no key table in reach holds
+    │   ├── UnknownDataKeyError       a cell names a data key that no key table in reach holds
+    │   ├── ErasedDataError           cells whose tenant key or subject key was erased (on_erased="raise")
+    │   └── UnknownSubjectError       a subject key store holds no key for a subject the cells name
     ├── KeyUsageLimitError            a data key reached its cell limit; roll to a new one
     ├── KmsError                      a KMS operation failed
     │   ├── KeyNotFoundError          no such key, alias or version
     │   ├── AccessDeniedError         the principal may not do this operation on this key
     │   ├── KeyStateError             key or version disabled, pending deletion or destroyed
+    │   │   └── KeyErasedError        the key is scheduled for deletion or destroyed: what it wrapped is erased
     │   ├── InvalidCiphertextError    a wrapped key that does not unwrap (tampered, wrong context)
     │   ├── ThrottlingError           the KMS kept throttling after bounded retries
     │   ├── KmsUnavailableError       the KMS could not be reached
@@ -36,10 +39,12 @@ __all__ = [
     "AccessDeniedError",
     "ConfigurationError",
     "DecryptionError",
+    "ErasedDataError",
     "FormatError",
     "InvalidCiphertextError",
     "JobError",
     "KeyNotFoundError",
+    "KeyErasedError",
     "KeyStateError",
     "KeyUsageLimitError",
     "KeystoreError",
@@ -52,6 +57,7 @@ __all__ = [
     "ThrottlingError",
     "UnknownDataKeyError",
     "UnknownFormatVersionError",
+    "UnknownSubjectError",
 ]
 
 
@@ -101,6 +107,17 @@ class UnknownDataKeyError(DecryptionError):
     the dataset manifest or a key registry is missing, or the cell came from elsewhere."""
 
 
+class ErasedDataError(DecryptionError):
+    """Cells were read whose data was erased (crypto-shredding: their tenant's KMS key is scheduled for
+    deletion or destroyed, or their subject's key was deleted from the subject key store), and the reader
+    asked to be told (``on_erased="raise"``) instead of getting nulls. The message names where and how many."""
+
+
+class UnknownSubjectError(DecryptionError):
+    """The subject key store holds neither a key nor an erasure record for a subject the cells name: the
+    wrong store, or a store restored from a backup older than the data."""
+
+
 class KeyUsageLimitError(SparkKmsError):
     """A data key has encrypted as many cells as it may; a new data key is needed."""
 
@@ -128,6 +145,11 @@ class AccessDeniedError(KmsError):
 
 class KeyStateError(KmsError):
     """The key or key version is disabled, pending deletion or destroyed."""
+
+
+class KeyErasedError(KeyStateError):
+    """The key is scheduled for deletion or destroyed, so everything it wrapped is erased (crypto-shredding).
+    A *disabled* key is a plain :class:`KeyStateError`: it can come back."""
 
 
 class InvalidCiphertextError(KmsError):

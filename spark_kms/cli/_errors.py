@@ -34,9 +34,11 @@ from spark_kms.errors import (
     AccessDeniedError,
     ConfigurationError,
     DecryptionError,
+    ErasedDataError,
     FormatError,
     InvalidCiphertextError,
     JobError,
+    KeyErasedError,
     KeyNotFoundError,
     KeyStateError,
     KeystoreError,
@@ -45,6 +47,7 @@ from spark_kms.errors import (
     KmsUnavailableError,
     SparkKmsError,
     ThrottlingError,
+    UnknownSubjectError,
 )
 from spark_kms.spark._errors import translate_spark_error
 
@@ -135,6 +138,9 @@ ERROR_TABLE: tuple[ErrorRow, ...] = (
     ErrorRow(AccessDeniedError, ExitCode.ACCESS_DENIED,
              "ask a key admin to grant the role (local KMS: `spark-kms keys policy set KEY --principal NAME "
              "--role ROLE`), or act as another principal"),
+    ErrorRow(KeyErasedError, ExitCode.KEY_STATE,
+             "the key is scheduled for deletion or destroyed (erased): what it wrapped cannot be read again; "
+             "cancel the deletion within its waiting period if the erasure was a mistake"),
     ErrorRow(KeyStateError, ExitCode.KEY_STATE,
              "re-enable the key or version (or cancel its deletion); after a rotation, rewrap or re-encrypt the "
              "dataset before retiring the old version"),
@@ -148,6 +154,11 @@ ERROR_TABLE: tuple[ErrorRow, ...] = (
     ErrorRow(ConfigurationError, ExitCode.USAGE, "see --help for the options"),
     ErrorRow(FormatError, ExitCode.DATA,
              "the file is damaged, is not a spark_kms dataset, or was written by a newer spark_kms"),
+    ErrorRow(ErasedDataError, ExitCode.DATA,
+             "these cells were erased (their tenant or subject key is gone): read with on_erased=null to get "
+             "nulls instead"),
+    ErrorRow(UnknownSubjectError, ExitCode.DATA,
+             "pass the subject key store the data was written with (--subject-store / subject_store=)"),
     ErrorRow(DecryptionError, ExitCode.DATA,
              "a cell or key does not authenticate: the file may be tampered with, or its key table is wrong"),
     ErrorRow(KeyUsageLimitError, ExitCode.KEY_USAGE_LIMIT, "write with a new data key (a new writer or job run)"),

@@ -10,6 +10,7 @@ optional C extension when it is built (:func:`native_available`; ``SPARK_KMS_PUR
 from spark_kms.crypto._native import BinaryBuffers, native_available, native_status
 from spark_kms.crypto.cell import (
     AES_256_GCM,
+    AES_256_GCM_SUBJECT,
     AES_256_SIV,
     ALGORITHM_IDS,
     BIDX_CELL_BYTES,
@@ -56,6 +57,12 @@ from spark_kms.crypto.keytable import (
     row_context,
     utc_now_iso,
 )
+from spark_kms.crypto.subject import (
+    SubjectCellDecryptor,
+    SubjectCellEncryptor,
+    derive_subject_cell_key,
+    subject_context,
+)
 from spark_kms.errors import (
     DecryptionError,
     FormatError,
@@ -66,6 +73,11 @@ from spark_kms.errors import (
 
 __all__ = [
     "AES_256_GCM",
+    "AES_256_GCM_SUBJECT",
+    "SubjectCellDecryptor",
+    "SubjectCellEncryptor",
+    "derive_subject_cell_key",
+    "subject_context",
     "AES_256_SIV",
     "ALGORITHM_IDS",
     "BIDX_CELL_BYTES",

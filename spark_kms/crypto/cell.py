@@ -55,6 +55,7 @@ from spark_kms.errors import (
 
 __all__ = [
     "AES_256_GCM",
+    "AES_256_GCM_SUBJECT",
     "AES_256_SIV",
     "ALGORITHM_IDS",
     "BIDX_CELL_BYTES",
@@ -97,9 +98,12 @@ FORMAT_VERSIONS = (1, 2)
 AES_256_GCM = "AES_256_GCM_IV12_TAG16"
 AES_256_SIV = "AES_256_SIV"
 HMAC_SHA256_BIDX = "HMAC_SHA256_128"
+#: AES-256-GCM under a key derived from a data subject's key and the partition DEK (crypto-shredding per
+#: person; the layout of 0x11, the key and AAD in :mod:`spark_kms.crypto.subject`)
+AES_256_GCM_SUBJECT = "AES_256_GCM_SUBJECT"
 
 #: algorithm name -> low nibble of the first cell byte
-ALGORITHM_IDS: dict[str, int] = {AES_256_GCM: 0x1, AES_256_SIV: 0x2, HMAC_SHA256_BIDX: 0x3}
+ALGORITHM_IDS: dict[str, int] = {AES_256_GCM: 0x1, AES_256_SIV: 0x2, HMAC_SHA256_BIDX: 0x3, AES_256_GCM_SUBJECT: 0x4}
 _ALGORITHM_NAMES: dict[int, str] = {v: k for k, v in ALGORITHM_IDS.items()}
 
 DEK_BYTES = 32
@@ -839,6 +843,11 @@ class CellDecryptor:
         if header.algorithm == HMAC_SHA256_BIDX:
             raise MalformedCellError(
                 f"a blind-index cell ({HMAC_SHA256_BIDX}) is one-way, not decryptable, at {at}"
+            )
+        if header.algorithm == AES_256_GCM_SUBJECT:
+            raise MalformedCellError(
+                f"a per-subject cell ({AES_256_GCM_SUBJECT}) needs its subject's key, at {at}: its column's "
+                "key-table spec must say so (field 'subject')"
             )
         minimum = GCM_OVERHEAD if header.algorithm == AES_256_GCM else SIV_OVERHEAD
         if len(cell) < minimum:

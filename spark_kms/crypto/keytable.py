@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from spark_kms.crypto.cell import (
     AES_256_GCM,
+    AES_256_GCM_SUBJECT,
     AES_256_SIV,
     DEK_BYTES,
     DEK_ID_BYTES,
@@ -81,7 +82,7 @@ DATASET_MANIFEST_NAME = "_spark_kms_keys.json"
 #: algorithms a DEK may be used for: GCM per-partition DEKs, the SIV DEK (also keys the blind index)
 DEK_ALGORITHMS = frozenset({AES_256_GCM, AES_256_SIV})
 #: algorithms an encrypted column may use
-COLUMN_ALGORITHMS = frozenset({AES_256_GCM, AES_256_SIV, HMAC_SHA256_BIDX})
+COLUMN_ALGORITHMS = frozenset({AES_256_GCM, AES_256_SIV, HMAC_SHA256_BIDX, AES_256_GCM_SUBJECT})
 #: the ``algorithm`` of the wrapped key that authenticates a manifest (never a data key: no cell uses it)
 MANIFEST_MAC_ALGORITHM = "HMAC_SHA256"
 _ENTRY_ALGORITHMS = DEK_ALGORITHMS | {MANIFEST_MAC_ALGORITHM}
@@ -258,6 +259,9 @@ class ColumnSpec:
     :param row_binding: (format version 2) the plain column whose value, row by row, is part of each cell's
         associated data, so a cell moved to another row fails to authenticate; ``None`` when cells are not
         bound to rows. Only for GCM and SIV columns.
+    :param subject: (``AES_256_GCM_SUBJECT`` columns only) the plain column holding each row's data subject id,
+        whose key in the subject key store the cell's key is derived from (docs/FORMAT.md section 15).
+    :param subject_store: (with ``subject``) the id of that subject key store, 32 lower-case hex characters.
     """
 
     name: str
@@ -265,9 +269,12 @@ class ColumnSpec:
     arrow_type: str
     source: str | None = None
     row_binding: str | None = None
+    subject: str | None = None
+    subject_store: str | None = None
 
     def __post_init__(self) -> None:
-        problem = _column_problem(self.name, self.algorithm, self.arrow_type, self.source, self.row_binding)
+        problem = _column_problem(self.name, self.algorithm, self.arrow_type, self.source, self.row_binding,
+                                  self.subject, self.subject_store)
         if problem:
             raise ConfigurationError(f"invalid ColumnSpec: {problem}")
 
@@ -285,6 +292,9 @@ class ColumnSpec:
         }
         if self.row_binding is not None:  # absent rather than null: version-1 tables keep their bytes
             out["row_binding"] = self.row_binding
+        if self.subject is not None:  # absent unless per-subject: older tables keep their bytes
+            out["subject"] = self.subject
+            out["subject_store"] = self.subject_store
         return out
 
     @classmethod
@@ -294,7 +304,7 @@ class ColumnSpec:
             raise FormatError(f"column entry{at} is not a JSON object")
         problem = _column_problem(
             data.get("name"), data.get("algorithm"), data.get("arrow_type"), data.get("source"),
-            data.get("row_binding"),
+            data.get("row_binding"), data.get("subject"), data.get("subject_store"),
         )
         if problem:
             raise FormatError(f"column entry{at}: {problem}")
@@ -304,6 +314,8 @@ class ColumnSpec:
             arrow_type=data["arrow_type"],
             source=data.get("source"),
             row_binding=data.get("row_binding"),
+            subject=data.get("subject"),
+            subject_store=data.get("subject_store"),
         )
 
 
@@ -315,7 +327,8 @@ def _utf8_len(text: str) -> int | None:
 
 
 def _column_problem(
-    name: object, algorithm: object, arrow_type: object, source: object, row_binding: object = None
+    name: object, algorithm: object, arrow_type: object, source: object, row_binding: object = None,
+    subject: object = None, subject_store: object = None,
 ) -> str | None:
     if not isinstance(name, str) or not name:
         return "field 'name' must be a non-empty string"
@@ -339,6 +352,18 @@ def _column_problem(
             return f"field 'row_binding' of column '{name}' must name a column (UTF-8, at most {_U16_MAX} bytes)"
         if row_binding == name:
             return f"field 'row_binding' of column '{name}' must name another column, not the column itself"
+    if algorithm == AES_256_GCM_SUBJECT:
+        size = _utf8_len(subject) if isinstance(subject, str) else None
+        if not subject or size is None or size > _U16_MAX or subject == name:
+            return (f"field 'subject' of per-subject column '{name}' must name the column of subject ids "
+                    f"(another column, UTF-8, at most {_U16_MAX} bytes)")
+        if not (isinstance(subject_store, str) and len(subject_store) == 32
+                and all(c in "0123456789abcdef" for c in subject_store)):
+            return f"field 'subject_store' of per-subject column '{name}' must be the store id (32 lower-case hex)"
+        if row_binding is not None:
+            return f"field 'row_binding' of per-subject column '{name}' must be absent: its subject binds it"
+    elif subject is not None or subject_store is not None:
+        return f"fields 'subject' and 'subject_store' of column '{name}' must be absent unless it is per-subject"
     return None
 
 
@@ -351,6 +376,11 @@ def column_binding(spec: ColumnSpec) -> bytes:
     continues with :func:`row_context`. The leading 0x02 keeps it distinct from the version-1 (empty) context.
     """
     arrow_type = spec.arrow_type.encode("utf-8")
+    if spec.algorithm == AES_256_GCM_SUBJECT:
+        # 0x03 || u16(arrow_type) || arrow_type || u16(subject column) || subject column; each cell's context
+        # continues with its subject id (spark_kms.crypto.subject.subject_context, docs/FORMAT.md section 15).
+        subject = (spec.subject or "").encode("utf-8")
+        return b"\x03" + len(arrow_type).to_bytes(2, "big") + arrow_type + len(subject).to_bytes(2, "big") + subject
     bound = (spec.row_binding or "").encode("utf-8")
     return _BINDING_V2 + len(arrow_type).to_bytes(2, "big") + arrow_type + len(bound).to_bytes(2, "big") + bound
 

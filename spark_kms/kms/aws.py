@@ -44,12 +44,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from spark_kms.errors import (
     AccessDeniedError,
     ConfigurationError,
     InvalidCiphertextError,
+    KeyErasedError,
     KeyNotFoundError,
     KeyStateError,
     KmsError,
@@ -57,7 +59,7 @@ from spark_kms.errors import (
     MissingExtraError,
     ThrottlingError,
 )
-from spark_kms.kms.base import DataKey, KeyDescription, KmsProvider, WrappedKey
+from spark_kms.kms.base import DataKey, KeyDeletion, KeyDescription, KmsProvider, WrappedKey
 from spark_kms.kms.registry import parse_key_uri
 
 try:
@@ -347,10 +349,36 @@ class AwsKmsProvider(KmsProvider):
                 "origin": meta.get("Origin"),
                 "custom_key_store_id": meta.get("CustomKeyStoreId"),
                 "rotations": len([r for r in rotations if r.get("RotationDate")]),
+                "deletion_date": _iso(meta.get("DeletionDate")),
             },
             protection_level=level,
             protection_detail=detail,
         )
+
+    def _schedule_key_deletion(self, pending_days: int) -> KeyDeletion:
+        """ScheduleKeyDeletion with PendingWindowInDays (7-30; needs kms:ScheduleKeyDeletion). The key is
+        PendingDeletion until then (CancelKeyDeletion undoes it), then deleted for good."""
+        if not 7 <= pending_days <= 30:
+            raise ConfigurationError(f"{self.key_uri}: AWS KMS deletion waiting periods are 7 to 30 days, "
+                                     f"got {pending_days}")
+        try:
+            resp = self._call("ScheduleKeyDeletion", lambda: self.client.schedule_key_deletion(
+                KeyId=self.key_ref, PendingWindowInDays=pending_days))
+        except KeyErasedError:  # already PendingDeletion: AWS refuses to schedule it again
+            meta = self._call("DescribeKey", lambda: self.client.describe_key(KeyId=self.key_ref))["KeyMetadata"]
+            return KeyDeletion(str(meta["Arn"]), _lower_state(str(meta.get("KeyState", "PendingDeletion"))),
+                               _iso(meta.get("DeletionDate")), already=True)
+        return KeyDeletion(str(resp["KeyId"]), _lower_state(str(resp.get("KeyState") or "PendingDeletion")),
+                           _iso(resp.get("DeletionDate")))
+
+
+def _iso(when: Any) -> str | None:
+    """A boto3 timestamp (datetime, or epoch seconds) as ISO 8601 UTC, or None."""
+    if when is None:
+        return None
+    if not isinstance(when, datetime):
+        when = datetime.fromtimestamp(float(when), timezone.utc)
+    return when.astimezone(timezone.utc).isoformat()
 
 
 def _protection(meta: Mapping[str, Any]) -> tuple[str, str]:
@@ -397,6 +425,11 @@ def _translate(exc: Any, operation: str, key_id: str) -> KmsError:
         return KeyNotFoundError(f"AWS KMS key {key_id} not found ({code} in {operation})", **kwargs)
     if code in _DENIED:
         return AccessDeniedError(f"{where}: access denied ({code})", **kwargs)
+    message = str(exc.response.get("Error", {}).get("Message", ""))
+    if code == "KMSInvalidStateException" and "pending deletion" in message.lower():
+        # AWS: "<key ARN> is pending deletion." -- scheduled for deletion, so what it wrapped is erased
+        return KeyErasedError(f"{where}: the key is pending deletion; what it wrapped is erased "
+                              f"(CancelKeyDeletion within the waiting period brings it back) ({code})", **kwargs)
     if code in _STATE:
         return KeyStateError(f"{where}: the key is not usable in its current state ({code})", **kwargs)
     if code in _BAD_CIPHERTEXT:

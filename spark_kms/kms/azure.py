@@ -27,6 +27,13 @@ Options:
 The principal needs ``keys/get``, ``wrapKey`` and ``unwrapKey`` (e.g. the *Key Vault Crypto
 Service Encryption User* role).
 
+Erasure: ``schedule_key_deletion`` deletes the key (``DELETE /keys/<name>``, permission ``keys/delete``).
+With soft delete (the default) the key and its versions stay recoverable (``recover``) until the
+vault's retention ends (``scheduled_purge_date``), then are purged. Afterwards Key Vault answers 404
+for the key; spark_kms reads ``GET /deletedkeys/<name>`` (``keys/get`` on deleted keys, in the
+*Key Vault Crypto Officer* role) and raises :class:`~spark_kms.errors.KeyErasedError` when the key is
+soft-deleted, :class:`~spark_kms.errors.KeyNotFoundError` when there is no such record either.
+
 Operations: a data key is 32 bytes from ``os.urandom`` wrapped with
 ``CryptographyClient.wrap_key``; the key is first read (``GET /keys/<name>``: current version,
 enabled flag, public key), and for RSA keys the SDK then wraps locally with the public key,
@@ -53,6 +60,7 @@ import hmac
 import os
 import struct
 from collections.abc import Callable
+from datetime import timezone
 from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidTag
@@ -62,6 +70,7 @@ from spark_kms.errors import (
     AccessDeniedError,
     ConfigurationError,
     InvalidCiphertextError,
+    KeyErasedError,
     KeyNotFoundError,
     KeyStateError,
     KmsError,
@@ -73,7 +82,7 @@ from spark_kms.errors import (
 from spark_kms.kms._binding import binding_tag as _binding_tag
 from spark_kms.kms._binding import context_bytes as _context_bytes
 from spark_kms.kms._binding import wipe as _wipe
-from spark_kms.kms.base import DATA_KEY_BYTES, DataKey, KeyDescription, KmsProvider, WrappedKey
+from spark_kms.kms.base import DATA_KEY_BYTES, DataKey, KeyDeletion, KeyDescription, KmsProvider, WrappedKey
 
 try:
     from azure.core.exceptions import (
@@ -192,6 +201,9 @@ class AzureKeyVaultProvider(KmsProvider):
         except SparkKmsError:
             raise
         except ResourceNotFoundError as exc:
+            if operation != "ScheduleKeyDeletion" and self._deleted_key() is not None:
+                raise KeyErasedError(f"{where}: the key is deleted (soft-deleted, recoverable until it is purged); "
+                                     "what it wrapped is erased", **kw) from exc
             raise KeyNotFoundError(f"{where}: no such key or version", **kw) from exc
         except ClientAuthenticationError as exc:
             raise AccessDeniedError(f"{where}: the credential was not accepted (401)", **kw) from exc
@@ -221,6 +233,14 @@ class AzureKeyVaultProvider(KmsProvider):
             raise KmsUnavailableError(f"{where}: no usable answer from {self.vault_url}", **kw) from exc
         except ValueError as exc:  # the SDK's not-before / expires-on check of the key
             raise KeyStateError(f"{where}: the key is not valid now ({exc})", **kw) from exc
+
+    def _deleted_key(self) -> Any:
+        """The key's soft-deleted record (``GET /deletedkeys/<name>``), or None when there is none or it
+        cannot be read (then a 404 stays a KeyNotFoundError: erasure is never claimed without proof)."""
+        try:
+            return self.client.key_client.get_deleted_key(self.name)
+        except (HttpResponseError, ServiceRequestError, ServiceResponseError):
+            return None
 
     # -- wrap / unwrap with the context binding --------------------------------------------
     def _wrap_bound(self, data_key: bytes | bytearray, encryption_context: dict[str, str]) -> WrappedKey:
@@ -320,20 +340,63 @@ class AzureKeyVaultProvider(KmsProvider):
         finally:
             _wipe(plaintext)
 
+    def _schedule_key_deletion(self, pending_days: int) -> KeyDeletion:
+        """Delete the key (soft delete; needs ``keys/delete``). Key Vault's waiting period is the vault's
+        soft-delete retention (7-90 days, set on the vault); ``pending_days`` cannot change it."""
+        already = False
+        try:
+            deleted = self._call("ScheduleKeyDeletion", lambda: self.client.key_client.begin_delete_key(self.name)
+                                 .result())
+        except KeyNotFoundError:
+            deleted = self._deleted_key()
+            if deleted is None:
+                raise
+            already = True
+        purge = deleted.scheduled_purge_date
+        # no recovery id: soft delete is off in this vault and the key is gone for good
+        state = "pending_deletion" if deleted.recovery_id else "destroyed"
+        return KeyDeletion(self.key_id, state, purge.astimezone(timezone.utc).isoformat() if purge else None,
+                           already=already)
+
+    def _describe_deleted(self) -> KeyDescription | None:
+        deleted = self._deleted_key()
+        if deleted is None:
+            return None
+        purge = deleted.scheduled_purge_date
+        version = str(deleted.properties.version or "")
+        level, detail = self._protection(str(getattr(deleted.key_type, "value", deleted.key_type) or ""))
+        return KeyDescription(
+            key_id=self.key_id, primary_version=version, enabled=False, state="pending_deletion",
+            versions={version: "pending_deletion"} if version else {},
+            extra={"vault_url": self.vault_url, "managed_hsm": self.managed_hsm,
+                   "deletion_date": purge.astimezone(timezone.utc).isoformat() if purge else None,
+                   "recovery_id": deleted.recovery_id},
+            protection_level=level,
+            protection_detail=detail,
+        )
+
+    def _protection(self, key_type: str) -> tuple[str, str]:
+        if self.managed_hsm:
+            return "hsm", "Managed HSM"
+        if key_type.upper().endswith("-HSM"):
+            return "hsm", "HSM"
+        return "software", "software"
+
     def _describe_key(self) -> KeyDescription:
         def describe() -> tuple[Any, list[Any]]:
             key = self.client.key_client.get_key(self.name, self.pinned_version)
             versions = list(self.client.key_client.list_properties_of_key_versions(self.name))
             return key, versions
 
-        key, versions = self._call("DescribeKey", describe)
+        try:
+            key, versions = self._call("DescribeKey", describe)
+        except KeyErasedError:
+            deleted = self._describe_deleted()
+            if deleted is None:
+                raise
+            return deleted
         key_type = str(getattr(key.key_type, "value", key.key_type) or "")
-        if self.managed_hsm:
-            level, detail = "hsm", "Managed HSM"
-        elif key_type.upper().endswith("-HSM"):
-            level, detail = "hsm", "HSM"
-        else:
-            level, detail = "software", "software"
+        level, detail = self._protection(key_type)
         return KeyDescription(
             key_id=self.key_id,
             primary_version=str(key.properties.version),

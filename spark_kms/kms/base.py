@@ -26,6 +26,7 @@ from spark_kms.errors import ConfigurationError, InvalidCiphertextError, KmsErro
 
 __all__ = [
     "DataKey",
+    "KeyDeletion",
     "KeyDescription",
     "KmsProvider",
     "PROTECTION_LEVELS",
@@ -151,6 +152,42 @@ class KeyDescription:
     extra: Mapping[str, Any] = field(default_factory=dict)
     protection_level: str = "software"
     protection_detail: str = ""
+
+    @property
+    def erased(self) -> bool:
+        """Whether the key is scheduled for deletion or destroyed (the key itself, or its primary
+        version), so that what it wrapped is erased. A *disabled* key is not erased: it can come back."""
+        if _erased_state(self.state):
+            return True
+        return bool(self.primary_version) and _erased_state(self.versions.get(self.primary_version, ""))
+
+
+#: state names (lower case, without ``_``) that mean scheduled for deletion or destroyed, as providers
+#: spell them: ``pending_deletion`` / ``PendingDeletion``, ``destroyed``, ``destroy_scheduled``
+_ERASED_STATES = frozenset({"pendingdeletion", "destroyed", "destroyscheduled"})
+
+
+def _erased_state(state: str) -> bool:
+    return str(state).replace("_", "").lower() in _ERASED_STATES
+
+
+@dataclass(frozen=True)
+class KeyDeletion:
+    """What :meth:`KmsProvider.schedule_key_deletion` did.
+
+    :param key_id: canonical id of the key scheduled for deletion.
+    :param state: the key's state afterwards (``pending_deletion``, or ``destroyed`` where the KMS
+        destroys at once).
+    :param deletion_date: when the KMS destroys the key material for good (ISO 8601, UTC), or None
+        when it is destroyed already or the KMS does not say.
+    :param already: the key was already scheduled for deletion or destroyed before this call (then
+        nothing changed, and ``deletion_date`` is the one scheduled earlier).
+    """
+
+    key_id: str
+    state: str
+    deletion_date: str | None
+    already: bool = False
 
 
 #: the protection levels a key description names (:attr:`KeyDescription.protection_level`)
@@ -331,6 +368,25 @@ class KmsProvider(ABC):
         _log_call("DescribeKey", self.key_uri, {})
         return self._describe_key()
 
+    def schedule_key_deletion(self, pending_days: int = 7) -> KeyDeletion:
+        """Erase this provider's key through the KMS's own deletion (crypto-shredding): after this,
+        Decrypt, GenerateDataKey and ReEncrypt against the key raise
+        :class:`~spark_kms.errors.KeyErasedError` (or :class:`~spark_kms.errors.KeyNotFoundError` where
+        the KMS deletes at once and cannot tell a deleted key from a missing one). ``pending_days`` is
+        the waiting period where the KMS has one; docs/PROVIDERS.md ("Erasing a key") says what each
+        KMS does and which permission it needs. Idempotent: a key already scheduled for deletion or
+        destroyed gives its :class:`KeyDeletion` with ``already=True``.
+        """
+        if not isinstance(pending_days, int) or isinstance(pending_days, bool) or pending_days < 1:
+            raise ConfigurationError(f"pending_days is a whole number of days >= 1, got {pending_days!r}")
+        _count(self.scheme, "ScheduleKeyDeletion")
+        _log_call("ScheduleKeyDeletion", self.key_uri, {})
+        deletion = self._schedule_key_deletion(pending_days)
+        logger.info("KMS key %s (%s) %s: %s, deletion date %s", deletion.key_id, self.key_uri,
+                    "was already scheduled for deletion" if deletion.already else "scheduled for deletion",
+                    deletion.state, deletion.deletion_date or "not given")
+        return deletion
+
     # -- what a backend implements -------------------------------------------
     @abstractmethod
     def _generate_data_key(self, encryption_context: dict[str, str]) -> DataKey: ...
@@ -343,6 +399,11 @@ class KmsProvider(ABC):
 
     @abstractmethod
     def _describe_key(self) -> KeyDescription: ...
+
+    def _schedule_key_deletion(self, pending_days: int) -> KeyDeletion:
+        raise ConfigurationError(
+            f"{self.scheme} keys cannot be scheduled for deletion by spark_kms: destroy the key in the KMS"
+        )
 
     def _reencrypt(
         self,

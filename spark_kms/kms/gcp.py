@@ -38,6 +38,12 @@ responses a matching ``plaintext_crc32c``. A mismatch raises :class:`KmsError`
 **Key version.** The version number from the Encrypt response's ``name``
 (``.../cryptoKeyVersions/<N>`` -> ``"N"``). Decrypt needs no version: the
 ciphertext names it.
+
+**Erasure.** A CryptoKey cannot be deleted in Cloud KMS; ``schedule_key_deletion`` destroys every
+ENABLED or DISABLED version (DestroyCryptoKeyVersion: DESTROY_SCHEDULED for the key's
+``destroy_scheduled_duration``, then DESTROYED; RestoreCryptoKeyVersion undoes it meanwhile).
+Encrypt / Decrypt refused because a version is DESTROY_SCHEDULED or DESTROYED raise
+:class:`~spark_kms.errors.KeyErasedError`.
 """
 
 from __future__ import annotations
@@ -47,12 +53,14 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from spark_kms.errors import (
     AccessDeniedError,
     ConfigurationError,
     InvalidCiphertextError,
+    KeyErasedError,
     KeyNotFoundError,
     KeyStateError,
     KmsError,
@@ -60,7 +68,7 @@ from spark_kms.errors import (
     MissingExtraError,
     ThrottlingError,
 )
-from spark_kms.kms.base import DATA_KEY_BYTES, DataKey, KeyDescription, KmsProvider, WrappedKey
+from spark_kms.kms.base import DATA_KEY_BYTES, DataKey, KeyDeletion, KeyDescription, KmsProvider, WrappedKey
 from spark_kms.kms.registry import parse_key_uri
 
 try:
@@ -338,10 +346,38 @@ class GcpKmsProvider(KmsProvider):
                 "protection_level": key.primary.protection_level.name if primary else "",
                 "rotation_period_s": key.rotation_period.total_seconds() if key.rotation_period else None,
                 "labels": dict(key.labels),
+                "destroy_scheduled_duration_s": key.destroy_scheduled_duration.total_seconds()
+                if key.destroy_scheduled_duration else None,
             },
             protection_level=_PROTECTION_LEVELS.get(gcp_level, gcp_level.lower()),
             protection_detail=gcp_level,
         )
+
+    def _schedule_key_deletion(self, pending_days: int) -> KeyDeletion:
+        """DestroyCryptoKeyVersion on every ENABLED / DISABLED version (needs
+        ``cloudkms.cryptoKeyVersions.list`` and ``.destroy``). Cloud KMS's waiting period is the key's
+        ``destroy_scheduled_duration``, set when the key was made; ``pending_days`` cannot change it."""
+        pager = self._call("ListCryptoKeyVersions", lambda: self.client.list_crypto_key_versions(
+            request={"parent": self.key_name}, **self._call_kwargs()))
+        versions = self._call("ListCryptoKeyVersions", lambda: list(pager))
+        live = {"ENABLED", "DISABLED"}
+        destroy_times: list[datetime] = []
+        scheduled = False
+        for v in versions:
+            state = v.state.name
+            if state in live:
+                try:
+                    v = self._call("DestroyCryptoKeyVersion", lambda name=v.name: self.client.destroy_crypto_key_version(
+                        request={"name": name}, **self._call_kwargs()))
+                    scheduled = True
+                except KeyErasedError:  # destroyed by someone else since the listing
+                    continue
+            if v.state.name == "DESTROY_SCHEDULED" and v.destroy_time:
+                destroy_times.append(v.destroy_time)
+        pending = bool(destroy_times) or any(v.state.name == "DESTROY_SCHEDULED" for v in versions)
+        when = max(destroy_times).astimezone(timezone.utc).isoformat() if destroy_times else None
+        return KeyDeletion(self.key_name, "pending_deletion" if pending or scheduled else "destroyed", when,
+                           already=not scheduled)
 
 
 #: Cloud KMS ProtectionLevel -> spark_kms protection level (the vendor name is kept as the detail)
@@ -379,6 +415,13 @@ def _translate(exc: Any, operation: str, key_id: str) -> KmsError:
         return KeyNotFoundError(f"Cloud KMS key {key_id} not found (NOT_FOUND in {operation})", **kwargs)
     if isinstance(exc, gexc.PermissionDenied | gexc.Unauthenticated):
         return AccessDeniedError(f"{where}: access denied ({type(exc).__name__})", **kwargs)
+    if isinstance(exc, gexc.FailedPrecondition) and any(
+            f"value {state} " in str(exc.message) for state in ("DESTROY_SCHEDULED", "DESTROYED")):
+        # "... Resource <version> has value DESTROY_SCHEDULED in field crypto_key_version.state."
+        return KeyErasedError(
+            f"{where}: the key version is scheduled for destruction or destroyed; what it wrapped is erased "
+            "(RestoreCryptoKeyVersion brings a version back while it is only scheduled)", **kwargs,
+        )
     if isinstance(exc, gexc.FailedPrecondition):
         return KeyStateError(
             f"{where}: the key version is not usable in its current state (disabled, destroyed or scheduled "

@@ -53,6 +53,12 @@ token removed) reconnects once. PKCS#11 keeps one login per process and token: a
 PIN differs from the one this process is logged in with is refused (a token has one user PIN),
 never let in on another provider's login.
 
+Erasure: ``schedule_key_deletion`` destroys every version object of the key (``C_DestroyObject`` in a
+read-write session of the crypto user): at once and for good, unless the token or an HSM backup
+still holds a copy (``pending_days`` is ignored). Afterwards the key is not found
+(:class:`~spark_kms.errors.KeyNotFoundError`): a token cannot tell a destroyed key from a missing one,
+so a second call (or a call on a missing key) reports ``already=True``.
+
 Errors: wrong PIN, no PIN, user not logged in -> :class:`~spark_kms.errors.AccessDeniedError`;
 unknown token or key label / version -> :class:`~spark_kms.errors.KeyNotFoundError`; a wrapped key
 that does not unwrap -> :class:`~spark_kms.errors.InvalidCiphertextError`.
@@ -84,7 +90,7 @@ from spark_kms.errors import (
 )
 from spark_kms.kms._binding import context_bytes as _context_bytes
 from spark_kms.kms._binding import wipe as _wipe
-from spark_kms.kms.base import DataKey, KeyDescription, KmsProvider, WrappedKey
+from spark_kms.kms.base import DataKey, KeyDeletion, KeyDescription, KmsProvider, WrappedKey
 from spark_kms.kms.registry import parse_key_uri
 from spark_kms.kms.retry import RetryPolicy, call_with_retries
 
@@ -369,12 +375,12 @@ class Pkcs11Provider(KmsProvider):
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- keys -----------------------------------------------------------------------------
-    def _versions(self, session: Any) -> dict[int, Any]:
+    def _versions(self, session: Any, operation: str = "FindObjects") -> dict[int, Any]:
         versions = _find_versions(session, self.label)
         if not versions:
             raise KeyNotFoundError(f"{self.key_id}: no AES key labelled {self.label!r} (with a numeric CKA_ID "
                                    f"version) in token {self.token_label!r}, or the user may not see it",
-                                   key_id=self.key_id, operation="FindObjects")
+                                   key_id=self.key_id, operation=operation)
         return versions
 
     def _primary(self, session: Any) -> tuple[int, Any]:
@@ -422,7 +428,7 @@ class Pkcs11Provider(KmsProvider):
         aad = _AAD_PREFIX + data[:10] + _context_bytes(encryption_context)
 
         def op(session: Any) -> bytearray:
-            key = self._versions(session).get(version)
+            key = self._versions(session, "Decrypt").get(version)
             if key is None:
                 raise KeyNotFoundError(f"{self.key_id}: version {version} of the key is not in the token", **kw)
             try:
@@ -434,6 +440,30 @@ class Pkcs11Provider(KmsProvider):
                     "another encryption context)", **kw) from None
 
         return self._call("Decrypt", op)
+
+    def _schedule_key_deletion(self, pending_days: int) -> KeyDeletion:
+        """C_DestroyObject on every version, in a read-write session: immediate and final."""
+
+        def op(session: Any) -> int:
+            self._versions(session)  # KeyNotFoundError when there is nothing (left) to destroy
+            conn = self._connection()
+            # This process is logged in through the provider's session: the read-write one shares that
+            # login (and closing it does not log the process out).
+            rw = open_token_session(self.module, conn.token, self._pin(), rw=True, what=self.key_id)
+            try:
+                versions = _find_versions(rw, self.label)
+                for obj in versions.values():
+                    obj.destroy()
+                return len(versions)
+            finally:
+                rw.close()
+
+        try:
+            destroyed = self._call("ScheduleKeyDeletion", op)
+        except KeyNotFoundError:
+            return KeyDeletion(self.key_id, "destroyed", None, already=True)
+        logger.info("PKCS#11 key %s: %d version object(s) destroyed", self.key_id, destroyed)
+        return KeyDeletion(self.key_id, "destroyed", None)
 
     def _describe_key(self) -> KeyDescription:
         def op(session: Any) -> KeyDescription:

@@ -34,6 +34,13 @@ How each operation maps onto Transit:
   data key never leaves Vault) whenever the encryption context stays the same; many at once (rewrap
   jobs) -> the same with ``batch_input`` (per-item results in ``data.batch_results``).
 - ``describe_key`` -> ``GET <mount>/keys/<name>`` (``latest_version`` is the primary version).
+- ``schedule_key_deletion`` -> ``POST <mount>/keys/<name>/config`` (``deletion_allowed=true``) then
+  ``DELETE <mount>/keys/<name>``: Transit has no scheduled deletion, so the key and every version
+  are deleted **at once and for good** (``pending_days`` is ignored). The token's policy needs
+  ``update`` on ``<mount>/keys/<name>/config`` and ``delete`` on ``<mount>/keys/<name>``. Vault then
+  answers "encryption key not found", which stays :class:`~spark_kms.errors.KeyNotFoundError`:
+  Vault cannot tell an erased key from one that never existed. For the same reason a second call
+  (or a call on a missing key) reports ``already=True``.
 
 The key version of a wrap is the ``N`` of Vault's ``vault:vN:`` ciphertext prefix.
 
@@ -79,6 +86,7 @@ from spark_kms.kms._binding import wipe as _wipe
 from spark_kms.kms.base import (
     PROTECTION_LEVELS,
     DataKey,
+    KeyDeletion,
     KeyDescription,
     KmsProvider,
     WrappedKey,
@@ -227,7 +235,8 @@ class VaultTransitProvider(KmsProvider):
             return AccessDeniedError(f"{where}: permission denied (check the token's policy)", **kw)
         if isinstance(exc, hvac.exceptions.InvalidPath):
             return KeyNotFoundError(f"{where}: no such key or mount", **kw)
-        if "encryption key not found" in low or "policy not found" in low:
+        if any(m in low for m in ("encryption key not found", "policy not found", "could not delete key; not found",
+                                  "no existing key named")):
             return KeyNotFoundError(f"{where}: encryption key not found", **kw)
         if "too old" in low or "disallowed by policy" in low:
             return KeyStateError(f"{where}: that key version is below min_decryption_version", **kw)
@@ -413,6 +422,19 @@ class VaultTransitProvider(KmsProvider):
                 ciphertext += _TAG_MARK + base64.b64encode(tag)
             out.append(self._wrapped(ciphertext))
         return out
+
+    def _schedule_key_deletion(self, pending_days: int) -> KeyDeletion:
+        """Allow deletion, then delete the key: immediate and final (see the module docstring)."""
+        try:
+            self._call("ScheduleKeyDeletion", lambda: self._transit.update_key_configuration(
+                name=self.name, deletion_allowed=True, mount_point=self.mount))
+            self._call("ScheduleKeyDeletion", lambda: self._transit.delete_key(name=self.name, mount_point=self.mount))
+        except KeyNotFoundError as exc:
+            if isinstance(exc.__cause__, hvac.exceptions.InvalidPath):
+                raise  # a 404: no such mount (route), not a missing key
+            # Vault's 400 "no existing key named ...": deleted already (or never there: Vault cannot tell)
+            return KeyDeletion(self.key_id, "destroyed", None, already=True)
+        return KeyDeletion(self.key_id, "destroyed", None)
 
     def _describe_key(self) -> KeyDescription:
         response = self._call("DescribeKey", lambda: self._transit.read_key(name=self.name, mount_point=self.mount))

@@ -33,7 +33,8 @@ from spark_kms.parquet.decryptor import BatchDecryptor
 from spark_kms.parquet.encryptor import BatchEncryptor, EncryptionSpec
 from spark_kms.parquet.index import blind_index_values
 from spark_kms.parquet.keys import DekResolver, new_deterministic_entry
-from spark_kms.parquet.reader import iter_decrypted_batches, read_decrypted_table
+from spark_kms.parquet.reader import erased_counts, iter_decrypted_batches, read_decrypted_table
+from spark_kms.parquet.tenants import TenantKeys
 from spark_kms.parquet.writer import EncryptedParquetWriter
 
 __all__ = [
@@ -43,12 +44,14 @@ __all__ = [
     "DekResolver",
     "EncryptedParquetWriter",
     "EncryptionSpec",
+    "TenantKeys",
     "blind_index_values",
     "check_required_encryption",
     "check_supported",
     "declare_encryption",
     "decode_values",
     "encode_values",
+    "erased_counts",
     "parse_arrow_type",
     "dataset_root_of",
     "iter_decrypted_batches",

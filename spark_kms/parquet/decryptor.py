@@ -19,13 +19,16 @@ columns are checked to hold blind-index cells of a deterministic key of the tabl
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from spark_kms.crypto import (
     AES_256_GCM,
+    AES_256_GCM_SUBJECT,
     AES_256_SIV,
     BIDX_CELL_BYTES,
     FORMAT_VERSIONS,
@@ -35,11 +38,12 @@ from spark_kms.crypto import (
     CellDecryptor,
     ColumnSpec,
     KeyTable,
+    SubjectCellDecryptor,
     column_binding,
     native_available,
     row_context,
 )
-from spark_kms.errors import ConfigurationError, DecryptionError, FormatError
+from spark_kms.errors import ConfigurationError, DecryptionError, ErasedDataError, FormatError, KeyErasedError
 from spark_kms.kms import DataKeyCache, KmsConfigLike
 from spark_kms.parquet._types import (
     array_from_buffers,
@@ -50,9 +54,29 @@ from spark_kms.parquet._types import (
 )
 from spark_kms.parquet.keys import DekResolver
 
-__all__ = ["BatchDecryptor"]
+__all__ = ["ON_ERASED", "BatchDecryptor", "check_on_erased"]
 
-_DECRYPTABLE = (AES_256_GCM, AES_256_SIV)
+logger = logging.getLogger(__name__)
+
+_DECRYPTABLE = (AES_256_GCM, AES_256_SIV, AES_256_GCM_SUBJECT)
+#: what a reader does with erased cells: return them as null (default) or raise ErasedDataError
+ON_ERASED = ("null", "raise")
+
+
+def check_on_erased(value: str | None) -> str:
+    """``on_erased`` checked: ``"null"`` (also for ``None``) or ``"raise"``."""
+    value = "null" if value is None else str(value).strip().lower()
+    if value not in ON_ERASED:
+        raise ConfigurationError(f"on_erased must be one of {list(ON_ERASED)}, got {value!r}")
+    return value
+
+
+class _ErasedDek(Exception):  # noqa: N818 -- internal signal, never leaves this module
+    """A data key's KMS key is erased (KeyErasedError on unwrap): its cells read as erased."""
+
+    def __init__(self, dek_id: bytes) -> None:
+        super().__init__(dek_id.hex())
+        self.dek_id = dek_id
 _BIDX_BYTE0 = b"\x13"
 RowValues = Sequence[bytes | None]
 
@@ -67,6 +91,12 @@ class BatchDecryptor:
         1 (default) reads both.
     :param verify_blind_indexes: recompute every blind-index cell of a batch from its source column (in the
         same batch) and refuse a mismatch. Costs the deterministic key's unwrap and one HMAC per cell.
+    :param subject_store: the subject key store of per-subject columns (a
+        :class:`~spark_kms.subjects.SubjectKeyStore` or its URL; default ``$SPARK_KMS_SUBJECT_STORE`` or the
+        embedded one). Looked up once per batch, for the batch's distinct subjects.
+    :param on_erased: ``"null"`` (default): cells whose data was erased -- their tenant's KMS key is scheduled
+        for deletion or destroyed, or their subject's key was deleted -- read as null, counted in
+        :attr:`erased`; ``"raise"``: :class:`~spark_kms.errors.ErasedDataError` instead.
 
     Not thread-safe (one per task or reader); cheap to build.
     """
@@ -79,6 +109,8 @@ class BatchDecryptor:
         cache: DataKeyCache | None = None,
         min_format_version: int = 1,
         verify_blind_indexes: bool = False,
+        subject_store: Any = None,
+        on_erased: str | None = "null",
     ) -> None:
         if not isinstance(key_table, KeyTable):
             raise ConfigurationError(f"key_table must be a KeyTable, got {type(key_table).__name__}")
@@ -101,11 +133,20 @@ class BatchDecryptor:
         self._cells = CellDecryptor(self._lookup)
         self._types: dict[str, pa.DataType] = {}
         self._indexers: dict[bytes, BlindIndexer] = {}
+        self.on_erased = check_on_erased(on_erased)
+        self._subject_store_arg = subject_store
+        self._store: Any = None
+        self._subject_cells = SubjectCellDecryptor(self._lookup)
+        #: column -> cells returned as null because their data was erased (tenant key or subject key)
+        self.erased: dict[str, int] = {}
+        #: data keys (8-byte ids) whose KMS key is erased
+        self.erased_deks: set[bytes] = set()
 
     def __reduce__(self) -> tuple[object, ...]:
         # Ships to Spark executors as configuration (wrapped keys only); cipher objects,
         # providers and the cache are rebuilt there, and keys unwrapped lazily.
-        return (_rebuild, (self.key_table, self.kms, self.min_format_version, self.verify_blind_indexes))
+        return (_rebuild, (self.key_table, self.kms, self.min_format_version, self.verify_blind_indexes,
+                           self._subject_store_arg if self._store is None else self._store, self.on_erased))
 
     def __repr__(self) -> str:
         return f"BatchDecryptor(columns={self.encrypted_columns}, deks={len(self.key_table.deks)})"
@@ -130,6 +171,8 @@ class BatchDecryptor:
                 continue
             if spec.row_binding is not None and spec.row_binding not in out:
                 out.append(spec.row_binding)
+            if spec.subject is not None and spec.subject not in out:
+                out.append(spec.subject)
             if self.verify_blind_indexes and spec.source is not None and spec.source not in out:
                 out.append(spec.source)
                 source = self.key_table.columns.get(spec.source)
@@ -256,6 +299,83 @@ class BatchDecryptor:
             )
         spec = self._spec(column, where)
         self._where = where
+        whole = array
+        erased_subjects = 0
+        while True:
+            if self.erased_deks:
+                array = self._without_erased(whole)
+            try:
+                if spec.algorithm == AES_256_GCM_SUBJECT:
+                    plain, erased_subjects = self._subject_bytes(array, spec, column, where, row_values)
+                else:
+                    plain = self._cell_bytes(array, spec, column, where, row_values)
+                break
+            except _ErasedDek as exc:
+                self.erased_deks.add(exc.dek_id)
+                entry = self.key_table.deks.get(exc.dek_id.hex())
+                logger.warning("%sdata key %s is erased (its KMS key %s is scheduled for deletion or destroyed): "
+                               "its cells read as null", f"{where}: " if where else "", exc.dek_id.hex(),
+                               entry.key_uri if entry is not None else "?")
+        erased = erased_subjects + (array.null_count - whole.null_count if array is not whole else 0)
+        if erased:
+            self._note_erased(column, erased, where)
+        return plain
+
+    def _note_erased(self, column: str, count: int, where: str) -> None:
+        if self.on_erased == "raise":
+            at = f"{where}: " if where else ""
+            raise ErasedDataError(
+                f"{at}column {column!r}: {count} cells were erased (their tenant's KMS key is scheduled for deletion "
+                "or destroyed, or their subject's key was deleted); read with on_erased='null' to get nulls"
+            )
+        self.erased[column] = self.erased.get(column, 0) + count
+
+    def _without_erased(self, array: pa.Array) -> pa.Array:
+        """``array`` with the cells of erased data keys replaced by nulls."""
+        ids = pc.binary_slice(array, 1, HEADER_BYTES)
+        mask = pc.fill_null(pc.is_in(ids, value_set=pa.array(sorted(self.erased_deks), ids.type)), False)
+        return pc.if_else(mask, pa.scalar(None, array.type), array)
+
+    def _subject_bytes(
+        self, array: pa.Array, spec: ColumnSpec, column: str, where: str, row_values: RowValues | None
+    ) -> tuple[pa.Array, int]:
+        """Per-subject cells: the batch's distinct subjects looked up in one go, then decrypted row by row."""
+        if row_values is None:
+            at = f"{where}: " if where else ""
+            raise ConfigurationError(
+                f"{at}column {column!r} is encrypted per subject, by column {spec.subject!r}: decrypt it together "
+                "with that column (read both)"
+            )
+        if len(row_values) != len(array):
+            raise ConfigurationError(f"column {column!r}: {len(row_values)} subject ids for {len(array)} cells")
+        cells = array.to_pylist()
+        wanted = {sid for cell, sid in zip(cells, row_values, strict=True) if cell is not None and sid is not None}
+        keys: dict[bytes, bytes | None] = {}
+        if wanted:
+            found = self._subject_store(spec, where).keys_for(sorted(s.decode("utf-8") for s in wanted))
+            keys = {k.encode("utf-8"): v for k, v in found.items()}
+        plain, erased = self._subject_cells.decrypt_rows(
+            cells, column, column_binding(spec), row_values, keys, where=where
+        )
+        return pa.array(plain, pa.binary()), len(erased)
+
+    def _subject_store(self, spec: ColumnSpec, where: str) -> Any:
+        store = self._store
+        if store is None:
+            from spark_kms.subjects import store_of  # the store builds on this layer: imported on use
+
+            store = self._store = store_of(self._subject_store_arg, kms_options=self.kms)
+        if store.store_id != spec.subject_store:
+            at = f"{where}: " if where else ""
+            raise ConfigurationError(
+                f"{at}column {spec.name!r} was encrypted with subject key store {spec.subject_store}, but the store "
+                f"given ({store}) is {store.store_id}: pass subject_store= the one it was written with"
+            )
+        return store
+
+    def _cell_bytes(
+        self, array: pa.Array, spec: ColumnSpec, column: str, where: str, row_values: RowValues | None
+    ) -> pa.Array:
         context = column_binding(spec)
         alternatives = () if self.key_table.aad_versions(column, min_format_version=self.min_format_version) == (2,) \
             else (b"",)
@@ -281,15 +401,14 @@ class BatchDecryptor:
 
     def _row_values(self, names: list[str], get: object, column: str, where: str) -> RowValues | None:
         spec = self.key_table.columns[column]
-        if spec.row_binding is None:
+        bound = spec.row_binding or spec.subject
+        if bound is None:
             return None
-        if spec.row_binding not in names:
+        if bound not in names:
             at = f"{where}: " if where else ""
-            raise ConfigurationError(
-                f"{at}column {column!r} is bound to rows by column {spec.row_binding!r}, which was not read: "
-                "read it too"
-            )
-        return encode_values(get(spec.row_binding))  # type: ignore[operator]
+            how = "bound to rows" if spec.row_binding else "encrypted per subject"
+            raise ConfigurationError(f"{at}column {column!r} is {how} by column {bound!r}, which was not read: read it too")
+        return encode_values(get(bound))  # type: ignore[operator]
 
     def _check_index_columns(self, names: list[str], get: object, where: str) -> None:
         """A blind-index column must hold 25-byte blind-index cells naming a deterministic key of the table:
@@ -357,7 +476,10 @@ class BatchDecryptor:
         return indexer
 
     def _lookup(self, dek_id: bytes) -> bytes:
-        return self._resolver.lookup(dek_id, where=self._where)
+        try:
+            return self._resolver.lookup(dek_id, where=self._where)
+        except KeyErasedError:
+            raise _ErasedDek(bytes(dek_id)) from None
 
     def _spec(self, column: str, where: str) -> ColumnSpec:
         spec = self.key_table.columns.get(column)
@@ -380,9 +502,10 @@ class BatchDecryptor:
 
 
 def _rebuild(
-    key_table: KeyTable, kms_options: KmsConfigLike, min_format_version: int = 1, verify_blind_indexes: bool = False
+    key_table: KeyTable, kms_options: KmsConfigLike, min_format_version: int = 1, verify_blind_indexes: bool = False,
+    subject_store: Any = None, on_erased: str = "null",
 ) -> BatchDecryptor:
     return BatchDecryptor(
         key_table, kms_options=kms_options, min_format_version=min_format_version,
-        verify_blind_indexes=verify_blind_indexes,
+        verify_blind_indexes=verify_blind_indexes, subject_store=subject_store, on_erased=on_erased,
     )

@@ -42,6 +42,7 @@ import pyarrow.compute as pc
 
 from spark_kms.crypto import (
     AES_256_GCM,
+    AES_256_GCM_SUBJECT,
     AES_256_SIV,
     DEFAULT_MAX_CELLS_PER_DEK,
     FORMAT_VERSION,
@@ -61,7 +62,9 @@ from spark_kms.crypto import (
 )
 from spark_kms.errors import ConfigurationError
 from spark_kms.kms import KmsConfig, KmsConfigLike, KmsProvider
-from spark_kms.kms.base import PROTECTION_LEVELS, KeyDescription, canonical_context
+from spark_kms.kms.base import canonical_context
+from spark_kms.parquet._lanes import _Lane, _LanesMixin
+from spark_kms.parquet._protection import check_protection_level, protection_levels_accepted
 from spark_kms.parquet._types import (
     array_from_buffers,
     binary_buffers,
@@ -70,170 +73,12 @@ from spark_kms.parquet._types import (
     encode_values,
 )
 from spark_kms.parquet.keys import DekResolver, entry_for
+from spark_kms.parquet.spec import EncryptionSpec
+from spark_kms.parquet.tenants import TenantKeys
 
 __all__ = ["BatchEncryptor", "EncryptionSpec", "check_protection_level", "protection_levels_accepted"]
 
 logger = logging.getLogger(__name__)
-
-
-def protection_levels_accepted(required: str | Sequence[str] | None) -> frozenset[str] | None:
-    """The key protection levels a ``require_protection_level`` setting accepts (``None``: no requirement).
-
-    ``required`` is one level of :data:`~spark_kms.kms.base.PROTECTION_LEVELS`, several (a list, or a
-    comma-separated string: any of them will do), or empty / ``None``. The order is
-    ``software < hsm``: ``"software"`` accepts every key, ``"hsm"`` accepts HSM keys only.
-    ``"external"`` (an external key manager: GCP EXTERNAL / EXTERNAL_VPC, an AWS external key store)
-    stands apart: the KMS cannot say what guards the key outside it, so it neither meets ``"hsm"`` nor
-    counts as weaker; ask for it by name (``"external"``) or accept both with ``"hsm,external"``.
-    """
-    if required is None:
-        return None
-    names = required.split(",") if isinstance(required, str) else list(required)
-    levels = [str(n).strip().lower() for n in names if str(n).strip()]
-    if not levels:
-        return None
-    unknown = [n for n in levels if n not in PROTECTION_LEVELS]
-    if unknown:
-        raise ConfigurationError(
-            f"require_protection_level takes {', '.join(PROTECTION_LEVELS)} (or several, comma-separated), "
-            f"got {required!r}"
-        )
-    accepted: set[str] = set()
-    for level in levels:
-        accepted.update(PROTECTION_LEVELS if level == "software" else (level,))
-    return frozenset(accepted)
-
-
-def check_protection_level(
-    provider: KmsProvider, required: str | Sequence[str] | None, *, description: KeyDescription | None = None
-) -> KeyDescription | None:
-    """Refuse ``provider``'s key when its protection level is weaker than ``required``.
-
-    One DescribeKey (unless ``description`` is given), made before any data key; raises
-    :class:`~spark_kms.errors.ConfigurationError` naming the key, its level and what was required.
-    Returns the description (``None`` when nothing is required, and then no KMS call is made).
-    """
-    accepted = protection_levels_accepted(required)
-    if accepted is None:
-        return None
-    if description is None:
-        description = provider.describe_key()
-    level = description.protection_level
-    if level not in accepted:
-        detail = f" ({description.protection_detail})" if description.protection_detail else ""
-        wanted = required if isinstance(required, str) else ",".join(required or ())
-        raise ConfigurationError(
-            f"key {provider.key_uri} (KMS key {description.key_id}) has protection level {level!r}{detail}; "
-            f"require_protection_level={wanted!r} refuses to encrypt under it (accepted: {sorted(accepted)})"
-        )
-    logger.debug("key %s: protection level %s%s meets require_protection_level=%r", provider.key_uri, level,
-                 f" ({description.protection_detail})" if description.protection_detail else "", required)
-    return description
-
-
-def _names(value: Any, what: str) -> tuple[str, ...]:
-    if isinstance(value, (str, bytes)):
-        raise ConfigurationError(f"{what} must be a sequence of column names, not a single string: {value!r}")
-    names = tuple(value)
-    for n in names:
-        if not isinstance(n, str) or not n:
-            raise ConfigurationError(f"{what} must hold non-empty column names, got {n!r}")
-    if len(set(names)) != len(names):
-        raise ConfigurationError(f"{what} lists a column twice: {list(names)}")
-    return names
-
-
-@dataclass(frozen=True)
-class EncryptionSpec:
-    """Which columns to encrypt and how.
-
-    :param columns: columns encrypted with AES-256-GCM (randomised: equal values give
-        different cells). A column also listed in ``deterministic`` is deterministic.
-    :param deterministic: columns encrypted with AES-SIV (equal values give equal cells
-        under the same dataset key: joins and group-bys on ciphertext work; it reveals
-        which cells are equal).
-    :param blind_index: source column -> name of a new binary column holding an HMAC
-        blind index of the source's plaintext (equality look-ups without decryption).
-    :param row_binding: a plain column (e.g. the primary key) whose value, row by row, goes into
-        the associated data of every AES-256-GCM cell, so a cell moved to another row fails to
-        decrypt. Readers then need that column too. Deterministic columns are not bound (equal
-        values must give equal cells across rows), nor are blind indexes.
-    """
-
-    columns: Sequence[str] = ()
-    deterministic: Sequence[str] = ()
-    blind_index: Mapping[str, str] = field(default_factory=dict)
-    row_binding: str | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "columns", _names(self.columns, "columns"))
-        object.__setattr__(self, "deterministic", _names(self.deterministic, "deterministic columns"))
-        if not isinstance(self.blind_index, Mapping):
-            raise ConfigurationError("blind_index must map a source column to the name of its index column")
-        bidx = dict(self.blind_index)
-        _names(list(bidx.values()), "blind index column names")
-        _names(list(bidx), "blind index source columns")
-        clash = sorted(set(bidx.values()) & (set(self.columns) | set(self.deterministic) | set(bidx)))
-        if clash:
-            raise ConfigurationError(f"blind index column names must be new columns, but {clash} are also sources")
-        # A plain dict (a private copy): specs are pickled to Spark executors.
-        object.__setattr__(self, "blind_index", bidx)
-        if not (self.columns or self.deterministic or bidx):
-            raise ConfigurationError("an EncryptionSpec needs at least one column to encrypt or index")
-        bound = self.row_binding
-        if bound is not None:
-            if not isinstance(bound, str) or not bound:
-                raise ConfigurationError(f"row_binding must name a plain column, got {bound!r}")
-            if bound in set(self.columns) | set(self.deterministic) | set(bidx.values()):
-                raise ConfigurationError(
-                    f"row_binding column {bound!r} must be a plain column, not an encrypted or index column"
-                )
-
-    def __hash__(self) -> int:
-        return hash((self.columns, self.deterministic, tuple(sorted(self.blind_index.items())), self.row_binding))
-
-    @classmethod
-    def from_key_table(cls, table: KeyTable) -> EncryptionSpec:
-        """The spec that writes columns as ``table`` describes them (re-encryption keeps a dataset's layout)."""
-        columns, deterministic, blind, bound = [], [], {}, set()
-        for name, spec in table.columns.items():
-            if spec.algorithm == AES_256_GCM:
-                columns.append(name)
-            elif spec.algorithm == AES_256_SIV:
-                deterministic.append(name)
-            elif spec.source is not None:
-                blind[spec.source] = name
-            if spec.row_binding is not None:
-                if spec.algorithm != AES_256_GCM:
-                    raise ConfigurationError(
-                        f"column {name!r} is {spec.algorithm} bound to rows by {spec.row_binding!r}: "
-                        "this writer binds only AES-256-GCM columns"
-                    )
-                bound.add(spec.row_binding)
-        if len(bound) > 1 or (bound and any(table.columns[c].row_binding is None for c in columns)):
-            raise ConfigurationError(f"the columns of the key table are bound to rows differently ({sorted(bound)})")
-        return cls(columns=columns, deterministic=deterministic, blind_index=blind,
-                   row_binding=bound.pop() if bound else None)
-
-    @property
-    def randomized(self) -> tuple[str, ...]:
-        """The AES-256-GCM columns (``columns`` minus the deterministic ones)."""
-        det = set(self.deterministic)
-        return tuple(c for c in self.columns if c not in det)  # type: ignore[attr-defined]
-
-    @property
-    def needs_deterministic_key(self) -> bool:
-        return bool(self.deterministic or self.blind_index)
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "columns": list(self.columns),
-            "deterministic": list(self.deterministic),
-            "blind_index": dict(self.blind_index),
-        }
-        if self.row_binding is not None:
-            out["row_binding"] = self.row_binding
-        return out
 
 
 @dataclass(frozen=True)
@@ -250,9 +95,11 @@ class _Plan:
     contexts: Mapping[str, bytes] = field(default_factory=dict)
     # position of the row-binding column, or None
     row_binding: int | None = None
+    # position of the subject column (per-subject cells), or None
+    subject: int | None = None
 
 
-class BatchEncryptor:
+class BatchEncryptor(_LanesMixin):
     """Encrypts the columns of a spec in a stream of Arrow record batches.
 
     Not thread-safe: one per task or writer. Use as a context manager, or call
@@ -275,13 +122,15 @@ class BatchEncryptor:
     def __init__(
         self,
         spec: EncryptionSpec,
-        provider: KmsProvider | str,
+        provider: KmsProvider | str | None,
         *,
         encryption_context: Mapping[str, str] | None = None,
         max_cells_per_dek: int = DEFAULT_MAX_CELLS_PER_DEK,
         deterministic_entry: DekEntry | None = None,
         kms_options: KmsConfigLike = None,
         require_protection_level: str | Sequence[str] | None = None,
+        tenant_keys: TenantKeys | Any = None,
+        subject_store: Any = None,
     ) -> None:
         if not isinstance(spec, EncryptionSpec):
             raise ConfigurationError(f"spec must be an EncryptionSpec, got {type(spec).__name__}")
@@ -300,7 +149,22 @@ class BatchEncryptor:
                 f"expected {AES_256_SIV}"
             )
         self.spec = spec
+        self.tenant_keys = TenantKeys.of(tenant_keys)
+        if self.tenant_keys is not None:
+            if spec.needs_deterministic_key:
+                raise ConfigurationError(
+                    "deterministic and blind-index columns use the join domain's key, which erasing a tenant does "
+                    "not reach: write them without tenant_keys (docs/ERASURE.md)"
+                )
+            if self.tenant_keys.column in set(spec.columns) | {spec.subject_column}:
+                raise ConfigurationError(
+                    f"tenant_column {self.tenant_keys.column!r} must be a plain column, not an encrypted one"
+                )
         kms = KmsConfig.of(kms_options)
+        if provider is None and self.tenant_keys is not None:
+            # Every data key is a tenant's: the first tenant's key stands for the writer in reprs and logs.
+            provider = kms.provider(self.tenant_keys.key_uri("default")) if isinstance(self.tenant_keys.keys, str) \
+                or "*" in self.tenant_keys.keys else kms.provider(next(iter(self.tenant_keys.keys.values())))
         if isinstance(provider, str):
             provider = kms.provider(provider)
         elif isinstance(provider, KmsProvider):
@@ -313,6 +177,16 @@ class BatchEncryptor:
             # kms serves this very provider for its key URI: one DescribeKey per config
             check_protection_level(provider, require_protection_level, description=kms.describe(provider.key_uri))
         self.encryption_context = canonical_context(encryption_context)
+        self._required_level = require_protection_level
+        self._default_lane = self._lane = _Lane(provider, self.encryption_context)
+        self._lanes: dict[str, _Lane] = {}
+        self._subjects: Any = None
+        if spec.subject_column is not None:
+            from spark_kms.subjects import store_of  # the store builds on this layer: imported on use
+
+            self._subjects = store_of(subject_store, kms_options=kms)
+        #: cells not written because their subject's key was erased before the write (written as null)
+        self.erased_on_write = 0
         self.max_cells_per_dek = max_cells_per_dek
         self._det_entry = deterministic_entry
         self._resolver = DekResolver({}, kms_options=kms)
@@ -321,7 +195,6 @@ class BatchEncryptor:
         self._entries: dict[str, DekEntry] = {}
         self._columns: dict[str, ColumnSpec] = {}
         self._plan: _Plan | None = None
-        self._cell: CellEncryptor | None = None
         self._det: DeterministicEncryptor | None = None
         self._bidx: BlindIndexer | None = None
         self._generated = 0
@@ -373,6 +246,8 @@ class BatchEncryptor:
             return pa.RecordBatch.from_arrays(
                 [pa.array([], f.type) for f in plan.output_schema], schema=plan.output_schema
             )
+        if self.tenant_keys is not None or plan.subject is not None:
+            return self._encrypt_batch_lanes(batch, plan)
         encoded: dict[int, list[bytes | None]] = {}
         out: list[pa.Array] = []
         bound: list[bytes | None] | None = None
@@ -417,11 +292,14 @@ class BatchEncryptor:
 
     def close(self) -> None:
         """Wipe the data keys held in memory. The key table stays readable."""
-        for enc in (self._cell, self._det, self._bidx):
+        lanes = [self._default_lane, *self._lanes.values()]
+        for enc in (*(lane.cell for lane in lanes), *(lane.subject for lane in lanes), self._det, self._bidx):
             wipe = getattr(enc, "wipe", None)
             if wipe is not None:
                 wipe()
-        self._cell = self._det = self._bidx = None
+        for lane in lanes:
+            lane.cell = lane.subject = None
+        self._det = self._bidx = None
         self._closed = True
 
     # -- internals ------------------------------------------------------------
@@ -455,16 +333,36 @@ class BatchEncryptor:
                 )
             bound_pos = names.index(spec.row_binding)
             check_supported(spec.row_binding, schema.field(bound_pos).type)
+        subject_pos = None
+        if spec.subject_column is not None:
+            if spec.subject_column not in names:
+                raise ConfigurationError(
+                    f"subject_column {spec.subject_column!r} is not in the data; available columns: {names}"
+                )
+            subject_pos = names.index(spec.subject_column)
+            t = schema.field(subject_pos).type
+            if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)):
+                raise ConfigurationError(
+                    f"subject_column {spec.subject_column!r} is {t}; subject ids are a string or integer column"
+                )
+        if self.tenant_keys is not None and self.tenant_keys.column not in names:
+            raise ConfigurationError(
+                f"tenant_column {self.tenant_keys.column!r} is not in the data; available columns: {names}"
+            )
         actions: list[str | None] = []
         fields: list[pa.Field] = []
         contexts: dict[str, bytes] = {}
         for f in schema:
             if f.name in gcm or f.name in det:
                 algorithm = AES_256_SIV if f.name in det else AES_256_GCM
+                if algorithm == AES_256_GCM and subject_pos is not None:
+                    algorithm = AES_256_GCM_SUBJECT
                 plain_type = check_supported(f.name, f.type)
                 column_spec = ColumnSpec(
                     name=f.name, algorithm=algorithm, arrow_type=str(plain_type), source=None,
                     row_binding=spec.row_binding if algorithm == AES_256_GCM else None,
+                    subject=spec.subject_column if algorithm == AES_256_GCM_SUBJECT else None,
+                    subject_store=self._subjects.store_id if algorithm == AES_256_GCM_SUBJECT else None,
                 )
                 self._note_column(column_spec)
                 contexts[f.name] = column_binding(column_spec)
@@ -483,7 +381,8 @@ class BatchEncryptor:
             indexes.append((names.index(source), source, index_name))
             fields.append(pa.field(index_name, pa.binary(), nullable=True))
         metadata = {k: v for k, v in (schema.metadata or {}).items() if k != b"pandas"} or None
-        return _Plan(schema, pa.schema(fields, metadata=metadata), tuple(actions), tuple(indexes), contexts, bound_pos)
+        return _Plan(schema, pa.schema(fields, metadata=metadata), tuple(actions), tuple(indexes), contexts, bound_pos,
+                     subject_pos)
 
     def _note_column(self, column: ColumnSpec) -> None:
         known = self._columns.get(column.name)
@@ -495,21 +394,25 @@ class BatchEncryptor:
 
     def _roll(self) -> CellEncryptor:
         """A new per-partition data key (one GenerateDataKey)."""
-        if self._cell is not None:
-            self._cell.wipe()
-            self._cell = None
+        lane = self._lane
+        if lane.cell is not None:
+            lane.cell.wipe()
+            lane.cell = None
+        if lane.subject is not None:
+            lane.subject.wipe()
+            lane.subject = None
         self._generated += 1
-        data_key = self.provider.generate_data_key(self.encryption_context)
+        data_key = lane.provider.generate_data_key(lane.context)
         try:
             dek_id = new_dek_id()
-            self._cell = CellEncryptor(data_key.plaintext, dek_id, max_cells=self.max_cells_per_dek)
-            entry = entry_for(data_key, dek_id, self.provider, self.encryption_context, AES_256_GCM)
+            lane.cell = CellEncryptor(data_key.plaintext, dek_id, max_cells=self.max_cells_per_dek)
+            entry = entry_for(data_key, dek_id, lane.provider, lane.context, AES_256_GCM)
         finally:
             data_key.wipe()
         self._entries[entry.dek_id] = entry
         logger.debug("new data key %s under %s (key version %s) for up to %d cells",
                      entry.dek_id, entry.key_uri, entry.key_version, self.max_cells_per_dek)
-        return self._cell
+        return lane.cell
 
     def _encrypt_gcm(
         self,
@@ -518,16 +421,22 @@ class BatchEncryptor:
         column: str,
         context: bytes,
         rows: list[bytes] | None = None,
+        subjects: tuple[list[bytes | None], Mapping[bytes, bytes | None]] | None = None,
     ) -> list[bytes | None]:
-        """GCM cells of ``values`` under ``context``, or under one context per row (``rows``: row binding)."""
+        """GCM cells of ``values`` under ``context``, or under one context per row (``rows``: row binding), or
+        per-subject cells (``subjects``: each row's subject id, and the subjects' keys)."""
 
         def seal(enc: CellEncryptor, start: int, end: int) -> list[bytes | None]:
+            if subjects is not None:
+                return self._subject_cells(enc).encrypt_rows(
+                    values[start:end], column, context, subjects[0][start:end], subjects[1]  # type: ignore[arg-type]
+                )
             if rows is None:
                 return enc.encrypt_many(values[start:end] if (start, end) != (0, len(values)) else values,
                                         column, context)
             return enc.encrypt_rows(values[start:end], column, rows[start:end])
 
-        enc = self._cell
+        enc = self._lane.cell
         if enc is None or enc.cells_left == 0:
             enc = self._roll()
         if non_null <= enc.cells_left:
@@ -536,7 +445,7 @@ class BatchEncryptor:
         out: list[bytes | None] = []
         start, n = 0, len(values)
         while start < n:
-            enc = self._cell
+            enc = self._lane.cell
             if enc is None or enc.cells_left == 0:
                 enc = self._roll()
             left, end = enc.cells_left, start
@@ -552,7 +461,7 @@ class BatchEncryptor:
 
     def _encrypt_gcm_array(self, plain: pa.Array, column: str, context: bytes) -> pa.Array:
         """:meth:`_encrypt_gcm` for a whole ``binary`` array through :meth:`CellEncryptor.encrypt_buffers`."""
-        enc = self._cell
+        enc = self._lane.cell
         if enc is None or enc.cells_left == 0:
             enc = self._roll()
         if len(plain) - plain.null_count <= enc.cells_left:
@@ -561,7 +470,7 @@ class BatchEncryptor:
         pieces: list[pa.Array] = []
         start, n = 0, len(plain)
         while start < n:
-            enc = self._cell
+            enc = self._lane.cell
             if enc is None or enc.cells_left == 0:
                 enc = self._roll()
             rest = plain.slice(start)
@@ -573,6 +482,13 @@ class BatchEncryptor:
             pieces.append(array_from_buffers(enc.encrypt_buffers(binary_buffers(piece), column, context)))
             start = end
         return pa.concat_arrays(pieces)
+
+    def _tenant_provider(self, key_uri: str) -> KmsProvider:
+        """The provider of a tenant's key, its protection level checked like the writer's own key."""
+        provider = self.kms.provider(key_uri)
+        if protection_levels_accepted(self._required_level) is not None:
+            check_protection_level(provider, self._required_level, description=self.kms.describe(key_uri))
+        return provider
 
     def _deterministic(self) -> tuple[DeterministicEncryptor, BlindIndexer]:
         """The SIV encryptor and blind indexer under the dataset-level key, built on first use."""

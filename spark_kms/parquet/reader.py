@@ -17,8 +17,11 @@ Integrity options of both readers (docs/FORMAT.md sections 9 and 13):
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -31,7 +34,10 @@ from spark_kms.parquet.dataset import Dataset, check_required_encryption, datase
 from spark_kms.parquet.decryptor import BatchDecryptor
 from spark_kms.storage import Location, StoragePath
 
-__all__ = ["iter_decrypted_batches", "read_decrypted_table"]
+__all__ = ["ERASED_METADATA_KEY", "erased_counts", "iter_decrypted_batches", "read_decrypted_table",
+           "with_erased_counts"]
+
+logger = logging.getLogger(__name__)
 
 PathLike = StoragePath
 DEFAULT_BATCH_ROWS = 65_536
@@ -64,6 +70,8 @@ def _file_decryptor(
     require_encrypted: Sequence[str] | None,
     min_format_version: int,
     verify_blind_indexes: bool,
+    subject_store: Any = None,
+    on_erased: str | None = "null",
 ) -> BatchDecryptor:
     if key_table is None:
         dataset = Dataset.open(path, kms_options=kms, require_encrypted=require_encrypted,
@@ -73,7 +81,7 @@ def _file_decryptor(
     else:
         check_required_encryption(key_table, require_encrypted or (), f"file {path.uri}", columns=names)
     return BatchDecryptor(key_table, kms_options=kms, min_format_version=min_format_version,
-                          verify_blind_indexes=verify_blind_indexes)
+                          verify_blind_indexes=verify_blind_indexes, subject_store=subject_store, on_erased=on_erased)
 
 
 def _decrypted_batches(
@@ -99,6 +107,8 @@ def iter_decrypted_batches(
     require_encrypted: Sequence[str] | None = None,
     min_format_version: int = 1,
     verify_blind_indexes: bool = False,
+    subject_store: Any = None,
+    on_erased: str | None = "null",
 ) -> Iterator[pa.RecordBatch]:
     """Stream one encrypted Parquet file as decrypted record batches.
 
@@ -109,6 +119,9 @@ def iter_decrypted_batches(
     :param require_encrypted: columns the file must store encrypted (else FormatError).
     :param min_format_version: 2 refuses a file of format version 1.
     :param verify_blind_indexes: recompute blind-index cells from their source (read along).
+    :param subject_store: the subject key store of per-subject columns (URL or store; docs/ERASURE.md).
+    :param on_erased: erased cells (tenant or subject key erased) read as null (``"null"``) or raise
+        ErasedDataError (``"raise"``).
     """
     loc = dataset_location(path)
     local = loc.uri
@@ -116,8 +129,9 @@ def iter_decrypted_batches(
     names = pf.schema_arrow.names
     chosen = _check_columns(columns, names, f"file {local}")
     decryptor = _file_decryptor(loc, names, KmsConfig.of(kms_options), key_table, require_encrypted,
-                                min_format_version, verify_blind_indexes)
+                                min_format_version, verify_blind_indexes, subject_store, on_erased)
     yield from _decrypted_batches(pf, local, chosen, decryptor, batch_size)
+    _log_erased(f"file {local}", [decryptor])
 
 
 def _file_table(path: Location, columns: list[str] | None, decryptor_of: object) -> pa.Table:
@@ -140,6 +154,8 @@ def read_decrypted_table(
     require_encrypted: Sequence[str] | None = None,
     min_format_version: int = 1,
     verify_blind_indexes: bool = False,
+    subject_store: Any = None,
+    on_erased: str | None = "null",
 ) -> pa.Table:
     """Read and decrypt one file, a whole dataset directory, or a Delta / Iceberg table's current snapshot
     (:func:`spark_kms.tables.read_table_decrypted`, which also takes a version) into a table.
@@ -151,6 +167,10 @@ def read_decrypted_table(
     :param require_encrypted: columns every file must store encrypted (else FormatError naming the file).
     :param min_format_version: 2 refuses files of format version 1 (unauthenticated column specs).
     :param verify_blind_indexes: recompute blind-index cells from their source column.
+    :param subject_store: the subject key store of per-subject columns (URL or store; docs/ERASURE.md).
+    :param on_erased: cells whose data was erased (tenant or subject key) read as null (``"null"``, default)
+        or raise ErasedDataError (``"raise"``). With nulls, the table's schema metadata
+        ``spark_kms.erased`` holds the count per column (:func:`erased_counts`), and a WARNING says it.
     """
     from spark_kms.tables.detect import detect_table, is_table_uri
 
@@ -159,17 +179,22 @@ def read_decrypted_table(
 
         return read_table_decrypted(path_or_dataset, columns=columns, kms_options=kms_options,
                                     require_encrypted=require_encrypted, min_format_version=min_format_version,
-                                    verify_blind_indexes=verify_blind_indexes)
+                                    verify_blind_indexes=verify_blind_indexes, subject_store=subject_store,
+                                    on_erased=on_erased)
     loc = dataset_location(path_or_dataset)
     local = loc.uri
     kms = KmsConfig.of(kms_options)
     if loc.is_file():
 
-        def decryptor_of(names: list[str]) -> BatchDecryptor:
-            return _file_decryptor(loc, names, kms, None, require_encrypted, min_format_version,
-                                   verify_blind_indexes)
+        made: list[BatchDecryptor] = []
 
-        return _file_table(loc, None if columns is None else list(columns), decryptor_of)
+        def decryptor_of(names: list[str]) -> BatchDecryptor:
+            made.append(_file_decryptor(loc, names, kms, None, require_encrypted, min_format_version,
+                                        verify_blind_indexes, subject_store, on_erased))
+            return made[-1]
+
+        return with_erased_counts(_file_table(loc, None if columns is None else list(columns), decryptor_of),
+                                  f"file {local}", made)
     if not loc.is_dir():
         raise ConfigurationError(f"no such file or dataset directory: {local}")
     keys = Dataset.open(loc, require_files=False, kms_options=kms, require_encrypted=require_encrypted,
@@ -180,7 +205,9 @@ def read_decrypted_table(
                              ignore_prefixes=["_", "."])
     chosen = _check_columns(columns, dataset.schema.names, f"dataset {local}")
     decryptor = BatchDecryptor(key_table, kms_options=kms, min_format_version=keys.min_format_version,
-                               verify_blind_indexes=verify_blind_indexes)
+                               verify_blind_indexes=verify_blind_indexes, subject_store=subject_store,
+                               on_erased=on_erased)
+    used = [decryptor]
     schema = decryptor.plaintext_schema(dataset.schema, chosen)
     if chosen is not None:
         schema = pa.schema([schema.field(c) for c in chosen], metadata=schema.metadata)
@@ -190,8 +217,11 @@ def read_decrypted_table(
         file = loc.join(fragment.path[len(loc.path):]).uri
         per_file = decryptor if file not in keys.footers else BatchDecryptor(
             keys.key_table_for(file, key_table), kms_options=kms, min_format_version=keys.min_format_version,
-            verify_blind_indexes=verify_blind_indexes,
+            verify_blind_indexes=verify_blind_indexes, subject_store=decryptor._store or subject_store,
+            on_erased=on_erased,
         )
+        if per_file is not decryptor:
+            used.append(per_file)
         with _stored_data(f"file {fragment.path}"):
             stored = fragment.to_table(schema=dataset.schema, columns=read)
         out = per_file.decrypt_table(stored, chosen, where=f"file {fragment.path}")
@@ -199,7 +229,44 @@ def read_decrypted_table(
     if not tables:
         return schema.empty_table()
     with _stored_data(f"dataset {local}"):
-        return pa.concat_tables(tables).cast(schema) if len(tables) > 1 else tables[0].cast(schema)
+        table = pa.concat_tables(tables).cast(schema) if len(tables) > 1 else tables[0].cast(schema)
+    return with_erased_counts(table, f"dataset {local}", used)
+
+
+#: schema metadata key of a decrypted table: JSON {column: cells read as null because they were erased}
+ERASED_METADATA_KEY = b"spark_kms.erased"
+
+
+def _erased_total(decryptors: Sequence[BatchDecryptor]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for d in decryptors:
+        for column, count in d.erased.items():
+            total[column] = total.get(column, 0) + count
+    return total
+
+
+def _log_erased(where: str, decryptors: Sequence[BatchDecryptor]) -> dict[str, int]:
+    total = _erased_total(decryptors)
+    if total:
+        logger.warning("%s: %d erased cells read as null (%s)", where, sum(total.values()),
+                       ", ".join(f"{c}: {n}" for c, n in sorted(total.items())))
+    return total
+
+
+def with_erased_counts(table: pa.Table, where: str, decryptors: Sequence[BatchDecryptor]) -> pa.Table:
+    """``table`` with the erased-cell counts of ``decryptors`` in its schema metadata (when there are any)."""
+    total = _log_erased(where, decryptors)
+    if not total:
+        return table
+    metadata = dict(table.schema.metadata or {})
+    metadata[ERASED_METADATA_KEY] = json.dumps(total, sort_keys=True).encode()
+    return table.replace_schema_metadata(metadata)
+
+
+def erased_counts(table: pa.Table) -> dict[str, int]:
+    """How many cells of each column of a decrypted table read as null because their data was erased."""
+    raw = (table.schema.metadata or {}).get(ERASED_METADATA_KEY)
+    return json.loads(raw) if raw else {}
 
 
 @contextmanager

@@ -125,6 +125,9 @@ class EncryptedParquetWriter:
     :param metadata: extra footer key-value metadata (str -> str), e.g. a job id.
     :param parquet_options: passed to ``pyarrow.parquet.ParquetWriter`` (``compression``, ...), over the
         defaults of :func:`parquet_write_options`.
+    :param tenant_keys: per-tenant keys (:class:`~spark_kms.parquet.tenants.TenantKeys`): a data key per
+        tenant, under the tenant's own KMS key (``provider`` may then be ``None``).
+    :param subject_store: the subject key store for ``spec.subject_column`` (docs/ERASURE.md).
     """
 
     def __init__(
@@ -132,7 +135,7 @@ class EncryptedParquetWriter:
         path: str | os.PathLike[str],
         schema: pa.Schema,
         spec: EncryptionSpec,
-        provider: KmsProvider | str,
+        provider: KmsProvider | str | None,
         *,
         encryption_context: Mapping[str, str] | None = None,
         max_cells_per_dek: int = DEFAULT_MAX_CELLS_PER_DEK,
@@ -142,6 +145,8 @@ class EncryptedParquetWriter:
         write_empty: bool = False,
         metadata: Mapping[str, str] | None = None,
         parquet_options: Mapping[str, Any] | None = None,
+        tenant_keys: Any = None,
+        subject_store: Any = None,
     ) -> None:
         if not isinstance(schema, pa.Schema):
             raise ConfigurationError(f"schema must be a pyarrow Schema, got {type(schema).__name__}")
@@ -162,6 +167,8 @@ class EncryptedParquetWriter:
             deterministic_entry=deterministic_entry,
             kms_options=kms_options,
             require_protection_level=require_protection_level,
+            tenant_keys=tenant_keys,
+            subject_store=subject_store,
         )
         # Validates the spec against the schema now, before any row or KMS call.
         self.output_schema = self._encryptor.output_schema(schema)

@@ -15,7 +15,9 @@ parsing run:
 - denied principals: requests SigV4-signed with a denied access key id get
   ``AccessDeniedException``;
 - key state: requests that touch a key marked disabled / pending deletion get
-  ``DisabledException`` / ``KMSInvalidStateException``;
+  ``DisabledException`` / ``KMSInvalidStateException`` (``<arn> is pending deletion.``);
+  ScheduleKeyDeletion / CancelKeyDeletion / DisableKey / EnableKey sent through the proxy
+  mark the key, and a second ScheduleKeyDeletion is refused as AWS does;
 - key material: each key has a list of ``KeyMaterialId`` s (64 hex digits, a new one
   per rotation); the proxy adds them to GenerateDataKey / Decrypt / ReEncrypt /
   DescribeKey / ListKeyRotations responses as current AWS KMS does. moto keeps one
@@ -41,6 +43,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from spark_kms.kms.aws import AwsKmsProvider
+from spark_kms.kms.base import KmsProvider
 from spark_kms.testing.harness import ProviderHarness
 
 __all__ = ["AwsKmsHarness", "KmsFaultProxy", "ProxyState"]
@@ -50,6 +53,10 @@ REGION = "us-east-1"
 ALLOWED_ACCESS_KEY = "AKIASPARKKMSALLOWED0"
 DENIED_ACCESS_KEY = "AKIASPARKKMSDENIED00"
 
+#: operations a key's state does not refuse (AWS lets you describe, re-enable, schedule or cancel the
+#: deletion of a disabled key; ScheduleKeyDeletion of a key pending deletion is refused before forwarding)
+_STATE_EXEMPT = {"DescribeKey", "ListKeyRotations", "EnableKey", "DisableKey", "ScheduleKeyDeletion",
+                 "CancelKeyDeletion", "ListAliases", "ListKeys"}
 _CREDENTIAL_RE = re.compile(r"Credential=([A-Z0-9]+)/")
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
 
@@ -156,14 +163,30 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if state.should_throttle():
             self._error("ThrottlingException", "Rate exceeded")
             return
+        if operation == "ScheduleKeyDeletion":
+            arn = self._arn_of(str(json.loads(body or b"{}").get("KeyId", "")), [])
+            with state.lock:
+                pending = state.key_state_errors.get(arn) == "KMSInvalidStateException"
+            if pending:  # AWS refuses to schedule a key pending deletion again (moto would reschedule it)
+                self._error("KMSInvalidStateException", f"{arn} is pending deletion.")
+                return
+        if operation in ("ScheduleKeyDeletion", "CancelKeyDeletion", "EnableKey", "DisableKey"):
+            # moto looks these up by bare key id only; AWS takes an ARN too (moto does not check SigV4)
+            request = json.loads(body or b"{}")
+            key_id = str(request.get("KeyId", ""))
+            if key_id.startswith("arn:") and ":key/" in key_id:
+                body = json.dumps({**request, "KeyId": key_id.rsplit("/", 1)[1]}).encode()
         status, headers, payload = self._upstream(body)
         if status == 200 and payload:
             request = json.loads(body or b"{}")
             response = json.loads(payload)
+            if not isinstance(response, dict):  # moto answers "null" to EnableKey / DisableKey
+                response = {}
             error = self._key_state_error(operation, response)
             if error:
                 self._error(*error)
                 return
+            response = self._track_key_state(operation, request, response)
             response = self._add_material_ids(operation, request, response)
             payload = json.dumps(response).encode()
         self._reply(status, headers, payload)
@@ -172,7 +195,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     def _key_state_error(self, operation: str, response: dict[str, Any]) -> tuple[str, str] | None:
         state = self.server.state
         arns = [response.get("KeyId"), response.get("SourceKeyId")]
-        if operation == "DescribeKey" or operation == "ListKeyRotations":
+        if operation in _STATE_EXEMPT:
             return None
         with state.lock:
             for arn in arns:
@@ -182,6 +205,26 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 if code:
                     return code, f"{arn} is pending deletion."
         return None
+
+    def _track_key_state(self, operation: str, request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+        """Key-state changes made through the proxy (a provider's ScheduleKeyDeletion, CancelKeyDeletion...),
+        so the data plane then answers as AWS does; ScheduleKeyDeletion's response gains AWS's
+        ``KeyState`` and ``PendingWindowInDays``, which moto leaves out."""
+        arn = self._arn_of(str(response.get("KeyId") or request.get("KeyId", "")), [])
+        codes = {"ScheduleKeyDeletion": "KMSInvalidStateException", "CancelKeyDeletion": "DisabledException",
+                 "DisableKey": "DisabledException", "EnableKey": None}
+        if operation not in codes:
+            return response
+        with self.server.state.lock:
+            if codes[operation] is None:
+                self.server.state.key_state_errors.pop(arn, None)
+            else:
+                self.server.state.key_state_errors[arn] = str(codes[operation])
+        if operation == "ScheduleKeyDeletion":
+            response["KeyId"] = arn  # AWS answers with the key ARN
+            response.setdefault("KeyState", "PendingDeletion")
+            response.setdefault("PendingWindowInDays", int(request.get("PendingWindowInDays") or 30))
+        return response
 
     def _add_material_ids(self, operation: str, request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
         state = self.server.state
@@ -426,6 +469,18 @@ class AwsKmsHarness(ProviderHarness):
                 self.proxy.state.key_state_errors[self.key_arn] = codes[state]
             else:
                 self.proxy.state.key_state_errors.pop(self.key_arn, None)
+
+    def new_key_provider(self) -> AwsKmsProvider:
+        """A provider bound to a new key of its own (tests that schedule its deletion)."""
+        return self.provider_for(self.create_key())
+
+    def disable_key(self, provider: KmsProvider) -> None:
+        """Disable (not delete) the key of ``provider``, in moto and in the proxy."""
+        assert self.proxy is not None and isinstance(provider, AwsKmsProvider)
+        arn = provider.key_ref
+        self._admin.disable_key(KeyId=arn.rsplit("/", 1)[1])  # moto looks keys up by bare id here
+        with self.proxy.state.lock:
+            self.proxy.state.key_state_errors[arn] = "DisabledException"
 
     def create_key(self, *, origin: str = "AWS_KMS", custom_key_store_id: str | None = None) -> str:
         """Another symmetric key on this server, with DescribeKey's ``Origin`` (moto keeps it) and

@@ -16,7 +16,16 @@ REST endpoints (``?api-version=`` required on every call, JSON bodies, base64url
 ``POST  /keys/<name>/rotate``                   new version
 ``POST  /keys/<name>[/<version>]/wrapkey``      ``alg`` (RSA-OAEP-256, RSA-OAEP), ``value`` -> ``kid``, ``value``
 ``POST  /keys/<name>/<version>/unwrapkey``      the reverse
+``DELETE /keys/<name>``                         soft delete: every version moves to the deleted keys
+                                                (``DeletedKeyBundle``: ``recoveryId``, ``deletedDate``,
+                                                ``scheduledPurgeDate`` = deletion + ``recoverableDays``)
+``GET   /deletedkeys/<name>``                   the deleted key's ``DeletedKeyBundle`` (404 if none)
+``POST  /deletedkeys/<name>/recover``           undelete: the key and its versions come back
 ==============================================  ============================================
+
+After a soft delete the key's name answers 404 ``KeyNotFound`` on ``/keys/...`` (wrap, unwrap, get)
+and a new key of that name is refused with 409 ``Conflict`` until it is recovered or purged, as in
+Key Vault with soft delete on (the default, and mandatory for new vaults).
 
 Authentication follows Key Vault's challenge protocol: a request without
 ``Authorization`` gets 401 with ``WWW-Authenticate: Bearer authorization="...",
@@ -56,6 +65,8 @@ from spark_kms.testing.harness import ProviderHarness
 
 __all__ = ["AzureKeyVaultHarness", "AzureKeyVaultServer", "StaticTokenCredential"]
 
+#: how long a soft-deleted key stays recoverable (Key Vault's default retention)
+_RECOVERABLE_DAYS = 90
 _KEY_OPS = ["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"]
 
 
@@ -164,6 +175,8 @@ class AzureKeyVaultServer:
         self.resource = resource
         self.tenant_id = tenant_id
         self._keys: dict[str, _Key] = {}
+        # soft-deleted keys: name -> (key, deletedDate, scheduledPurgeDate) in epoch seconds
+        self._deleted: dict[str, tuple[_Key, int, int]] = {}
         self._tokens: dict[str, bool] = {}  # token -> may use keys
         self._lock = threading.Lock()
         self._throttle = (0, 1)
@@ -291,13 +304,37 @@ class AzureKeyVaultServer:
             raise _KvError(400, "BadParameter", "The request body is not valid JSON.") from None
         host = headers.get("Host") or f"127.0.0.1:{self.port}"
         parts = [p for p in path.split("/")]
-        if len(parts) < 3 or parts[1] != "keys" or not parts[2]:
+        if len(parts) < 3 or parts[1] not in ("keys", "deletedkeys") or not parts[2]:
             raise _KvError(404, "NotFound", "No such operation in this test server.")
         name, rest = parts[2], parts[3:]
         with self._lock:
+            if parts[1] == "deletedkeys":
+                return self._deleted_key_op(method, f"https://{host}", name, rest)
             return self._key_op(method, f"https://{host}", name, rest, body)
 
+    def _deleted_bundle(self, base: str, name: str) -> dict[str, Any]:
+        entry = self._deleted.get(name)
+        if entry is None:
+            raise _KvError(404, "KeyNotFound", f"A key with (name/id) {name} was not found in this key vault.")
+        key, deleted, purge = entry
+        return {**self._bundle(base, key, key.current), "recoveryId": f"{base}/deletedkeys/{name}",
+                "deletedDate": deleted, "scheduledPurgeDate": purge}
+
+    def _deleted_key_op(self, method: str, base: str, name: str, rest: list[str]) -> Any:
+        if method == "GET" and not rest:
+            return self._deleted_bundle(base, name)
+        if method == "POST" and rest == ["recover"]:
+            self._deleted_bundle(base, name)  # 404 unless deleted
+            key, _, _ = self._deleted.pop(name)
+            self._keys[name] = key
+            return self._bundle(base, key, key.current)
+        raise _KvError(405, "MethodNotAllowed", f"{method} is not supported on this path by this test server.")
+
     def _create(self, name: str, key_size: int = 2048, kty: str = "RSA") -> _KeyVersion:
+        if name in self._deleted:
+            raise _KvError(409, "Conflict", f"Key {name} is currently in a deleted but recoverable state, and its "
+                                            "name cannot be reused; in this state, the key can only be recovered "
+                                            "or purged.")
         if kty not in ("RSA", "RSA-HSM"):
             raise _KvError(400, "BadParameter", "This test server makes RSA keys only.")
         key = self._keys.setdefault(name, _Key(name, kty=kty))
@@ -317,7 +354,7 @@ class AzureKeyVaultServer:
                     "n": _b64url(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")),
                     "e": _b64url(numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big"))},
             "attributes": {"enabled": ver.enabled, "created": ver.created, "updated": ver.created,
-                           "recoveryLevel": "Recoverable+Purgeable", "recoverableDays": 90},
+                           "recoveryLevel": "Recoverable+Purgeable", "recoverableDays": _RECOVERABLE_DAYS},
             "tags": {},
         }
 
@@ -335,6 +372,11 @@ class AzureKeyVaultServer:
                 bundle = self._bundle(base, key, key.versions[version])
                 items.append({"kid": bundle["key"]["kid"], "attributes": bundle["attributes"], "tags": {}})
             return {"value": items, "nextLink": None}
+        if method == "DELETE" and not rest:
+            key, _ = self._find(name, "")
+            now = int(time.time())
+            self._deleted[name] = (self._keys.pop(name), now, now + _RECOVERABLE_DAYS * 86400)
+            return self._deleted_bundle(base, name)
         if method == "GET" and len(rest) <= 1:
             key, ver = self._find(name, rest[0] if rest else "")
             return self._bundle(base, key, ver)
@@ -461,6 +503,24 @@ class AzureKeyVaultHarness(ProviderHarness):
 
     def rotate(self) -> None:
         self.server.rotate_key(self.key_name)
+
+    def new_key_provider(self) -> KmsProvider:
+        """A provider bound to a new key of its own in the vault."""
+        from spark_kms.kms.azure import AzureKeyVaultProvider
+
+        name = f"extra-{uuid.uuid4().hex[:8]}"
+        self.server.create_key(name, kty=self.kty)
+        return AzureKeyVaultProvider(self.key_uri(name), **self.options())
+
+    def disable_key(self, provider: KmsProvider) -> None:
+        """Disable every version of the provider's key (``attributes.enabled = false``)."""
+        from spark_kms.kms.azure import AzureKeyVaultProvider
+
+        assert isinstance(provider, AzureKeyVaultProvider)
+        with self.server._lock:
+            versions = list(self.server._keys[provider.name].versions)
+        for version in versions:
+            self.server.set_enabled(provider.name, False, version)
 
     def throttle(self, failures: int, period: int) -> None:
         self.server.throttle(failures, period)

@@ -3,8 +3,16 @@
 
 Implemented methods: CreateKeyRing, CreateCryptoKey, GetCryptoKey,
 CreateCryptoKeyVersion, UpdateCryptoKeyPrimaryVersion, UpdateCryptoKeyVersion
-(state ENABLED / DISABLED), DestroyCryptoKeyVersion, ListCryptoKeyVersions,
-Encrypt, Decrypt — with the CRC32C request/response checksums of the real API.
+(state ENABLED / DISABLED), DestroyCryptoKeyVersion, RestoreCryptoKeyVersion,
+ListCryptoKeyVersions, Encrypt, Decrypt — with the CRC32C request/response checksums
+of the real API.
+
+DestroyCryptoKeyVersion follows the documented API: only an ENABLED or DISABLED version may be
+scheduled (else FAILED_PRECONDITION); it becomes DESTROY_SCHEDULED with ``destroy_time`` = now +
+the CryptoKey's ``destroy_scheduled_duration`` (24 h unless the key was created with another), and
+turns DESTROYED (material erased) once that time has passed; RestoreCryptoKeyVersion brings a
+DESTROY_SCHEDULED version back as DISABLED. Encrypt and Decrypt with a version that is not ENABLED
+answer FAILED_PRECONDITION naming the state, as Cloud KMS does.
 
 Each CryptoKeyVersion holds a random 256-bit AES key; Encrypt uses real
 AES-256-GCM (``cryptography``). Server-side ciphertext layout (opaque to clients,
@@ -27,6 +35,7 @@ import math
 import os
 import struct
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -37,8 +46,9 @@ import grpc
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.cloud.kms_v1 import types as kms_types
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
+from spark_kms.kms.base import KmsProvider
 from spark_kms.kms.gcp import GcpKmsProvider, crc32c
 from spark_kms.testing.harness import ProviderHarness
 
@@ -52,6 +62,8 @@ _FORMAT = 1
 _HEADER = struct.Struct(">BI")
 _DATA_PLANE = {"Encrypt", "Decrypt", "GetCryptoKey", "ListCryptoKeyVersions"}
 _State = kms_types.CryptoKeyVersion.CryptoKeyVersionState
+#: Cloud KMS's documented default wait between DestroyCryptoKeyVersion and the material's destruction
+DEFAULT_DESTROY_SCHEDULED_S = 24 * 3600
 
 
 class _Abort(Exception):
@@ -111,6 +123,7 @@ class CloudKmsServer:
                                               t.CryptoKey),
             "UpdateCryptoKeyVersion": (self.update_version, t.UpdateCryptoKeyVersionRequest, t.CryptoKeyVersion),
             "DestroyCryptoKeyVersion": (self.destroy_version, t.DestroyCryptoKeyVersionRequest, t.CryptoKeyVersion),
+            "RestoreCryptoKeyVersion": (self.restore_version, t.RestoreCryptoKeyVersionRequest, t.CryptoKeyVersion),
             "ListCryptoKeyVersions": (self.list_versions, t.ListCryptoKeyVersionsRequest,
                                       t.ListCryptoKeyVersionsResponse),
             "Encrypt": (self.encrypt, t.EncryptRequest, t.EncryptResponse),
@@ -155,14 +168,36 @@ class CloudKmsServer:
         return key
 
     def _version_message(self, key_name: str, n: int) -> kms_types.CryptoKeyVersion:
+        self._apply_due_destruction(key_name)
         _, state = self.keys[key_name]["versions"][n]
-        return kms_types.CryptoKeyVersion(
+        msg = kms_types.CryptoKeyVersion(
             name=f"{key_name}/cryptoKeyVersions/{n}",
             state=state,
             protection_level=self.keys[key_name].get("protection_level", kms_types.ProtectionLevel.SOFTWARE),
             algorithm=kms_types.CryptoKeyVersion.CryptoKeyVersionAlgorithm.GOOGLE_SYMMETRIC_ENCRYPTION,
             create_time=timestamp_pb2.Timestamp(seconds=1_700_000_000 + n),
         )
+        destroy_time = self.keys[key_name].setdefault("destroy_times", {}).get(n)
+        if destroy_time is not None:
+            msg.destroy_time = timestamp_pb2.Timestamp(seconds=int(destroy_time))
+            if state == _State.DESTROYED:
+                msg.destroy_event_time = timestamp_pb2.Timestamp(seconds=int(destroy_time))
+        return msg
+
+    def _apply_due_destruction(self, key_name: str) -> None:
+        """DESTROY_SCHEDULED versions whose destroy_time has passed become DESTROYED, material erased."""
+        key = self.keys[key_name]
+        now = time.time()
+        for n, when in key.setdefault("destroy_times", {}).items():
+            entry = key["versions"][n]
+            if entry[1] == _State.DESTROY_SCHEDULED and now >= when:
+                entry[0], entry[1] = b"", _State.DESTROYED
+
+    @staticmethod
+    def _state_refusal(version_name: str, state: Any) -> _Abort:
+        return _Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                      f"The request cannot be fulfilled. Resource {version_name} has value "
+                      f"{_State(state).name} in field crypto_key_version.state.")
 
     def _key_message(self, name: str) -> kms_types.CryptoKey:
         key = self.keys[name]
@@ -174,6 +209,8 @@ class CloudKmsServer:
         )
         if key["primary"]:
             msg.primary = self._version_message(name, key["primary"])
+        msg.destroy_scheduled_duration = duration_pb2.Duration(
+            seconds=int(key.get("destroy_scheduled_s", DEFAULT_DESTROY_SCHEDULED_S)))
         return msg
 
     def _new_version(self, key_name: str) -> int:
@@ -204,7 +241,10 @@ class CloudKmsServer:
             raise _Abort(grpc.StatusCode.ALREADY_EXISTS, f"CryptoKey {name} already exists.")
         # the version template's protection level (SOFTWARE / HSM / EXTERNAL...; unspecified: SOFTWARE)
         level = request.crypto_key.version_template.protection_level or kms_types.ProtectionLevel.SOFTWARE
-        self.keys[name] = {"versions": {}, "primary": 0, "protection_level": kms_types.ProtectionLevel(level)}
+        wait = request.crypto_key.destroy_scheduled_duration
+        wait_s = (wait.total_seconds() if hasattr(wait, "total_seconds") else 0) or DEFAULT_DESTROY_SCHEDULED_S
+        self.keys[name] = {"versions": {}, "primary": 0, "protection_level": kms_types.ProtectionLevel(level),
+                           "destroy_scheduled_s": wait_s, "destroy_times": {}}
         if not request.skip_initial_version_creation:
             self.keys[name]["primary"] = self._new_version(name)
         return self._key_message(name)
@@ -249,8 +289,23 @@ class CloudKmsServer:
 
     def destroy_version(self, request: Any) -> Any:
         key_name, n = self._split_version(request.name)
+        self._apply_due_destruction(key_name)
         entry = self.keys[key_name]["versions"][n]
+        if entry[1] not in (_State.ENABLED, _State.DISABLED):
+            raise self._state_refusal(request.name, entry[1])
         entry[1] = _State.DESTROY_SCHEDULED
+        key = self.keys[key_name]
+        key["destroy_times"][n] = time.time() + key.get("destroy_scheduled_s", DEFAULT_DESTROY_SCHEDULED_S)
+        return self._version_message(key_name, n)
+
+    def restore_version(self, request: Any) -> Any:
+        key_name, n = self._split_version(request.name)
+        self._apply_due_destruction(key_name)
+        entry = self.keys[key_name]["versions"][n]
+        if entry[1] != _State.DESTROY_SCHEDULED:
+            raise self._state_refusal(request.name, entry[1])
+        entry[1] = _State.DISABLED
+        self.keys[key_name]["destroy_times"].pop(n, None)
         return self._version_message(key_name, n)
 
     def list_versions(self, request: Any) -> Any:
@@ -268,10 +323,10 @@ class CloudKmsServer:
         self._check_crc(request, "plaintext", "plaintext_crc32c")
         self._check_crc(request, "additional_authenticated_data", "additional_authenticated_data_crc32c")
         n = key["primary"]
+        self._apply_due_destruction(request.name)
         aes_key, state = key["versions"][n]
         if state != _State.ENABLED:
-            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
-                         f"{request.name}/cryptoKeyVersions/{n} is not enabled.")
+            raise self._state_refusal(f"{request.name}/cryptoKeyVersions/{n}", state)
         nonce = os.urandom(12)
         body = AESGCM(aes_key).encrypt(nonce, request.plaintext, _aad(request.name, request.additional_authenticated_data))
         ciphertext = _HEADER.pack(_FORMAT, n) + nonce + body
@@ -300,11 +355,10 @@ class CloudKmsServer:
         fmt, n = _HEADER.unpack_from(ct)
         if fmt != _FORMAT or n not in key["versions"]:
             raise invalid
+        self._apply_due_destruction(request.name)
         aes_key, state = key["versions"][n]
         if state != _State.ENABLED:
-            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
-                         f"The request cannot be fulfilled. Resource {request.name}/cryptoKeyVersions/{n} "
-                         f"has value {state.name} in field crypto_key_version.state.")
+            raise self._state_refusal(f"{request.name}/cryptoKeyVersions/{n}", state)
         nonce = ct[_HEADER.size:_HEADER.size + 12]
         try:
             plaintext = AESGCM(aes_key).decrypt(nonce, ct[_HEADER.size + 12:],
@@ -414,6 +468,28 @@ class GcpKmsHarness(ProviderHarness):
             request={"crypto_key_version": {"name": name, "state": states[state]}, "update_mask": {"paths": ["state"]}},
             metadata=self._admin_metadata(), retry=None,
         )
+
+    def new_key_provider(self) -> GcpKmsProvider:
+        """A provider bound to a new CryptoKey of its own in the harness's key ring."""
+        name = f"{self.key_ring}/cryptoKeys/extra-{uuid.uuid4().hex[:8]}"
+        self._admin_client().create_crypto_key(
+            request={"parent": self.key_ring, "crypto_key_id": name.rsplit("/", 1)[1],
+                     "crypto_key": {"purpose": kms_types.CryptoKey.CryptoKeyPurpose.ENCRYPT_DECRYPT}},
+            metadata=self._admin_metadata(), retry=None,
+        )
+        return GcpKmsProvider(f"gcp-kms://{name}", **self._options())
+
+    def disable_key(self, provider: KmsProvider) -> None:
+        """Disable every ENABLED version of the provider's CryptoKey (UpdateCryptoKeyVersion)."""
+        assert isinstance(provider, GcpKmsProvider)
+        admin = self._admin_client()
+        for version in admin.list_crypto_key_versions(request={"parent": provider.key_name},
+                                                      metadata=self._admin_metadata(), retry=None):
+            if version.state == _State.ENABLED:
+                admin.update_crypto_key_version(
+                    request={"crypto_key_version": {"name": version.name, "state": _State.DISABLED},
+                             "update_mask": {"paths": ["state"]}},
+                    metadata=self._admin_metadata(), retry=None)
 
     def throttle(self, failures: int, period: int) -> None:
         if period < 1 or not 0 <= failures <= period:

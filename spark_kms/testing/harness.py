@@ -64,6 +64,16 @@ class ProviderHarness(ABC):
         when every request is throttled, from the retry settings this harness gives
         :meth:`provider`. Exactly this many when :attr:`throttle_bound_is_exact`."""
 
+    def new_key_provider(self) -> KmsProvider:
+        """A provider bound to a new key of its own on the server, with credentials allowed to use it
+        and to schedule its deletion (erasure tests delete it without touching :meth:`provider`'s key)."""
+        raise NotImplementedError(f"the {self.name} harness makes no extra keys")
+
+    def disable_key(self, provider: KmsProvider) -> None:
+        """Disable (not delete) the key of a provider from :meth:`new_key_provider`, so that using it
+        fails with a plain KeyStateError; NotImplementedError where the KMS has no disabled keys."""
+        raise NotImplementedError(f"the {self.name} harness cannot disable a key")
+
     def provider_options(self) -> dict[str, Any]:
         """Options that, with the key URI, rebuild :meth:`provider` in another process."""
         return dict(self.provider().options)

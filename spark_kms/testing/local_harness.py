@@ -79,6 +79,25 @@ class LocalKmsHarness(ProviderHarness):
     def rotate(self) -> None:
         self.admin.rotate_key(self.key_id)
 
+    def new_key(self, policy: dict[str, list[str]] | None = None) -> str:
+        """A new key (alias ``alias/extra-<hex>``) with ``policy`` (default: ``tester`` every role but
+        ``erase``, which admin includes); its alias."""
+        alias = f"alias/extra-{secrets.token_hex(6)}"
+        kid = self.admin.create_key(alias=alias, description="provider tests (extra key)")
+        self.admin.put_key_policy(kid, policy or {"harness-admin": ["admin"],
+                                                  "tester": ["encrypt", "decrypt", "admin"]})
+        return alias
+
+    def provider_for(self, alias: str, principal: str = "tester") -> LocalKmsProvider:
+        return LocalKmsProvider(f"local://{alias}", **self._options(principal))
+
+    def new_key_provider(self) -> KmsProvider:
+        return self.provider_for(self.new_key())
+
+    def disable_key(self, provider: KmsProvider) -> None:
+        assert isinstance(provider, LocalKmsProvider)
+        self.admin.disable_key(provider.key_ref)
+
     def throttle(self, failures: int, period: int) -> None:
         faults.set_throttle(self.admin.keystore_dir, failures, period)
 

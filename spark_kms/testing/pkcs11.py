@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,15 @@ class Pkcs11Harness(ProviderHarness):
             create_key_version(self._admin, self.object_label)
         except pkcs11_errors.PKCS11Error:  # the admin session was closed or logged out under it: reopen
             create_key_version(self._admin_session(), self.object_label)
+
+    def new_key_provider(self) -> KmsProvider:
+        """A provider bound to a new master key (label ``extra-<hex>``, version 1) in the token."""
+        label = f"extra-{uuid.uuid4().hex[:8]}"
+        try:
+            create_key_version(self._admin, label)
+        except pkcs11_errors.PKCS11Error:  # the admin session was closed or logged out under it: reopen
+            create_key_version(self._admin_session(), label)
+        return Pkcs11Provider(f"pkcs11://token={self.token_label};object={label}", **self._options())
 
     def throttle(self, failures: int, period: int) -> None:
         if period < 1 or not 0 <= failures <= period:

@@ -8,7 +8,10 @@ test suite speaks to this one with the real ``hvac`` client over real HTTP on
 ``POST /v1/<mount>/keys/<name>``              create a key (``type``, ``derived``)
 ``GET  /v1/<mount>/keys/<name>``              read a key (``latest_version``, ``keys`` ...)
 ``POST /v1/<mount>/keys/<name>/rotate``       new key version
-``POST /v1/<mount>/keys/<name>/config``       ``min_decryption_version`` (``min_encryption_version``)
+``POST /v1/<mount>/keys/<name>/config``       ``min_decryption_version`` (``min_encryption_version``),
+                                              ``deletion_allowed``
+``DELETE /v1/<mount>/keys/<name>``            delete the key (only once ``deletion_allowed``),
+                                              at once and for good
 ``POST /v1/<mount>/datakey/plaintext/<name>`` data key, plaintext and wrapped (``wrapped`` too)
 ``POST /v1/<mount>/encrypt/<name>``           ``plaintext``, ``context``, ``associated_data``
 ``POST /v1/<mount>/decrypt/<name>``           ``ciphertext``, ``context``, ``associated_data``
@@ -70,6 +73,7 @@ class _TransitKey:
     created: dict[int, int] = field(default_factory=dict)
     min_decryption_version: int = 1
     min_encryption_version: int = 0
+    deletion_allowed: bool = False
 
     @property
     def latest_version(self) -> int:
@@ -291,6 +295,21 @@ class VaultTransitServer:
                     raise _VaultError(400, f"unsupported key type {body.get('type')!r} in this test server")
                 self._create(namespace, mount, name, bool(body.get("derived", False)))
                 return 204, None
+        if parts[0] == "keys" and len(parts) == 2 and method == "DELETE":
+            if not root:
+                raise _VaultError(403, "permission denied")
+            name = parts[1]
+            key = self._keys.get((namespace, mount, name))
+            if key is None:  # Vault's wording (a 400, not a 404)
+                raise _VaultError(400, f"error deleting policy {name}: could not delete key; not found")
+            if not key.deletion_allowed:
+                raise _VaultError(400, f"error deleting policy {name}: deletion is not allowed for this key")
+            del self._keys[(namespace, mount, name)]
+            return 204, None
+        if parts[0] == "keys" and len(parts) == 3 and parts[2] == "config" and method in ("POST", "PUT") \
+                and (namespace, mount, parts[1]) not in self._keys:
+            raise _VaultError(400 if root else 403,
+                              f"no existing key named {parts[1]} could be found" if root else "permission denied")
         if parts[0] == "keys" and len(parts) == 3 and method in ("POST", "PUT"):
             key = self._existing(namespace, mount, parts[1], status=404)
             if not root:
@@ -303,6 +322,8 @@ class VaultTransitServer:
                     key.min_decryption_version = int(body["min_decryption_version"])
                 if "min_encryption_version" in body:
                     key.min_encryption_version = int(body["min_encryption_version"])
+                if "deletion_allowed" in body:
+                    key.deletion_allowed = bool(body["deletion_allowed"])
                 return 204, None
         if method in ("POST", "PUT") and len(parts) == 3 and parts[0] == "datakey":
             if parts[1] not in ("plaintext", "wrapped"):
@@ -419,7 +440,7 @@ def _open(key: _TransitKey, ciphertext: str, context: bytes | None, aad: bytes |
 def _key_info(key: _TransitKey) -> dict[str, Any]:
     return {
         "name": key.name, "type": "aes256-gcm96", "derived": key.derived, "exportable": False,
-        "allow_plaintext_backup": False, "deletion_allowed": False, "auto_rotate_period": 0,
+        "allow_plaintext_backup": False, "deletion_allowed": key.deletion_allowed, "auto_rotate_period": 0,
         "keys": {str(v): key.created[v] for v in sorted(key.versions)},
         "latest_version": key.latest_version, "min_available_version": 0,
         "min_decryption_version": key.min_decryption_version,
@@ -516,6 +537,24 @@ class VaultTransitHarness(ProviderHarness):
 
     def rotate(self) -> None:
         self.server.rotate_key(self.key_name)
+
+    def new_key_provider(self) -> KmsProvider:
+        """A provider bound to a new key of its own, with the root token (deleting a key takes ``update``
+        on its config and ``delete`` on it, which the harness's app tokens lack)."""
+        from spark_kms.kms.vault import VaultTransitProvider
+
+        name = f"extra-{uuid.uuid4().hex[:8]}"
+        self.server.create_key(name, derived=self.derived)
+        return VaultTransitProvider(self.key_uri(name), **self._options(self.server.root_token))
+
+    def disable_key(self, provider: KmsProvider) -> None:
+        """Transit keys cannot be disabled; the nearest is retiring every version that exists now
+        (rotate, then ``min_decryption_version`` = the new version): Vault answers older wraps "too old"."""
+        from spark_kms.kms.vault import VaultTransitProvider
+
+        assert isinstance(provider, VaultTransitProvider)
+        latest = self.server.rotate_key(provider.name, mount=provider.mount)
+        self.server.set_min_decryption_version(provider.name, latest, mount=provider.mount)
 
     def throttle(self, failures: int, period: int) -> None:
         self.server.throttle(failures, period)

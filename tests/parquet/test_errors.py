@@ -207,7 +207,7 @@ def test_max_cells_per_dek_takes_the_documented_ceiling(kms: Kms) -> None:
     batch = pa.record_batch({"a": ["x", "y"]})
     with BatchEncryptor(EncryptionSpec(columns=["a"]), kms.provider, max_cells_per_dek=2**32) as enc:
         enc.encrypt_batch(batch)
-        assert enc._cell is not None and enc._cell.max_cells == 2**32 and enc.kms_calls == 1
+        assert enc._lane.cell is not None and enc._lane.cell.max_cells == 2**32 and enc.kms_calls == 1
 
 
 def test_writer_refuses_a_batch_of_another_schema(kms: Kms, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from spark_kms.crypto import (
     AES_256_GCM,
+    AES_256_GCM_SUBJECT,
     AES_256_SIV,
     DECLARATION_PURPOSE,
     HMAC_SHA256_BIDX,
@@ -25,9 +26,11 @@ from spark_kms.crypto import (
     DekEntry,
     DeterministicEncryptor,
     KeyTable,
+    SubjectCellEncryptor,
     column_binding,
     encode_signed_manifest,
     row_context,
+    subject_context,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -597,6 +600,113 @@ def format2() -> dict[str, Any]:
     }
 
 
+#: subject id -> subject key (test constants) of the per-subject vectors (docs/FORMAT.md section 15)
+SUBJECT_KEYS: dict[str, bytes] = {
+    "user-0001": bytes(range(96, 128)),
+    "42": bytes(range(128, 160)),
+    "Zoë": bytes(range(160, 192)),
+}
+#: the subject key store's key-encryption key and id of the key-wrapping vectors (test constants)
+STORE_KEK = bytes(range(192, 224))
+STORE_ID = "5ab1ec7570e1d0000000000000000001"
+
+
+def _subject_spec(column: str, arrow_type: str, subject: str) -> ColumnSpec:
+    return ColumnSpec(name=column, algorithm=AES_256_GCM_SUBJECT, arrow_type=arrow_type, subject=subject,
+                      subject_store=STORE_ID)
+
+
+def subject_cells() -> list[dict[str, Any]]:
+    """Per-subject cells: (name, dek, subject id, column, arrow_type, subject column, value, counter)."""
+    from spark_kms.crypto import derive_subject_cell_key
+
+    cases = [
+        ("subject-email", "A", "user-0001", "email", "string", "user_id", b"alice@example.com", 0),
+        ("subject-empty-value", "A", "user-0001", "email", "string", "user_id", b"", 1),
+        ("subject-int-id", "A", "42", "amount", "int64", "customer", b"-1234", 2),
+        ("subject-unicode-id-and-column", "B", "Zoë", "näme", "string", "persön",
+         "Zoë Łukasiewicz".encode(), 0),
+        ("subject-other-dek", "B", "user-0001", "email", "string", "user_id", b"alice@example.com", 7),
+    ]
+    out = []
+    for name, dek, sid, column, arrow_type, subject_column, value, counter in cases:
+        dek_id, key = DEKS[dek]
+        cells = CellEncryptor(key, dek_id, salt=SALT)
+        if counter:
+            cells._reserve(counter)
+        binding = column_binding(_subject_spec(column, arrow_type, subject_column))
+        (cell,) = SubjectCellEncryptor(cells).encrypt_rows(
+            [value], column, binding, [sid.encode()], {sid.encode(): SUBJECT_KEYS[sid]}
+        )
+        out.append({
+            "name": name, "dek_id": dek_id.hex(), "subject_id": sid, "subject_key_hex": SUBJECT_KEYS[sid].hex(),
+            "column": column, "spec": {"arrow_type": arrow_type, "subject": subject_column, "subject_store": STORE_ID},
+            "cell_key_hex": derive_subject_cell_key(SUBJECT_KEYS[sid], key).hex(),
+            "context_hex": subject_context(binding, sid.encode()).hex(),
+            "plaintext_hex": value.hex(), "nonce_hex": (SALT + counter.to_bytes(8, "big")).hex(),
+            "cell_hex": cell.hex(),  # type: ignore[union-attr]
+        })
+    return out
+
+
+def subject_negative(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-subject cells read under something else than they were written with: every one must fail."""
+    first = cells[0]
+    cases = [
+        ("another-subject-id", {"subject_id": "user-0002"}, "the cell moved to another person's row"),
+        ("another-subject-key", {"subject_key_hex": SUBJECT_KEYS["42"].hex()}, "the wrong person's key"),
+        ("another-column", {"column": "email2"}, "the cell moved to another column"),
+        ("another-subject-column", {"spec": {**first["spec"], "subject": "owner_id"}}, "a changed subject column"),
+        ("another-arrow-type", {"spec": {**first["spec"], "arrow_type": "binary"}}, "a changed arrow_type"),
+        ("erased-subject", {"subject_key_hex": None}, "the subject key was deleted: the cell reads as erased"),
+    ]
+    out = []
+    for name, change, description in cases:
+        vector = {k: v for k, v in first.items() if k not in ("cell_key_hex", "context_hex", "plaintext_hex",
+                                                                "nonce_hex", "name")}
+        vector.update(change)
+        vector.update({"name": name, "description": description,
+                       "expected": "erased" if name == "erased-subject" else "DecryptionError"})
+        out.append(vector)
+    tampered = dict(out[0])
+    tampered.update({"name": "flipped-tag-bit", "subject_id": first["subject_id"], "description": "a flipped bit",
+                     "cell_hex": _flip(bytes.fromhex(first["cell_hex"]), -1).hex()})
+    out.append(tampered)
+    relabelled = dict(out[0])
+    relabelled.update({"name": "relabelled-as-gcm", "subject_id": first["subject_id"],
+                       "description": "byte 0 changed to 0x11: read as a plain GCM cell under the DEK",
+                       "cell_hex": "11" + first["cell_hex"][2:], "expected": "MalformedCellError"})
+    out.append(relabelled)
+    return out
+
+
+def subject_key_wrapping() -> list[dict[str, Any]]:
+    """Subject keys wrapped by the store's key-encryption key (docs/FORMAT.md section 15.3)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    out = []
+    for n, (sid, key) in enumerate(sorted(SUBJECT_KEYS.items())):
+        nonce = bytes([n]) * 12
+        raw = sid.encode()
+        aad = b"spark_kms subject key v1" + STORE_ID.encode() + len(raw).to_bytes(4, "big") + raw
+        out.append({"subject_id": sid, "subject_key_hex": key.hex(), "aad_hex": aad.hex(),
+                    "wrapped_hex": (nonce + AESGCM(STORE_KEK).encrypt(nonce, key, aad)).hex()})
+    return out
+
+
+def subjects() -> dict[str, Any]:
+    cells = subject_cells()
+    return {
+        "deks": {dek_id.hex(): key.hex() for dek_id, key in DEKS.values()},
+        "salt_hex": SALT.hex(),
+        "store_id": STORE_ID,
+        "store_kek_hex": STORE_KEK.hex(),
+        "cells": cells,
+        "negative": subject_negative(cells),
+        "key_wrapping": subject_key_wrapping(),
+    }
+
+
 def build() -> dict[str, Any]:
     """All vector files as name -> JSON document."""
     deks = {dek_id.hex(): key.hex() for dek_id, key in DEKS.values()}
@@ -610,6 +720,7 @@ def build() -> dict[str, Any]:
         "cells_negative.json": {"format_version": 1, "deks": deks, "vectors": negative_vectors()},
         "keytable.json": keytable_vectors(),
         "format2.json": format2(),
+        "subjects.json": subjects(),
     }
 
 

@@ -22,9 +22,9 @@ Two objects:
 Rules:
 
 * Roles: ``admin`` (key management), ``encrypt`` (GenerateDataKey, Encrypt,
-  GenerateMac), ``decrypt`` (Decrypt, the source side of ReEncrypt, VerifyMac).
-  DescribeKey needs any role. A key without a policy allows every principal
-  everything; ``"*"`` in a policy matches every principal.
+  GenerateMac), ``decrypt`` (Decrypt, the source side of ReEncrypt, VerifyMac),
+  ``erase`` (ScheduleKeyDeletion only). DescribeKey needs any role. A key without
+  a policy allows every principal everything; ``"*"`` in a policy matches every principal.
 * New wraps use the primary version (the newest enabled one); any enabled version
   still decrypts what it wrapped. Due rotations (``rotation_period_days``) and due
   deletions happen lazily at the next call that loads the keystore, by the clock.

@@ -252,7 +252,7 @@ class _AdminOperations:
         kid = _keys.resolve_key(store, key, self.keystore_dir)
         rec["key_id"] = kid
         k = store.keys[kid]
-        _policy.authorize(k, kid, self.principal, "admin", operation)
+        _policy.authorize(k, kid, self.principal, _policy.ADMIN_OPERATION_ROLES.get(operation, "admin"), operation)
         return kid, k
 
     def _set_key_state(self, key: str, state: str, operation: str) -> None:

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from spark_kms.errors import ConfigurationError, KeyNotFoundError, KeyStateError
+from spark_kms.errors import ConfigurationError, KeyErasedError, KeyNotFoundError, KeyStateError
 from spark_kms.kms.base import KeyDescription
 from spark_kms.kms.local._store import KeystoreView, encrypt_material
 
@@ -139,6 +139,8 @@ def resolve_key(store: KeystoreView, key: str | None, keystore_dir: Path) -> str
 
 # ---------------------------------------------------------------- state checks
 def state_error(k: Mapping[str, Any], kid: str, operation: str) -> KeyStateError:
+    """The error for a key that is not Enabled: :class:`KeyErasedError` when it is PendingDeletion or
+    Destroyed (what it wrapped is erased), a plain :class:`KeyStateError` when Disabled."""
     state = k["state"]
     hint = {
         DISABLED: f"enable it with `spark-kms keys enable {kid}`",
@@ -146,7 +148,8 @@ def state_error(k: Mapping[str, Any], kid: str, operation: str) -> KeyStateError
         f"cancel with `spark-kms keys cancel-deletion {kid}`",
         DESTROYED: f"destroyed on {k.get('destroyed_at')}; its material is erased",
     }.get(state, "")
-    return KeyStateError(f"key {kid} is {state}: {hint}", key_id=kid, operation=operation)
+    error = KeyErasedError if state in (PENDING_DELETION, DESTROYED) else KeyStateError
+    return error(f"key {kid} is {state}: {hint}", key_id=kid, operation=operation)
 
 
 def require_key_usable(k: Mapping[str, Any], kid: str, operation: str = "") -> None:
@@ -166,7 +169,7 @@ def require_version_usable(k: Mapping[str, Any], kid: str, version: int, operati
             operation=operation,
         )
     if v["state"] == DESTROYED:
-        raise KeyStateError(
+        raise KeyErasedError(
             f"version {version} of key {kid} is Destroyed: its material is erased and what it "
             "wrapped cannot be decrypted",
             key_id=kid,

@@ -1,7 +1,9 @@
 """Who may call what in the embedded local KMS: principals, roles and key policies.
 
 * Roles: ``admin`` (key management), ``encrypt`` (GenerateDataKey, Encrypt,
-  GenerateMac), ``decrypt`` (Decrypt, the source side of ReEncrypt, VerifyMac).
+  GenerateMac), ``decrypt`` (Decrypt, the source side of ReEncrypt, VerifyMac),
+  ``erase`` (ScheduleKeyDeletion only: crypto-shredding a tenant's key without the power
+  to read its data or manage the key otherwise; ``admin`` may schedule deletion too).
   DescribeKey needs any role.
 * A key policy maps a principal (or ``"*"``, every principal) to roles. A key without
   a policy allows every principal everything.
@@ -21,7 +23,7 @@ from spark_kms.errors import AccessDeniedError, ConfigurationError
 __all__ = ["PRINCIPAL_ENV", "ROLES", "ROLE_OF", "authorize", "check_policy", "resolve_principal"]
 
 PRINCIPAL_ENV = "SPARK_KMS_PRINCIPAL"
-ROLES = ("admin", "encrypt", "decrypt")
+ROLES = ("admin", "encrypt", "decrypt", "erase")
 
 #: the role each data-plane operation needs on its key
 ROLE_OF = {
@@ -65,16 +67,23 @@ def check_policy(policy: Mapping[str, Sequence[str]] | None) -> dict[str, list[s
     return checked
 
 
-def authorize(k: Mapping[str, Any], kid: str, principal: str, role: str | None, operation: str) -> None:
+#: the roles that may call each key-management operation other than ``admin``'s own
+ADMIN_OPERATION_ROLES = {"ScheduleKeyDeletion": ("admin", "erase")}
+
+
+def authorize(
+    k: Mapping[str, Any], kid: str, principal: str, role: str | tuple[str, ...] | None, operation: str
+) -> None:
     """Raise AccessDeniedError unless key record ``k``'s policy grants ``principal`` ``role``
-    (``None``: any role) for ``operation``."""
+    (a tuple: any one of them; ``None``: any role) for ``operation``."""
     policy = k.get("policy")
     if policy is None:
         return
     granted = set(policy.get(principal, ())) | set(policy.get("*", ()))
-    if (role is None and granted) or (role is not None and role in granted):
+    wanted = (role,) if isinstance(role, str) else role
+    if (wanted is None and granted) or (wanted is not None and granted & set(wanted)):
         return
-    need = f"role {role!r}" if role else "a role"
+    need = " or ".join(f"role {r!r}" for r in wanted) if wanted else "a role"
     raise AccessDeniedError(
         f"principal {principal!r} may not call {operation} on key {kid}: "
         f"the key policy does not grant it {need}",

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import timezone
 from pathlib import Path
 from typing import Any, ClassVar
 
-from spark_kms.errors import ConfigurationError, ThrottlingError
-from spark_kms.kms.base import DataKey, KeyDescription, KmsProvider, WrappedKey
+from spark_kms.errors import ConfigurationError, KeyErasedError, ThrottlingError
+from spark_kms.kms.base import DataKey, KeyDeletion, KeyDescription, KmsProvider, WrappedKey
 from spark_kms.kms.local._policy import resolve_principal
 from spark_kms.kms.local._store import default_keystore_dir
 from spark_kms.kms.local.service import LocalKms
@@ -21,6 +22,7 @@ __all__ = ["LocalKmsProvider"]
 # the file lock (which made 16 threads ~2x slower than one).
 _THREAD_LOCKS: dict[str, threading.RLock] = {}
 _THREAD_LOCKS_GUARD = threading.Lock()
+_STATE_NAMES = {"PendingDeletion": "pending_deletion", "Destroyed": "destroyed"}
 
 
 def _thread_lock(keystore: Path) -> threading.RLock:
@@ -123,3 +125,17 @@ class LocalKmsProvider(KmsProvider):
 
     def _describe_key(self) -> KeyDescription:
         return self._retrying("DescribeKey", lambda: self.kms.describe_key(self.key_ref))
+
+    def _schedule_key_deletion(self, pending_days: int) -> KeyDeletion:
+        """ScheduleKeyDeletion (role ``erase`` or ``admin``): PendingDeletion for ``pending_days``
+        (7-30), then destroyed; CancelKeyDeletion undoes it meanwhile."""
+        try:
+            when = self._retrying(
+                "ScheduleKeyDeletion", lambda: self.kms.schedule_key_deletion(self.key_ref, pending_days)
+            )
+        except KeyErasedError:  # PendingDeletion or Destroyed already
+            desc = self._describe_key()
+            date = desc.extra.get("deletion_date") if desc.state == "PendingDeletion" else None
+            return KeyDeletion(desc.key_id, _STATE_NAMES.get(desc.state, desc.state), date, already=True)
+        desc = self._describe_key()
+        return KeyDeletion(desc.key_id, "pending_deletion", when.astimezone(timezone.utc).isoformat())
