@@ -58,6 +58,14 @@ Which run a request continues (the *pending* run is a journal with status ``runn
 So a writer who can only write to the dataset directory cannot start a run to a key of
 its own, let it fail, and have the next routine rotation finish it.
 
+Per-tenant and per-subject data (crypto-shredding, docs/ERASURE.md): a dataset written with ``tenant_keys``
+keeps its split -- each cell gets a new data key under the KMS key of its old one, with the same tenant in the
+context (:mod:`spark_kms.jobs._tenant_lanes`; the run's target is then "each tenant's own key", ``key_uri=``
+is refused, and a pending run is resumed by its ``run_id``). Per-subject columns are re-encrypted per subject
+again, with the subject key store ``subject_store=``. Erased cells -- their tenant's KMS key or their subject's
+key is erased -- read as null and are written as null: counted in ``details["erased_cells"]`` (per column),
+never an error. The data keys of erased tenants are dropped from the files re-encrypted.
+
 Files are processed by this process, one at a time, streaming batch by batch (memory
 stays flat); ``spark`` matters only as a Spark Connect session, whose server side then runs
 the whole job (:func:`spark_kms.spark.remote.run_near_data`).
@@ -81,7 +89,7 @@ from spark_kms.crypto import (
     DekEntry,
     KeyTable,
 )
-from spark_kms.errors import ConfigurationError, JobError
+from spark_kms.errors import ConfigurationError, JobError, KeyErasedError
 from spark_kms.jobs._common import StorageOptions, dataset_root, publish_file, require_dataset, temp_sibling
 from spark_kms.jobs._journal import (
     choose_run,
@@ -111,6 +119,17 @@ from spark_kms.jobs._tables import (
     refuse_table_arguments_over_connect,
     table_format,
     table_kwargs,
+)
+from spark_kms.jobs._tenant_lanes import (
+    TenantLanes,
+    TenantParquetWriter,
+    count_erased,
+    erased_summary,
+    lane_context,
+    pending_tenant_run,
+    plan_tenants,
+    shared_store,
+    tenant_key_uris,
 )
 from spark_kms.kms import KmsConfig, KmsConfigLike, KmsProvider
 from spark_kms.kms.concurrent import bounded_map, check_kms_concurrency
@@ -151,6 +170,7 @@ def reencrypt_dataset(
     catalog_properties: Mapping[str, str] | None = None,
     table_options: Mapping[str, str] | None = None,
     kms_concurrency: int | None = None,
+    subject_store: Any = None,
 ) -> RunSummary:
     """Re-encrypt the dataset at ``path`` with new data keys under the target key.
 
@@ -194,6 +214,10 @@ def reencrypt_dataset(
     :param kms_concurrency: plain datasets: the old data keys of the next this many files are unwrapped
         concurrently (KMS Decrypt requests in flight, :mod:`spark_kms.kms.concurrent`) while files are
         rewritten one after the other; ``1``: each file's keys when it is read, as before. Default 16.
+    :param subject_store: the subject key store of per-subject columns (a
+        :class:`~spark_kms.subjects.SubjectKeyStore` or its URL; default ``$SPARK_KMS_SUBJECT_STORE``): their
+        cells are decrypted and encrypted again with it. Cells of erased subjects (and of erased tenants) are
+        written as null and counted (``details["erased_cells"]``).
     :returns: the run summary, also written to ``<path>/_spark_kms_runs/<run_id>.json``.
     :raises ConfigurationError: a pending run that this request does not match (the message names
         it and says how to resume or abandon it); a directory holding a Delta or Iceberg table below it.
@@ -207,7 +231,7 @@ def reencrypt_dataset(
         done = run_near_data(spark, reencrypt_dataset, path, key_uri=key_uri, kms_options=kms_options,
                              run_id=run_id, force=force, abandon=abandon, rotate_join_domain=rotate_join_domain,
                              join_domain_store=join_domain_store, storage_options=storage_options,
-                             kms_concurrency=kms_concurrency)
+                             kms_concurrency=kms_concurrency, subject_store=subject_store)
         if progress is not None and done.files:
             progress("", done.files, done.files)
         return done
@@ -216,7 +240,7 @@ def reencrypt_dataset(
         return _reencrypt_table(path, key_uri=key_uri, kms_options=kms_options, run_id=run_id, force=force,
                                 abandon=abandon, progress=progress, rotate_deterministic=rotate_join_domain,
                                 join_domain_store=join_domain_store, batch_files=batch_files,
-                                vacuum_retention_hours=vacuum_retention_hours,
+                                vacuum_retention_hours=vacuum_retention_hours, subject_store=subject_store,
                                 table_kw=table_kwargs(storage_options, catalog_properties, table_options))
     concurrency = check_kms_concurrency(kms_concurrency)
     dataset = dataset_root(require_dataset(path, "reencrypt", storage_options))
@@ -228,6 +252,8 @@ def reencrypt_dataset(
                 raise ConfigurationError("reencrypt: abandon= gives up a run and starts none; "
                                          "pass it without run_id=, key_uri= or force=")
             return _abandon(dataset, validate_run_id(abandon), base)
+        if run_id is None and key_uri is None:
+            run_id = pending_tenant_run(dataset, force, base)
         journal, superseded = choose_run(dataset, run_id, key_uri, force, base)
         if journal is not None and journal["status"] == "succeeded":
             return _finished_summary(dataset, journal["run_id"])
@@ -235,7 +261,7 @@ def reencrypt_dataset(
                          secrets=_secret_strings(base)) as recorder:
             kms = base.with_request_tag(recorder.run_id)
             _run(dataset, recorder, journal, superseded, key_uri, kms, force, progress,
-                 rotate_join_domain, join_domain_store, concurrency)
+                 rotate_join_domain, join_domain_store, concurrency, subject_store)
             if vacuum_retention_hours is not None:
                 recorder.summary.details["vacuum"] = (
                     "not needed: a plain dataset's re-encrypt replaced its files in place, no older copy is kept")
@@ -343,6 +369,7 @@ def _run(
     rotate_join_domain: bool = False,
     join_domain_store: str | None = None,
     concurrency: int = 1,
+    subject_store: Any = None,
 ) -> None:
     summary = recorder.summary
     run_id = recorder.run_id
@@ -366,17 +393,22 @@ def _run(
         set_status(dataset, old, "superseded", superseded_by=run_id, superseded_at=utc_now().isoformat())
         logger.info("re-encrypt run %s of %s superseded by run %s", old["run_id"], dataset.uri, run_id)
     summary.details["requested_by"] = journal.get("requested_by")
-    target = kms.provider(journal["target_key_uri"])
+    tenant_uris = journal.get("tenant_keys")
+    target = None if tenant_uris else kms.provider(journal["target_key_uri"])
+    subject_store = shared_store(subject_store, keys.footers.values(), kms)
     det_entry = DekEntry.from_dict(journal["deterministic_entry"]) if journal.get("deterministic_entry") else None
 
     todo = [rel for rel, state in sorted(journal["files"].items()) if state != "done"]
     summary.details.update({
-        "target_key_uri": journal["target_key_uri"],
+        "target_key_uri": None if tenant_uris else journal["target_key_uri"],
+        **({"tenant_keys": tenant_uris, "erased_tenant_keys": journal.get("erased_tenant_keys", [])}
+           if tenant_uris else {}),
         "files_total": len(keys.files),
         "files_planned": len(journal["files"]),
         "files_done_before": len(journal["files"]) - len(todo),
     })
     rows = deks = files = 0
+    erased: dict[str, int] = {}
     for n, rel in enumerate(todo, start=1):
         if concurrency > 1 and (n - 1) % concurrency == 0:
             _prefetch_keys(keys, [dataset.join(r).uri for r in todo[n - 1:n - 1 + concurrency]], kms, concurrency)
@@ -385,7 +417,8 @@ def _run(
         if footer is None and not file.is_file():
             raise JobError(f"reencrypt: file {rel!r} of run {run_id} disappeared from {dataset.uri!r}")
         if footer is None or not _done_by_footer(footer, run_id):
-            file_rows, file_deks = _reencrypt_file(file, keys, target, det_entry, run_id, kms)
+            file_rows, file_deks = _reencrypt_file(file, keys, target, det_entry, run_id, kms,
+                                                   tenant_uris=tenant_uris, subject_store=subject_store, erased=erased)
             logger.info("re-encrypted %s: %d rows under %d new data keys", rel, file_rows, file_deks)
             rows += file_rows
             deks += file_deks
@@ -403,6 +436,7 @@ def _run(
     if len(kept) != len(final.manifest):
         final.write_manifest(kept, kms_options=kms)
     summary.rows, summary.deks, summary.files = rows, deks, files
+    summary.details.update(erased_summary(erased))
     summary.key_versions = key_versions_of(
         (e.key_id, e.key_version) for e in {d: kept.get(d, e) for d, e in used.items()}.values()
     )
@@ -423,7 +457,14 @@ def _prefetch_keys(keys: Dataset, files: list[str], kms: KmsConfig, concurrency:
     if len(entries) < 2:
         return
     resolver = DekResolver(entries, kms_options=kms, where=f"dataset {keys.location.uri if keys.location else ''}")
-    bounded_map(lambda e: resolver.lookup(e.dek_id_bytes), list(entries.values()), concurrency=concurrency)
+
+    def unwrap(entry: DekEntry) -> None:
+        try:
+            resolver.lookup(entry.dek_id_bytes)
+        except KeyErasedError:  # an erased tenant's key: the file's decryptor reads its cells as null
+            logger.debug("data key %s is erased (key %s): not prefetched", entry.dek_id, entry.key_uri)
+
+    bounded_map(unwrap, list(entries.values()), concurrency=concurrency)
 
 
 def _join_domain_key(
@@ -453,6 +494,9 @@ def _plan(
     keys: Dataset, kms: KmsConfig, run_id: str, key_uri: str | None, force: bool,
     rotate_join_domain: bool = False, join_domain_store: str | None = None,
 ) -> dict[str, Any]:
+    tenants = tenant_key_uris(keys.effective_deks().values(), f"dataset {keys.location.uri if keys.location else ''}")
+    if tenants is not None:
+        return plan_tenants(keys, kms, run_id, key_uri, force, tenants)
     target = target_uri(keys, key_uri)
     description = kms.describe(target)
 
@@ -494,17 +538,27 @@ def _plan(
 def _reencrypt_file(
     file: Location,
     keys: Dataset,
-    target: KmsProvider,
+    target: KmsProvider | None,
     det_entry: DekEntry | None,
     run_id: str,
     kms: KmsConfig,
+    *,
+    tenant_uris: Mapping[str, str] | None = None,
+    subject_store: Any = None,
+    erased: dict[str, int] | None = None,
 ) -> tuple[int, int]:
-    """Rewrite one file with new DEKs, whole under the same name (module docstring). Returns (rows, new DEKs)."""
+    """Rewrite one file with new DEKs, whole under the same name (module docstring). Returns (rows, new DEKs).
+
+    ``tenant_uris``: per-tenant data -- each tenant's new data keys under its own key URI. Erased cells are
+    written as null and added to ``erased`` (column -> cells).
+    """
     footer = keys.footers[file.uri]
     table = keys.effective_table(file.uri)
     spec = _spec_of(footer)
     index_columns = [n for n, s in footer.columns.items() if s.algorithm == HMAC_SHA256_BIDX]
-    decryptor = BatchDecryptor(table, kms_options=kms)
+    decryptor = BatchDecryptor(table, kms_options=kms, subject_store=subject_store)
+    lanes = TenantLanes(table, tenant_uris) if tenant_uris else None
+    context = _context(footer.deks, AES_256_GCM, run_id)
     temp = temp_sibling(file, _TEMP_TAG)
     try:
         with file.open_input_file() as source:
@@ -519,16 +573,24 @@ def _reencrypt_file(
                 for k, v in (parquet.metadata.metadata or {}).items()
                 if k not in (KEY_TABLE_METADATA_KEY.encode(), b"ARROW:schema")
             }
-            with EncryptedParquetWriter(
-                temp, plain_schema, spec, target,
-                encryption_context=_context(footer.deks, AES_256_GCM, run_id),
-                deterministic_entry=det_entry,
-                kms_options=kms,
-                write_empty=True,
-                metadata=extra,
-            ) as writer:
+            common: dict[str, Any] = {"encryption_context": context, "deterministic_entry": det_entry,
+                                      "kms_options": kms, "write_empty": True, "metadata": extra,
+                                      "subject_store": subject_store}
+            if lanes is not None:
+                common["encryption_context"] = lane_context(context)
+                writer: EncryptedParquetWriter = TenantParquetWriter(temp, plain_schema, spec, lanes=lanes, **common)
+            else:
+                writer = EncryptedParquetWriter(temp, plain_schema, spec, target, **common)
+            with writer:
                 for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=keep):
-                    writer.write_batch(decryptor.decrypt_batch(batch, where=f"file {file.uri}"))
+                    plain = decryptor.decrypt_batch(batch, where=f"file {file.uri}")
+                    if isinstance(writer, TenantParquetWriter):
+                        writer.write_lanes(plain, lanes.tenants(batch, spec.randomized))  # type: ignore[union-attr]
+                    else:
+                        writer.write_batch(plain)
+            if erased is not None:
+                count_erased(erased, decryptor, getattr(writer._encryptor, "erased_on_write", 0),
+                             spec.randomized if spec.subject_column else ())
         new_deks = sum(1 for e in writer.key_table.deks.values() if e.algorithm == AES_256_GCM)
         publish_file(temp, file)
     except BaseException:

@@ -24,6 +24,12 @@ wrapped by the target version is skipped, so a re-run after a crash finishes the
 rest, and a re-run after success makes no ReEncrypt call (only one DescribeKey
 per distinct target key).
 
+Erased keys (crypto-shredding, docs/ERASURE.md): a DEK whose KMS key is scheduled for deletion or
+destroyed -- a tenant's key after :func:`spark_kms.erasure.erase_tenant` -- can never be rewrapped. Such
+DEKs are skipped and counted (``details["deks_erased"]``, ``details["erased_key_uris"]``); the job does
+not fail and the manifest keeps their old entries (nothing can unwrap them any more). A dataset whose DEKs
+are under several keys (one per tenant) has each DEK rewrapped under its own key's primary version.
+
 Trade-offs (docs/ROTATION.md): the stale footer wraps stay decryptable by the old
 key version until that version is disabled or destroyed, and the manifest must
 travel with the dataset (copy the directory, not only the ``*.parquet`` files).
@@ -33,11 +39,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from spark_kms.crypto import DekEntry
-from spark_kms.errors import ConfigurationError, KmsError
+from spark_kms.errors import ConfigurationError, KeyErasedError, KmsError
 from spark_kms.jobs._common import StorageOptions, dataset_root, file_rows, require_dataset
 from spark_kms.jobs._lock import dataset_lock
 from spark_kms.jobs._summary import RunRecorder, RunSummary, key_versions_of
@@ -47,12 +53,12 @@ from spark_kms.jobs._tables import (
     table_format,
     table_kwargs,
 )
-from spark_kms.kms import KmsConfig, KmsConfigLike, WrappedKey
+from spark_kms.kms import KeyDescription, KmsConfig, KmsConfigLike, WrappedKey
 from spark_kms.kms.concurrent import bounded_map, check_kms_concurrency
 from spark_kms.parquet.dataset import Dataset
 from spark_kms.storage import StoragePath
 
-__all__ = ["rewrap_dataset"]
+__all__ = ["rewrap_dataset", "rewrap_group", "rewrap_plan"]
 
 logger = logging.getLogger(__name__)
 
@@ -144,34 +150,26 @@ def rewrap_dataset(
         manifest = {d: e for d, e in keys.manifest.items() if d in before}
         pruned = len(keys.manifest) - len(manifest)
         rewrapped: list[str] = []
+        erased: set[str] = set()
         # One DescribeKey per distinct target key (KmsConfig keeps it), then the DEKs behind it.
-        todo = rewrap_plan(before, key_uri, kms, concurrency)
-        skipped = len(before) - sum(len(group) for group in todo.values())
+        todo = rewrap_plan(before, key_uri, kms, concurrency, erased=erased)
+        skipped = len(before) - sum(len(group) for group in todo.values()) - len(erased)
         flusher = _Flusher(keys, manifest, kms, flush_every)
         try:
             for (source_uri, target_uri), group in sorted(todo.items()):
-                source, destination = kms.provider(source_uri), kms.provider(target_uri)
 
-                def done(i: int, wrapped: WrappedKey, group: list[tuple[str, DekEntry]] = group,
-                         target_uri: str = target_uri) -> None:
-                    dek_id, entry = group[i]
+                def done(dek_id: str, entry: DekEntry, wrapped: WrappedKey, target_uri: str = target_uri) -> None:
                     manifest[dek_id] = entry.replace(key_uri=target_uri, key_id=wrapped.key_id,
                                                      key_version=wrapped.key_version, wrapped_dek=wrapped.ciphertext)
                     logger.debug("rewrapped data key %s: key %s version %s -> version %s", dek_id, entry.key_id,
                                  entry.key_version, wrapped.key_version)
                     rewrapped.append(dek_id)
                     if progress is not None:
-                        progress(dek_id, skipped + len(rewrapped), len(before))
+                        progress(dek_id, skipped + len(rewrapped) + len(erased), len(before))
                     flusher.one_more()
 
                 try:
-                    # The context is part of the DEK's identity: readers send it on Decrypt, so it stays.
-                    source.reencrypt_many(
-                        [(WrappedKey(e.wrapped_dek, e.key_id, e.key_version), e.encryption_context)
-                         for _, e in group],
-                        destination=None if destination is source else destination,
-                        concurrency=concurrency, on_result=done,
-                    )
+                    erased.update(rewrap_group(kms, source_uri, target_uri, group, concurrency, done))
                 except KmsError as exc:
                     index = getattr(exc, "item_index", None)
                     failed = group[index][0] if isinstance(index, int) and 0 <= index < len(group) else "-"
@@ -193,28 +191,106 @@ def rewrap_dataset(
         summary.key_versions = key_versions_of((e.key_id, e.key_version) for e in after.values())
         summary.details.update(
             {"deks_total": len(before), "deks_skipped": skipped, "manifest_entries_pruned": pruned,
-             "files_total": len(keys.files)}
+             "files_total": len(keys.files), **erased_details(before, erased)}
         )
         return summary
 
 
 def rewrap_plan(
-    entries: Mapping[str, DekEntry], key_uri: str | None, kms: KmsConfig, concurrency: int
+    entries: Mapping[str, DekEntry], key_uri: str | None, kms: KmsConfig, concurrency: int,
+    *, erased: set[str] | None = None,
 ) -> dict[tuple[str, str], list[tuple[str, DekEntry]]]:
     """The data keys that need a rewrap, grouped by (source key URI, target key URI), in DEK-id order.
 
     One DescribeKey per distinct target key (at most ``concurrency`` at a time); a DEK already wrapped by the
-    target's primary version is left out. Shared by the dataset and the table rewrap.
+    target's primary version is left out, and so is a DEK whose own key the KMS describes as erased (scheduled
+    for deletion or destroyed: it can never be rewrapped) when it is rewrapped under its own key (no
+    ``key_uri``): its id goes to ``erased``. Shared by the dataset and the table rewrap.
     """
     target_uris = sorted({key_uri or e.key_uri for e in entries.values()})
-    described = dict(zip(target_uris, bounded_map(kms.describe, target_uris, concurrency=concurrency), strict=True))
+    described = dict(zip(target_uris, bounded_map(lambda uri: _describe(kms, uri), target_uris,
+                                                  concurrency=concurrency), strict=True))
     todo: dict[tuple[str, str], list[tuple[str, DekEntry]]] = {}
     for dek_id, entry in sorted(entries.items()):
         target_uri = key_uri or entry.key_uri
         target = described[target_uri]
+        if target is None or target.erased:
+            if key_uri is None:
+                if erased is not None:
+                    erased.add(dek_id)
+                continue
+            raise ConfigurationError(
+                f"rewrap: the target key {key_uri} is scheduled for deletion or destroyed; choose another key")
         if not (entry.key_id == target.key_id and entry.key_version == target.primary_version):
             todo.setdefault((entry.key_uri, target_uri), []).append((dek_id, entry))
+    for uri in sorted({u for u, d in described.items() if d is None or d.erased}):
+        logger.warning("KMS key %s is erased (scheduled for deletion or destroyed): its data keys cannot be "
+                       "rewrapped and are skipped", uri)
     return todo
+
+
+def _describe(kms: KmsConfig, key_uri: str) -> KeyDescription | None:
+    """The key's description; None when the KMS refuses to describe it because it is erased."""
+    try:
+        return kms.describe(key_uri)
+    except KeyErasedError:
+        return None
+
+
+def _source_erased(kms: KmsConfig, source_uri: str) -> bool:
+    """Whether the KMS says the key ``source_uri`` is erased now (a fresh DescribeKey: not the cached one)."""
+    try:
+        return kms.provider(source_uri).describe_key().erased
+    except KeyErasedError:
+        return True
+    except KmsError:
+        return False
+
+
+def rewrap_group(
+    kms: KmsConfig,
+    source_uri: str,
+    target_uri: str,
+    group: Sequence[tuple[str, DekEntry]],
+    concurrency: int,
+    done: Callable[[str, DekEntry, WrappedKey], None],
+) -> list[str]:
+    """Rewrap the data keys ``group`` (all under ``source_uri``) under ``target_uri``'s primary version,
+    calling ``done(dek_id, entry, new wrap)`` in this thread as each one is rewrapped.
+
+    :returns: the DEK ids left as they were because their source key turned out erased (KeyErasedError on
+        ReEncrypt, the source key described as erased): they can never be rewrapped.
+    :raises KmsError: any other failure, and an erased *target* key.
+    """
+    source, destination = kms.provider(source_uri), kms.provider(target_uri)
+    finished: set[int] = set()
+
+    def on_result(i: int, wrapped: WrappedKey) -> None:
+        finished.add(i)
+        dek_id, entry = group[i]
+        done(dek_id, entry, wrapped)
+
+    try:
+        # The context is part of the DEK's identity: readers send it on Decrypt, so it stays.
+        source.reencrypt_many(
+            [(WrappedKey(e.wrapped_dek, e.key_id, e.key_version), e.encryption_context) for _, e in group],
+            destination=None if destination is source else destination,
+            concurrency=concurrency, on_result=on_result,
+        )
+    except KeyErasedError:
+        if source_uri != target_uri and not _source_erased(kms, source_uri):
+            raise  # the target key is the erased one: nothing can be rewrapped under it
+        left = [group[i][0] for i in range(len(group)) if i not in finished]
+        logger.warning("KMS key %s is erased (scheduled for deletion or destroyed): %d of its data keys cannot "
+                       "be rewrapped and are skipped", source_uri, len(left))
+        return left
+    return []
+
+
+def erased_details(entries: Mapping[str, DekEntry], erased: set[str]) -> dict[str, Any]:
+    """The run summary's account of the DEKs skipped because their key is erased."""
+    return {"deks_erased": len(erased),
+            "erased_key_uris": sorted({entries[d].key_uri for d in erased if d in entries})}
 
 
 class _Flusher:

@@ -304,7 +304,18 @@ class GcpKmsProvider(KmsProvider):
             "ciphertext_crc32c": crc32c(wrapped.ciphertext),
             "additional_authenticated_data_crc32c": crc32c(aad),
         }
-        resp = self._call("Decrypt", lambda: self.client.decrypt(request=request, **self._call_kwargs()), key_name)
+        try:
+            resp = self._call("Decrypt", lambda: self.client.decrypt(request=request, **self._call_kwargs()), key_name)
+        except KeyErasedError as exc:
+            # Erasure destroys every version; one destroyed (retired) version of a key still in use is a
+            # rotation gone wrong, which must fail loudly rather than read as erased.
+            if not self.describe_key().erased:
+                raise KeyStateError(
+                    f"Cloud KMS Decrypt on key {key_name}: the key version that wrapped this data key is destroyed "
+                    "or scheduled for destruction while the key is in use (rewrap before destroying old versions)",
+                    key_id=key_name, operation="Decrypt",
+                ) from exc
+            raise
         plaintext = bytearray(resp.plaintext)
         if resp.plaintext_crc32c != crc32c(plaintext):
             for i in range(len(plaintext)):

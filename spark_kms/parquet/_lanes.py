@@ -136,6 +136,8 @@ class _LanesMixin:
         sids: list[bytes | None] | None,
         keys: Mapping[bytes, bytes | None],
     ) -> pa.Array:
+        if column.null_count == len(column):
+            return pa.nulls(len(column), pa.binary())  # nothing to encrypt: no data key is asked for
         self._lane = lane
         try:
             if action == AES_256_GCM_SUBJECT:
@@ -148,6 +150,8 @@ class _LanesMixin:
                     self.erased_on_write += len(erased)
                     logger.warning("column %r: %d values of erased subjects were written as null", name, len(erased))
                 non_null = sum(v is not None for v in values)
+                if non_null == 0:
+                    return pa.nulls(len(values), pa.binary())
                 cells = self._encrypt_gcm(values, non_null, name, context, subjects=(sids, keys))  # type: ignore[arg-type]
             elif bound is not None:
                 values = encode_values(column)

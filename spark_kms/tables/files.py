@@ -61,7 +61,11 @@ class TableFileWriter:
     :param location: the file to write.
     :param spec: what to encrypt (the plaintext batches hold every column but Delta partition columns).
     :param key_uri: the key of the file's new data key (one GenerateDataKey, on the first non-empty batch).
-    :param output_schema: the stored schema to conform to (types, field ids); default the encryptor's.
+    :param tenant_keys: per-tenant keys (:class:`~spark_kms.parquet.tenants.TenantKeys`): a data key per tenant
+        of the file, under the tenant's own KMS key.
+    :param subject_store: the subject key store of ``spec.subject_column`` (per-subject cells).
+    :param lanes: a re-encrypt of per-tenant data (:class:`~spark_kms.jobs._tenant_lanes.TenantLanes`): batches
+        come with their rows' tenants (``write(batch, tenants)``), each tenant keeps its key.
     """
 
     def __init__(
@@ -78,12 +82,19 @@ class TableFileWriter:
         partition_values: Mapping[str, str | None] | None = None,
         metadata: Mapping[str, str] | None = None,
         required: Iterable[str] = (),
+        tenant_keys: Any = None,
+        subject_store: Any = None,
+        lanes: Any = None,
     ) -> None:
         self.location = location
         self.relpath = relpath
         self.partition_values = dict(partition_values or {})
+        self._lanes = lanes
+        if lanes is not None:
+            tenant_keys = lanes.tenant_keys
         self._encryptor = BatchEncryptor(spec, key_uri, kms_options=kms, encryption_context=encryption_context,
-                                         deterministic_entry=deterministic_entry)
+                                         deterministic_entry=deterministic_entry, tenant_keys=tenant_keys,
+                                         subject_store=subject_store)
         self._field_ids = dict(field_ids or {})
         self._required = set(required)
         self._metadata = dict(metadata or {})
@@ -100,9 +111,19 @@ class TableFileWriter:
     def kms_calls(self) -> int:
         return self._encryptor.kms_calls
 
+    @property
+    def erased_on_write(self) -> int:
+        """Values of erased subjects the encryptor wrote as null."""
+        return int(self._encryptor.erased_on_write)
+
     def stored_schema(self, plain: pa.Schema) -> pa.Schema:
         """The schema of the stored file for plaintext batches of schema ``plain``."""
-        out = self._encryptor.output_schema(plain)
+        if self._lanes is not None:
+            from spark_kms.jobs._tenant_lanes import lane_schema, without_lane
+
+            out = without_lane(self._encryptor.output_schema(lane_schema(plain)))
+        else:
+            out = self._encryptor.output_schema(plain)
         # Nullable, except the columns the table requires (an Iceberg table created from Spark's schema
         # requires _spark_kms_keys): the table checks the files it is given against its schema.
         fields = [f.with_nullable(f.name not in self._required) for f in out]
@@ -114,13 +135,25 @@ class TableFileWriter:
             fields = [f.with_metadata({FIELD_ID_KEY: str(self._field_ids[f.name]).encode()}) for f in fields]
         return pa.schema(fields)
 
-    def write(self, batch: pa.RecordBatch) -> None:
+    def write(self, batch: pa.RecordBatch, tenants: pa.Array | None = None) -> None:
+        """Encrypt and append ``batch``; ``tenants``: its rows' tenants (a writer with ``lanes`` only)."""
         if batch.num_rows == 0:
             return
-        encrypted = self._encryptor.encrypt_batch(batch)
-        keys = self._encryptor.key_table().to_json().decode("utf-8")
         if self._schema is None:
             self._schema = self.stored_schema(batch.schema)
+        if self._lanes is not None:
+            from spark_kms.jobs._tenant_lanes import encrypt_in_lanes
+
+            if tenants is None:
+                raise ConfigurationError(f"{self.relpath}: a per-tenant re-encrypt writes batches with their tenants")
+            plain_out = pa.schema([f for f in self._schema if f.name != KEYS_COLUMN])
+            encrypted = encrypt_in_lanes(self._encryptor.encrypt_batch, batch, tenants,
+                                         self._encryptor.spec.randomized,
+                                         pa.schema([f.remove_metadata() for f in plain_out]))
+        else:
+            encrypted = self._encryptor.encrypt_batch(batch)
+        keys = self._encryptor.key_table().to_json().decode("utf-8")
+        if self._sink is None:
             encrypted_names = set(self._encryptor.spec.columns) | set(self._encryptor.spec.deterministic) | set(
                 self._encryptor.spec.blind_index.values())
             self._plain = [f.name for f in self._schema if f.name not in encrypted_names and f.name != KEYS_COLUMN

@@ -7,7 +7,8 @@
   (server-side ReEncrypt where the KMS has it); the new entries go into a new key manifest object and **one
   table commit** sets the table property naming it (Delta: a ``SET TBLPROPERTIES`` commit; Iceberg: a
   metadata-only commit). No data file is read or written. Idempotent: a re-run after success makes no
-  ReEncrypt call and no commit.
+  ReEncrypt call and no commit. Data keys under an erased KMS key (a tenant's, crypto-shredding) are skipped and
+  counted (``details["deks_erased"]``), never fail the job.
 * **vacuum**: the table's own clean-up (Delta ``vacuum``; Iceberg snapshot expiry, then the data files only the
   expired snapshots referenced), then the key manifest is pruned to the data keys of data files still on
   storage and older manifest objects are deleted -- the step that makes a re-encrypt a crypto-shredding:
@@ -33,7 +34,7 @@ from spark_kms.jobs.inspect import (
     FileInspection,
     KeyInspection,
 )
-from spark_kms.jobs.rewrap import rewrap_plan
+from spark_kms.jobs.rewrap import erased_details, rewrap_group, rewrap_plan
 from spark_kms.kms import KmsConfig, KmsConfigLike, WrappedKey
 from spark_kms.kms.concurrent import check_kms_concurrency
 from spark_kms.storage import Location, StoragePath, is_hidden
@@ -265,19 +266,19 @@ def rewrap_table(
         summary.key_versions_before = key_versions_of((e.key_id, e.key_version) for e in before.values())
         manifest = dict(keys.manifest)
         rewrapped: list[str] = []
-        todo = rewrap_plan(targets, key_uri, kms, concurrency)
+        erased: set[str] = set()
+        todo = rewrap_plan(targets, key_uri, kms, concurrency, erased=erased)
         for (source_uri, target_uri), group in sorted(todo.items()):
-            source, destination = kms.provider(source_uri), kms.provider(target_uri)
-            # The context is part of the DEK's identity: readers send it on Decrypt, so it stays.
-            wrapped = source.reencrypt_many(
-                [(WrappedKey(e.wrapped_dek, e.key_id, e.key_version), e.encryption_context) for _, e in group],
-                destination=None if destination is source else destination, concurrency=concurrency)
-            for (dek_id, entry), new in zip(group, wrapped, strict=True):
+
+            def done(dek_id: str, entry: DekEntry, new: WrappedKey, target_uri: str = target_uri) -> None:
                 manifest[dek_id] = entry.replace(key_uri=target_uri, key_id=new.key_id, key_version=new.key_version,
                                                  wrapped_dek=new.ciphertext)
                 rewrapped.append(dek_id)
                 logger.debug("rewrapped data key %s: key %s version %s -> version %s", dek_id, entry.key_id,
                              entry.key_version, new.key_version)
+
+            # DEKs under an erased key (a tenant's) are skipped and counted; the manifest keeps their entries.
+            erased.update(rewrap_group(kms, source_uri, target_uri, group, concurrency, done))
         rewrapped.sort()
         version = None
         if rewrapped:
@@ -292,7 +293,8 @@ def rewrap_table(
         summary.key_versions = key_versions_of((e.key_id, e.key_version) for e in after.values())
         summary.details.update({"table_format": backend.format, "table_version": version,
                                 "snapshot_version": snap.version, "deks_total": len(targets),
-                                "deks_skipped": len(targets) - len(rewrapped), "target_key_uri": key_uri,
+                                "deks_skipped": len(targets) - len(rewrapped) - len(erased), "target_key_uri": key_uri,
+                                **erased_details(targets, erased),
                                 "files_total": len(keys.files), "include_history": include_history})
         return summary
 

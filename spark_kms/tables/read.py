@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,7 +21,8 @@ import pyarrow.parquet as pq
 from spark_kms.crypto import HMAC_SHA256_BIDX, KeyTable
 from spark_kms.errors import ConfigurationError, FormatError
 from spark_kms.kms import KmsConfig, KmsConfigLike
-from spark_kms.parquet.decryptor import BatchDecryptor
+from spark_kms.parquet.decryptor import BatchDecryptor, check_on_erased
+from spark_kms.parquet.reader import with_erased_counts
 from spark_kms.storage import StoragePath, resolve
 from spark_kms.tables.detect import DELTA, TableRef
 from spark_kms.tables.keys import KEYS_COLUMN, TableKeys, load_table_keys
@@ -139,7 +141,12 @@ def _partition_arrays(file: TableFile, schema: pa.Schema, rows: int) -> dict[str
 
 
 def _file_tables(keys: TableKeys, kms: KmsConfig, columns: Sequence[str] | None, min_format_version: int,
-                 verify_blind_indexes: bool) -> Iterator[tuple[pa.Table, pa.Schema]]:
+                 verify_blind_indexes: bool, subject_store: Any = None, on_erased: str | None = "null",
+                 used: list[BatchDecryptor] | None = None) -> Iterator[tuple[pa.Table, pa.Schema]]:
+    """Each data file of the snapshot, decrypted. Erased cells (their tenant's KMS key or their subject's key is
+    erased) read as null, or raise ErasedDataError with ``on_erased="raise"``; each file's decryptor goes to
+    ``used`` (its ``erased`` counts)."""
+    on_erased = check_on_erased(on_erased)
     snap = keys.snapshot
     merged = keys.key_table()
     out_schema = _plaintext_schema(snap, merged, columns)
@@ -152,10 +159,15 @@ def _file_tables(keys: TableKeys, kms: KmsConfig, columns: Sequence[str] | None,
             check_file_columns(snap, f, stored)
             decryptor = BatchDecryptor(keys.key_table_for(f.uri, merged), kms_options=kms,
                                        min_format_version=min_format_version,
-                                       verify_blind_indexes=verify_blind_indexes)
+                                       verify_blind_indexes=verify_blind_indexes, subject_store=subject_store,
+                                       on_erased=on_erased)
+            if used is not None:
+                used.append(decryptor)
             read = [c for c in decryptor.required_columns(wanted) if c in stored.names]
             data = pf.read(columns=read)
         table = decryptor.decrypt_table(data, [c for c in wanted if c in read], where=f"file {f.uri}")
+        if decryptor._store is not None:  # opened once (its KEK unwrapped once), shared by the next files
+            subject_store = decryptor._store
         parts = _partition_arrays(f, out_schema, table.num_rows)
         arrays = []
         for field_ in out_schema:
@@ -180,13 +192,17 @@ def iter_table_decrypted(
     storage_options: Mapping[str, str] | str | None = None,
     catalog_properties: Mapping[str, str] | None = None,
     table_options: Mapping[str, str] | None = None,
+    subject_store: Any = None,
+    on_erased: str | None = "null",
 ) -> Iterator[pa.Table]:
-    """:func:`read_table_decrypted` one data file at a time (memory stays at one file)."""
+    """:func:`read_table_decrypted` one data file at a time (memory stays at one file); each part carries its
+    erased-cell counts in its schema metadata (:func:`spark_kms.parquet.erased_counts`)."""
     keys = _open(table, version, storage_options, catalog_properties, table_options, require_encrypted,
                  min_format_version, "read")
+    used: list[BatchDecryptor] = []
     for part, _schema in _file_tables(keys, KmsConfig.of(kms_options), columns, min_format_version,
-                                      verify_blind_indexes):
-        yield part
+                                      verify_blind_indexes, subject_store, on_erased, used):
+        yield with_erased_counts(part, f"table {keys.snapshot.table.uri}", used[-1:])
 
 
 def read_table_decrypted(
@@ -201,6 +217,8 @@ def read_table_decrypted(
     storage_options: Mapping[str, str] | str | None = None,
     catalog_properties: Mapping[str, str] | None = None,
     table_options: Mapping[str, str] | None = None,
+    subject_store: Any = None,
+    on_erased: str | None = "null",
 ) -> pa.Table:
     """A Delta or Iceberg table snapshot, decrypted, as one pyarrow Table (pyarrow only, no Spark).
 
@@ -211,6 +229,13 @@ def read_table_decrypted(
         what decrypting them needs) are read, and only their data keys unwrapped.
     :param require_encrypted: columns every file must store encrypted (else FormatError naming the file).
     :param min_format_version: 2 refuses files of key-table format version 1.
+    :param subject_store: the subject key store of per-subject columns (a URL or
+        :class:`~spark_kms.subjects.SubjectKeyStore`; docs/ERASURE.md).
+    :param on_erased: cells whose data was erased -- their tenant's KMS key is scheduled for deletion or
+        destroyed, or their subject's key was deleted -- read as null (``"null"``, default; counted in the
+        table's schema metadata, :func:`spark_kms.parquet.erased_counts`) or raise
+        :class:`~spark_kms.errors.ErasedDataError` (``"raise"``). Older snapshots (``version=``) too: erasure
+        reaches every version, since their files hold the same (erased) keys.
     :raises ConfigurationError: the snapshot needs more than its file list (deletion vectors, delete files,
         column mapping, a renamed column), or a bad argument.
     """
@@ -219,11 +244,13 @@ def read_table_decrypted(
     kms = KmsConfig.of(kms_options)
     parts: list[pa.Table] = []
     schema = _plaintext_schema(keys.snapshot, keys.key_table(), columns)
-    for part, _schema in _file_tables(keys, kms, columns, min_format_version, verify_blind_indexes):
+    used: list[BatchDecryptor] = []
+    for part, _schema in _file_tables(keys, kms, columns, min_format_version, verify_blind_indexes,
+                                      subject_store, on_erased, used):
         parts.append(part)
     if not parts:
         return schema.empty_table()
-    return pa.concat_tables(parts)
+    return with_erased_counts(pa.concat_tables(parts), f"table {keys.snapshot.table.uri}", used)
 
 
 def decrypt_table(
@@ -237,6 +264,8 @@ def decrypt_table(
     storage_options: Mapping[str, str] | str | None = None,
     catalog_properties: Mapping[str, str] | None = None,
     table_options: Mapping[str, str] | None = None,
+    subject_store: Any = None,
+    on_erased: str | None = "null",
 ) -> object:
     """Decrypt a table snapshot into a plaintext Parquet directory ``destination`` (one file per data file).
 
@@ -244,6 +273,8 @@ def decrypt_table(
     (:func:`spark_kms.jobs._replace.staged_replacement`): a failure leaves ``destination`` as it was. The run
     record goes to the *table's* ``_spark_kms_runs/`` (the audit trail stays with the encrypted data).
 
+    :param subject_store: the subject key store of per-subject columns; ``on_erased``: erased cells written as
+        null (counted in ``details["erased_cells"]``) or ``"raise"`` (as :func:`read_table_decrypted`).
     :returns: the run summary (:class:`spark_kms.jobs.RunSummary`).
     """
     from spark_kms.jobs._replace import staged_replacement
@@ -260,7 +291,9 @@ def decrypt_table(
         rows = files = 0
         with staged_replacement(destination, "decrypt", storage_options=storage_options) as staging:
             out = resolve(staging, storage_options)
-            for n, (part, _schema) in enumerate(_file_tables(keys, kms, columns, 1, False)):
+            used: list[BatchDecryptor] = []
+            for n, (part, _schema) in enumerate(_file_tables(keys, kms, columns, 1, False, subject_store, on_erased,
+                                                             used)):
                 target = out.join(f"part-{n:05d}.parquet")
                 with target.open_output_stream() as sink:
                     pq.write_table(part, sink)
@@ -270,6 +303,11 @@ def decrypt_table(
                 out.mkdirs()
         s = recorder.summary
         s.rows, s.files, s.deks = rows, files, len(keys.effective_deks())
+        erased: dict[str, int] = {}
+        for d in used:
+            for column, count in d.erased.items():
+                erased[column] = erased.get(column, 0) + count
         s.details.update({"table_format": snap.format, "table_version": snap.version,
-                          "destination": resolve(destination, storage_options).uri})
+                          "destination": resolve(destination, storage_options).uri,
+                          **({"erased_cells": dict(sorted(erased.items()))} if erased else {})})
         return s

@@ -26,6 +26,11 @@ anything else is refused, naming the run and how to resume or give it up (``aban
 Deterministic (AES-SIV) and blind-index columns keep the table's deterministic key (their cells are
 re-encrypted under it and stay equal to the other writes'), unless ``rotate_deterministic=True`` or the
 table moves to another key URI: then one new key for the run, kept (wrapped) in the journal.
+
+Per-tenant and per-subject tables (crypto-shredding, docs/ERASURE.md) as the dataset job
+(:mod:`spark_kms.jobs.reencrypt`): each cell's new data key is under its old one's KMS key with the same tenant
+(``key_uri=`` is refused), per-subject columns are re-encrypted with ``subject_store=``, and erased cells are
+written as null and counted (``details["erased_cells"]``).
 """
 
 from __future__ import annotations
@@ -41,6 +46,15 @@ from spark_kms.crypto import AES_256_GCM, AES_256_SIV, HMAC_SHA256_BIDX, DekEntr
 from spark_kms.errors import ConfigurationError, JobError
 from spark_kms.jobs._journal import requester as _requester
 from spark_kms.jobs._summary import RUN_ID_CONTEXT_KEY, RunSummary, key_versions_of, utc_now, validate_run_id
+from spark_kms.jobs._tenant_lanes import (
+    TenantLanes,
+    count_erased,
+    current_versions,
+    erased_summary,
+    lane_context,
+    shared_store,
+    tenant_key_uris,
+)
 from spark_kms.jobs.reencrypt import target_options
 from spark_kms.kms import KmsConfig, KmsConfigLike
 from spark_kms.parquet.decryptor import BatchDecryptor
@@ -156,9 +170,12 @@ def _context(entries: Mapping[str, DekEntry], run_id: str) -> dict[str, str]:
 
 def _plan(backend: TableBackend, keys: TableKeys, kms: KmsConfig, run_id: str, key_uri: str | None, force: bool,
           rotate_deterministic: bool, batch_files: int | None) -> dict[str, Any]:
+    effective = keys.effective_deks()
+    tenants = tenant_key_uris(effective.values(), f"table {keys.snapshot.table.uri}")
+    if tenants is not None:
+        return _plan_tenants(backend, keys, kms, run_id, key_uri, force, batch_files, tenants)
     target_uri = _target_uri(keys, key_uri)
     description = kms.describe(target_uri)
-    effective = keys.effective_deks()
     siv = {d: e for d, e in effective.items() if e.algorithm == AES_256_SIV}
     det: DekEntry | None = None
     if siv:
@@ -183,13 +200,6 @@ def _plan(backend: TableBackend, keys: TableKeys, kms: KmsConfig, run_id: str, k
         return det is not None and any(d != det.dek_id for d, e in deks.items() if e.algorithm == AES_256_SIV)
 
     todo = [f for f in keys.files if behind(f)]
-    size = batch_files or max(len(todo), 1)
-    batches = []
-    for b, start in enumerate(range(0, len(todo), size)):
-        chunk = todo[start:start + size]
-        batches.append({"state": "pending", "version": None, "files": [
-            {"old": f.path, "uri": f.uri, "new": _new_name(backend, f, run_id, b, n), "state": "planned"}
-            for n, f in enumerate(chunk)]})
     return {
         "job": JOB, "run_id": run_id, "status": "running", "started_at": utc_now().isoformat(),
         "table": keys.snapshot.table.uri, "table_format": keys.snapshot.format, "base_version": keys.snapshot.version,
@@ -197,40 +207,85 @@ def _plan(backend: TableBackend, keys: TableKeys, kms: KmsConfig, run_id: str, k
         "target_key_version": description.primary_version, "target_options": target_options(kms, target_uri),
         "force": bool(force), "requested_by": _requester(kms, target_uri),
         "deterministic_entry": det.to_dict() if det else None, "app_id": f"spark_kms.reencrypt.{run_id}",
-        "batches": batches,
+        "batches": _batches(backend, todo, run_id, batch_files),
+    }
+
+
+def _batches(backend: TableBackend, todo: list[TableFile], run_id: str, batch_files: int | None) -> list[Any]:
+    size = batch_files or max(len(todo), 1)
+    batches = []
+    for b, start in enumerate(range(0, len(todo), size)):
+        chunk = todo[start:start + size]
+        batches.append({"state": "pending", "version": None, "files": [
+            {"old": f.path, "uri": f.uri, "new": _new_name(backend, f, run_id, b, n), "state": "planned"}
+            for n, f in enumerate(chunk)]})
+    return batches
+
+
+def _plan_tenants(backend: TableBackend, keys: TableKeys, kms: KmsConfig, run_id: str, key_uri: str | None,
+                  force: bool, batch_files: int | None, tenants: dict[str, str]) -> dict[str, Any]:
+    """The plan of a table written with per-tenant keys: each tenant keeps its own key."""
+    if key_uri:
+        raise ConfigurationError(
+            f"reencrypt: the data keys of table {keys.snapshot.table.uri} are per tenant ({len(tenants)} tenants, "
+            "each under its own KMS key): a re-encrypt keeps each tenant's key, so key_uri= does not apply")
+    described = current_versions(kms, sorted(set(tenants.values())))
+
+    def current(e: DekEntry) -> bool:
+        d = described.get(e.key_uri)
+        return d is not None and not d.erased and e.key_id == d.key_id and e.key_version == d.primary_version
+
+    todo = [f for f in keys.files if force or not all(current(e) for e in keys.tables[f.uri].deks.values())]
+    live = sorted(u for u, d in described.items() if d is not None and not d.erased) or sorted(tenants.values())
+    return {
+        "job": JOB, "run_id": run_id, "status": "running", "started_at": utc_now().isoformat(),
+        "table": keys.snapshot.table.uri, "table_format": keys.snapshot.format, "base_version": keys.snapshot.version,
+        "target_key_uri": live[0], "target_key_id": None, "target_key_version": None, "tenant_keys": tenants,
+        "erased_tenant_keys": sorted(u for u, d in described.items() if d is None or d.erased),
+        "target_options": target_options(kms, live[0]), "force": bool(force),
+        "requested_by": _requester(kms, live[0]), "deterministic_entry": None,
+        "app_id": f"spark_kms.reencrypt.{run_id}", "batches": _batches(backend, todo, run_id, batch_files),
     }
 
 
 def _rewrite(backend: TableBackend, keys: TableKeys, merged: KeyTable, file: TableFile, rel: str, target_uri: str,
-             det: DekEntry | None, run_id: str, kms: KmsConfig) -> tuple[NewFile | None, int]:
+             det: DekEntry | None, run_id: str, kms: KmsConfig, *, tenant_uris: Mapping[str, str] | None = None,
+             subject_store: Any = None, erased: dict[str, int] | None = None) -> tuple[NewFile | None, int]:
     own = keys.tables[file.uri]
     spec = EncryptionSpec.from_key_table(own)
     index_columns = {n for n, s in own.columns.items() if s.algorithm == HMAC_SHA256_BIDX}
-    decryptor = BatchDecryptor(keys.key_table_for(file.uri, merged), kms_options=kms)
+    effective = keys.key_table_for(file.uri, merged)
+    decryptor = BatchDecryptor(effective, kms_options=kms, subject_store=subject_store)
+    lanes = TenantLanes(effective, tenant_uris) if tenant_uris else None
+    context = _context(own.deks, run_id)
     root = backend.storage_location
     with resolve(file.uri, root.options or None).open_input_file() as fh:
         pf = pq.ParquetFile(fh)
         check_file_columns(keys.snapshot, file, pf.schema_arrow)
         keep = [n for n in pf.schema_arrow.names if n not in index_columns and n != KEYS_COLUMN]
         writer = TableFileWriter(
-            backend.file_location(rel), rel, spec, target_uri, kms=kms, encryption_context=_context(own.deks, run_id),
+            backend.file_location(rel), rel, spec, target_uri, kms=kms,
+            encryption_context=lane_context(context) if lanes is not None else context,
             deterministic_entry=det, field_ids=backend.field_ids() or None,
             partition_values=dict(file.partition_values), metadata={"spark_kms.job_id": run_id},
-            required=backend.required_columns(),
+            required=backend.required_columns(), subject_store=subject_store, lanes=lanes,
         )
         try:
             for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=keep):
-                writer.write(decryptor.decrypt_batch(batch, where=f"file {file.uri}"))
+                plain = decryptor.decrypt_batch(batch, where=f"file {file.uri}")
+                writer.write(plain, None if lanes is None else lanes.tenants(batch, spec.randomized))
             new = writer.close()
         except BaseException:
             writer.abort()
             raise
+    if erased is not None:
+        count_erased(erased, decryptor, writer.erased_on_write, spec.randomized if spec.subject_column else ())
     deks = 0 if new is None else sum(1 for e in writer.key_table().deks.values() if e.algorithm == AES_256_GCM)
     return new, deks
 
 
 def _run_batch(backend: TableBackend, root: Location, journal: dict[str, Any], index: int, kms: KmsConfig,
-               progress: Progress | None, counters: dict[str, int]) -> None:
+               progress: Progress | None, counters: dict[str, Any], subject_store: Any = None) -> None:
     batch = journal["batches"][index]
     run_id = journal["run_id"]
     snap = backend.snapshot()
@@ -269,7 +324,9 @@ def _run_batch(backend: TableBackend, root: Location, journal: dict[str, Any], i
     removes: list[TableFile] = []
     try:
         for entry, old in zip(present, olds, strict=True):
-            new, deks = _rewrite(backend, keys, merged, old, entry["new"], journal["target_key_uri"], det, run_id, kms)
+            new, deks = _rewrite(backend, keys, merged, old, entry["new"], journal["target_key_uri"], det, run_id, kms,
+                                 tenant_uris=journal.get("tenant_keys"), subject_store=subject_store,
+                                 erased=counters["erased"])
             if new is not None:
                 adds.append(new)
             removes.append(old)
@@ -330,6 +387,7 @@ def reencrypt_table(
     storage_options: Mapping[str, str] | str | None = None,
     catalog_properties: Mapping[str, str] | None = None,
     table_options: Mapping[str, str] | None = None,
+    subject_store: Any = None,
 ) -> RunSummary:
     """Re-encrypt the files of the table's current snapshot whose data keys are not under the target key's
     primary version (all of them with ``force``), committing through the table's log (module docs).
@@ -344,6 +402,8 @@ def reencrypt_table(
         every file older snapshots kept, so the old data keys are nowhere any more): crypto-shredding.
     :returns: the run summary (``details["table_versions"]``: the commits made); with ``vacuum_retention_hours``
         ``details["vacuum"]`` holds the vacuum run's summary.
+    :param subject_store: the subject key store of per-subject columns (URL or store). Erased cells (tenant or
+        subject) are written as null: ``details["erased_cells"]`` counts them per column.
     """
     if batch_files is not None and (isinstance(batch_files, bool) or not isinstance(batch_files, int)
                                     or batch_files < 1):
@@ -366,6 +426,10 @@ def reencrypt_table(
             except ConfigurationError:
                 return None
 
+        if run_id is None and key_uri is None:  # a pending per-tenant run has no single target to match by
+            run_id = next((j["run_id"] for j in reversed(pending_table_runs(root)) if j.get("tenant_keys")
+                           and bool(j.get("force")) == bool(force)
+                           and j.get("target_options") == target_options(base, j["target_key_uri"])), None)
         journal, superseded = _choose(root, uri, run_id, key_uri, force, base, default_target)
         if journal is not None and journal.get("status") == "succeeded":
             record = read_json(runs_dir(root).join(f"{journal['run_id']}.json"))
@@ -392,10 +456,11 @@ def reencrypt_table(
                 old.update(status="superseded", superseded_by=recorder.run_id, superseded_at=utc_now().isoformat())
                 _save(root, old)
             todo = sum(len(b["files"]) for b in journal["batches"] if b["state"] != "committed")
-            counters = {"rows": 0, "deks": 0, "files": 0, "todo": todo}
+            counters: dict[str, Any] = {"rows": 0, "deks": 0, "files": 0, "todo": todo, "erased": {}}
+            subject_store = shared_store(subject_store, before.tables.values(), kms)
             for index, batch in enumerate(journal["batches"]):
                 if batch["state"] != "committed":
-                    _run_batch(backend, root, journal, index, kms, progress, counters)
+                    _run_batch(backend, root, journal, index, kms, progress, counters, subject_store)
             if journal["batches"]:
                 journal.update(status="succeeded", finished_at=utc_now().isoformat())
                 _save(root, journal)
@@ -403,7 +468,11 @@ def reencrypt_table(
             summary.rows, summary.files, summary.deks = counters["rows"], counters["files"], counters["deks"]
             summary.key_versions = key_versions_of((e.key_id, e.key_version) for e in after.effective_deks().values())
             summary.details.update({
-                "table_format": backend.format, "target_key_uri": journal["target_key_uri"],
+                "table_format": backend.format,
+                "target_key_uri": None if journal.get("tenant_keys") else journal["target_key_uri"],
+                **({"tenant_keys": journal["tenant_keys"], "erased_tenant_keys": journal.get("erased_tenant_keys", [])}
+                   if journal.get("tenant_keys") else {}),
+                **erased_summary(counters["erased"]),
                 "table_versions": [b.get("version") for b in journal["batches"]],
                 "batches": len(journal["batches"]),
                 "files_planned": sum(len(b["files"]) for b in journal["batches"]),

@@ -34,6 +34,7 @@ from spark_kms.errors import ConfigurationError
 from spark_kms.kms import KmsConfig, KmsConfigLike
 from spark_kms.parquet.encryptor import BatchEncryptor, EncryptionSpec
 from spark_kms.parquet.keys import new_deterministic_entry
+from spark_kms.parquet.tenants import TenantKeys
 from spark_kms.storage import StoragePath
 from spark_kms.tables.detect import DELTA, ICEBERG, TableRef
 from spark_kms.tables.files import TableFileWriter, partition_dir
@@ -156,7 +157,7 @@ def encrypt_into_table(
     *,
     format: str | None = None,
     columns: Sequence[str] = (),
-    key_uri: str,
+    key_uri: str | None = None,
     kms_options: KmsConfigLike = None,
     mode: str = "append",
     partition_by: Sequence[str] = (),
@@ -169,6 +170,10 @@ def encrypt_into_table(
     storage_options: Mapping[str, str] | str | None = None,
     catalog_properties: Mapping[str, str] | None = None,
     table_options: Mapping[str, str] | None = None,
+    tenant_keys: Any = None,
+    tenant_column: str | None = None,
+    subject_column: str | None = None,
+    subject_store: Any = None,
 ) -> Any:
     """Encrypt ``source``'s PII columns into a Delta or Iceberg table, in one table commit.
 
@@ -177,7 +182,7 @@ def encrypt_into_table(
         ``iceberg://<catalog>/<namespace>.<table>`` (created in its catalog when absent).
     :param format: ``"delta"`` or ``"iceberg"``: needed to create a Delta table; checked otherwise.
     :param columns: columns encrypted with AES-256-GCM.
-    :param key_uri: the KMS key of the new data keys (one per output file).
+    :param key_uri: the KMS key of the new data keys (one per output file); not needed with ``tenant_keys``.
     :param mode: ``append``; ``overwrite`` (every current file, or those of the partitions in ``replace_where``,
         replaced in the same commit); ``overwrite_partitions`` (the partitions the data has are replaced);
         ``error`` (refuse an existing table).
@@ -194,6 +199,15 @@ def encrypt_into_table(
     :param storage_options: spark_kms storage options (:mod:`spark_kms.storage`), mapped to the library's.
     :param catalog_properties: the Iceberg catalog's properties (``pyiceberg.catalog.load_catalog``).
     :param table_options: the table library's own options (delta-rs ``storage_options``, pyiceberg FileIO).
+    :param tenant_keys: per-tenant keys (crypto-shredding, docs/ERASURE.md): a
+        :class:`~spark_kms.parquet.tenants.TenantKeys`, ``{"column": ..., "keys": ...}`` or its JSON, or -- with
+        ``tenant_column`` -- a key-URI template with ``{tenant}`` or a mapping tenant -> key URI. Each output file
+        gets a data key per tenant it holds, under the tenant's own KMS key (as ``EncryptedParquetWriter``).
+    :param tenant_column: the plain column holding each row's tenant (with a template or mapping ``tenant_keys``).
+    :param subject_column: per-subject cells (``EncryptionSpec.subject_column``): every randomised column is
+        encrypted under a key derived from the row's subject key in ``subject_store``.
+    :param subject_store: the subject key store (a URL or :class:`~spark_kms.subjects.SubjectKeyStore`; default
+        ``$SPARK_KMS_SUBJECT_STORE``).
     :returns: the run summary (:class:`spark_kms.jobs.RunSummary`); ``details["table_version"]`` is the version
         (Delta) or snapshot id (Iceberg) committed. Also written to ``<table>/_spark_kms_runs/<run_id>.json``.
     """
@@ -204,12 +218,19 @@ def encrypt_into_table(
         raise ConfigurationError(f"mode must be one of {list(MODES)}, got {mode!r}")
     if replace_where and mode != "overwrite":
         raise ConfigurationError("replace_where goes with mode='overwrite'")
-    if not key_uri:
-        raise ConfigurationError("encrypt_into_table needs key_uri, the KMS key to generate data keys under")
+    tenants = TenantKeys.of(tenant_keys, column=tenant_column)
+    if not key_uri and tenants is None:
+        raise ConfigurationError("encrypt_into_table needs key_uri, the KMS key to generate data keys under "
+                                 "(or tenant_keys, a key per tenant)")
     spec = EncryptionSpec(columns=list(columns), deterministic=list(deterministic_columns),
-                          blind_index=dict(blind_index or {}))
+                          blind_index=dict(blind_index or {}), subject_column=subject_column)
     kms_base = KmsConfig.of(kms_options)
-    kms_base.provider(key_uri)  # a bad URI or a missing extra fails here, before anything is written
+    if key_uri:
+        kms_base.provider(key_uri)  # a bad URI or a missing extra fails here, before anything is written
+    if spec.subject_column is not None:
+        from spark_kms.subjects import store_of
+
+        subject_store = store_of(subject_store, kms_options=kms_base)  # one store object for every file
     backend = open_table(table, format=format, storage_options=storage_options, catalog_properties=catalog_properties,
                          table_options=table_options, must_exist=False)
     exists = backend.exists()
@@ -261,7 +282,7 @@ def encrypt_into_table(
         if missing:
             raise ConfigurationError(f"partition columns {missing} are not in the data ({first.schema.names})")
         data_schema = pa.schema([f for f in first.schema if not (backend.format == DELTA and f.name in part)])
-        probe = BatchEncryptor(spec, key_uri, kms_options=kms)
+        probe = BatchEncryptor(spec, key_uri, kms_options=kms, tenant_keys=tenants, subject_store=subject_store)
         stored = pa.schema([*[f.with_nullable(True) for f in probe.output_schema(data_schema)],
                             pa.field(KEYS_COLUMN, pa.string())])
         table_schema = pa.schema([*stored, *[first.schema.field(c).with_nullable(True) for c in part
@@ -275,7 +296,7 @@ def encrypt_into_table(
         if spec.needs_deterministic_key and deterministic_entry is None:
             det_context = {**dict(encryption_context or {}), "spark_kms.dataset": _identity(backend),
                            "spark_kms.job_id": recorder.run_id}
-            deterministic_entry = new_deterministic_entry(kms.provider(key_uri), det_context)
+            deterministic_entry = new_deterministic_entry(kms.provider(key_uri), det_context)  # type: ignore[arg-type]
         context = {**dict(encryption_context or {}), "spark_kms.dataset": _identity(backend),
                    "spark_kms.columns": ",".join(sorted(encrypted)), "spark_kms.job_id": recorder.run_id}
         field_ids = backend.field_ids() if backend.format == ICEBERG else None
@@ -300,10 +321,11 @@ def encrypt_into_table(
                         name = f"part-{len(writers):05d}-{recorder.run_id}-{uuid.uuid4().hex[:8]}.parquet"
                         location = base_dir.join(sub, name) if sub else base_dir.join(name)
                         writer = writers[key] = TableFileWriter(
-                            location, location.relative_to(root), spec, key_uri, kms=kms,
+                            location, location.relative_to(root), spec, key_uri, kms=kms,  # type: ignore[arg-type]
                             encryption_context=context, deterministic_entry=deterministic_entry,
                             field_ids=field_ids, partition_values=text if backend.format == DELTA else {},
                             metadata={"spark_kms.job_id": recorder.run_id}, required=required,
+                            tenant_keys=tenants, subject_store=subject_store,
                         )
                         seen_keys.append(key)
                     if backend.format == DELTA and part:
@@ -339,7 +361,12 @@ def encrypt_into_table(
         summary.deks = len({e.dek_id for e in deks if e.algorithm != AES_256_SIV})
         summary.key_versions = key_versions_of((e.key_id, e.key_version) for e in deks)
         summary.details.update({"table_format": backend.format, "table_version": version, "mode": mode,
-                                "files_replaced": len(removes), "key_uri": key_uri, "columns": list(spec.columns),
+                                "files_replaced": len(removes), "key_uri": key_uri,
+                                **({"tenant_keys": tenants.to_dict()} if tenants is not None else {}),
+                                **({"subject_column": spec.subject_column,
+                                    "erased_on_write": sum(w.erased_on_write for w in writers.values())}
+                                   if spec.subject_column else {}),
+                                "columns": list(spec.columns),
                                 "deterministic_columns": list(spec.deterministic),
                                 "blind_index": dict(spec.blind_index), "partition_by": part,
                                 "format_version": FORMAT_VERSION})

@@ -169,7 +169,9 @@ def require_version_usable(k: Mapping[str, Any], kid: str, version: int, operati
             operation=operation,
         )
     if v["state"] == DESTROYED:
-        raise KeyErasedError(
+        # One destroyed version of a live key is a retirement gone wrong (rewrap first), not an erasure: it
+        # fails loudly. Erasure is the whole key scheduled for deletion or destroyed (state_error above).
+        raise KeyStateError(
             f"version {version} of key {kid} is Destroyed: its material is erased and what it "
             "wrapped cannot be decrypted",
             key_id=kid,
