@@ -148,11 +148,12 @@ def get_provider_info() -> dict[str, Any]:
         "package-name": "spark-kms",
         "name": "spark_kms",
         "description": "Envelope encryption of PII columns in Spark datasets through a KMS: encrypt, decrypt, "
-                       "rewrap and re-encrypt operators, a key-rotation sensor, and KMS connections.",
+                       "rewrap, re-encrypt and erase operators, a key-rotation sensor, and KMS connections.",
         "versions": ["0.1.0"],
         "integrations": [{"integration-name": _INTEGRATION, "tags": ["software"]}],
         "hooks": [{"integration-name": _INTEGRATION, "python-modules": [_HOOKS]}],
-        "operators": [{"integration-name": _INTEGRATION, "python-modules": ["airflow_plugins.operators.spark_kms"]}],
+        "operators": [{"integration-name": _INTEGRATION, "python-modules": ["airflow_plugins.operators.spark_kms",
+                                                                             "airflow_plugins.operators.erasure"]}],
         "sensors": [{"integration-name": _INTEGRATION, "python-modules": ["airflow_plugins.sensors.spark_kms"]}],
         "connection-types": [
             {

@@ -320,6 +320,7 @@ class SparkKmsBaseOperator(BaseOperator):
 
         mask_option_secrets(self.kms_options)
         mask_mapping_secrets(self.storage_options, self.catalog_properties, self.table_options)
+        _mask_url_password(getattr(self, "subject_store", None))  # postgresql://user:password@... (erasure)
 
     def location_kwargs(self) -> dict[str, Any]:
         """``storage_options`` / ``catalog_properties`` / ``table_options`` for a job (only those set)."""
@@ -409,6 +410,11 @@ class EncryptDatasetOperator(SparkKmsBaseOperator):
 
     :param require_protection_level: refuse a KMS key guarded by less: ``"hsm"``, ``"software"``,
         ``"external"`` (or several, comma-separated); checked once before any data key (templated).
+    :param tenant_column: per-tenant keys (docs/ERASURE.md): the plain column naming each row's tenant
+        (templated); with ``tenant_keys``, ``key_uri`` and the connection's key may be omitted.
+    :param tenant_keys: a key-URI template with ``{tenant}``, or a mapping tenant -> key URI (templated).
+    :param subject_column: per-subject keys: the plain column naming each row's data subject (templated).
+    :param subject_store: the subject key store's URL or path (templated).
 
     Into a table, ``mode`` also takes ``overwrite_partitions`` and ``error``; ``catalog_properties`` (an
     Iceberg catalog) and ``table_options`` come from the base operator.
@@ -417,7 +423,8 @@ class EncryptDatasetOperator(SparkKmsBaseOperator):
     template_fields: Sequence[str] = (
         "source", "destination", "columns", "key_uri", "deterministic_columns", "blind_index", "partition_by",
         "source_format", "mode", "encryption_context", "join_domain", "join_domain_store", "table_format",
-        "replace_where", "require_protection_level", *SparkKmsBaseOperator.template_fields,
+        "replace_where", "require_protection_level", "tenant_column", "tenant_keys", "subject_column",
+        "subject_store", *SparkKmsBaseOperator.template_fields,
     )
 
     def __init__(
@@ -438,10 +445,18 @@ class EncryptDatasetOperator(SparkKmsBaseOperator):
         table_format: str | None = None,
         replace_where: Mapping[str, Any] | None = None,
         require_protection_level: str | None = None,
+        tenant_column: str | None = None,
+        tenant_keys: Any = None,
+        subject_column: str | None = None,
+        subject_store: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(_output_path=destination, **kwargs)
         self.require_protection_level = require_protection_level
+        self.tenant_column = tenant_column
+        self.tenant_keys = tenant_keys
+        self.subject_column = subject_column
+        self.subject_store = subject_store
         self.join_domain = join_domain
         self.join_domain_store = join_domain_store
         self.table_format = table_format
@@ -461,8 +476,9 @@ class EncryptDatasetOperator(SparkKmsBaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from spark_kms.jobs import encrypt_dataset
 
-        key_uri, kms_options = self.resolve_kms(self.key_uri, need_key=True)
-        assert key_uri is not None  # resolve_kms(need_key=True) raised otherwise
+        shredding = {name: value for name in ("tenant_column", "tenant_keys", "subject_column", "subject_store")
+                     if (value := _unset_template(getattr(self, name)))}
+        key_uri, kms_options = self.resolve_kms(self.key_uri, need_key="tenant_keys" not in shredding)
         table_format = self.table_format or None
         if table_format in ("None",):  # a rendered template of an unset param
             table_format = None
@@ -479,11 +495,23 @@ class EncryptDatasetOperator(SparkKmsBaseOperator):
                 join_domain_store=self.join_domain_store or None, table_format=table_format,
                 replace_where=self.replace_where or None,
                 require_protection_level=_unset_template(self.require_protection_level), **self.location_kwargs(),
+                **shredding,
             )
         self.log.info("encrypted %s rows into %s files under %s (%s data keys, KMS calls %s)",
                       summary.rows, summary.files, key_uri, summary.deks, summary.kms_calls)
         self.record_lineage(context, self.destination)
         return self.report(summary)
+
+
+def _mask_url_password(url: Any) -> None:
+    """Register the password of a store URL (``postgresql://user:password@host/db``) with Airflow's masker."""
+    if isinstance(url, str) and "://" in url:
+        from airflow.sdk.log import mask_secret
+
+        with suppress(ValueError):
+            password = urlsplit(url).password
+            if password:
+                mask_secret(password)
 
 
 def _unset_template(value: str | None) -> str | None:
@@ -505,10 +533,14 @@ class DecryptDatasetOperator(SparkKmsBaseOperator):
     :param version: a Delta or Iceberg table ``source``: time travel to this Delta version, Iceberg
         snapshot id or ISO-8601 timestamp (templated). A table is decrypted with pyarrow (Parquet output),
         without Spark.
+    :param subject_store: the subject key store of per-subject columns (URL or path; templated).
+    :param on_erased: ``"null"`` (default): erased cells (tenant key deleted, subject erased) are written as
+        null; ``"raise"``: the task fails, without retries (templated).
     """
 
     template_fields: Sequence[str] = (
-        "source", "destination", "columns", "output_format", "version", *SparkKmsBaseOperator.template_fields,
+        "source", "destination", "columns", "output_format", "version", "subject_store", "on_erased",
+        *SparkKmsBaseOperator.template_fields,
     )
 
     def __init__(
@@ -519,9 +551,13 @@ class DecryptDatasetOperator(SparkKmsBaseOperator):
         columns: Sequence[str] | None = None,
         output_format: str = "parquet",
         version: int | str | None = None,
+        subject_store: str | None = None,
+        on_erased: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(_output_path=destination, **kwargs)
+        self.subject_store = subject_store
+        self.on_erased = on_erased
         self.source = source
         self.destination = destination
         self.columns = list(columns) if columns is not None else None
@@ -538,6 +574,7 @@ class DecryptDatasetOperator(SparkKmsBaseOperator):
                 self.source, self.destination, columns=self.columns, output_format=self.output_format,
                 kms_options=kms_options, spark=spark if spark is not None else self.spark_session,
                 run_id=self.run_id_for(context), version=_table_version(self.version), **self.location_kwargs(),
+                subject_store=_unset_template(self.subject_store), on_erased=_unset_template(self.on_erased),
             )
         self.log.info("decrypted %s rows from %s into %s", summary.rows, self.source, self.destination)
         self.record_lineage(context, self.destination)

@@ -32,6 +32,7 @@ _COMMANDS: dict[str, str] = {
     "inspect": "spark_kms.cli.jobs:inspect",
     "gc": "spark_kms.cli.jobs:gc",
     "vacuum": "spark_kms.cli.jobs:vacuum",
+    "erase": "spark_kms.cli.erase:erase",
 }
 
 _LIBRARY_LOGGER = "spark_kms"

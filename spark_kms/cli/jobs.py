@@ -11,6 +11,10 @@ Every command takes ``--master URL`` and ``--conf KEY=VALUE`` (:mod:`spark_kms.c
 ``reencrypt`` and ``gc`` run in this process unless a master is given, and then through that
 Spark session (over Spark Connect, where the data is).
 
+Crypto-shredding (docs/ERASURE.md): ``encrypt`` takes ``--tenant-column`` / ``--tenant-keys`` (per-tenant KMS
+keys) and ``--subject-column`` / ``--subject-store`` (per-subject keys); ``decrypt`` takes ``--subject-store`` and
+``--on-erased null|raise``; the verb ``erase`` (:mod:`spark_kms.cli.erase`) erases a tenant or a subject.
+
 Every command that takes a dataset path takes ``--storage-option KEY=VALUE`` (repeatable; the names
 of :data:`spark_kms.storage.OPTION_NAMES`, e.g. ``s3.endpoint_override=http://127.0.0.1:9000``).
 
@@ -206,6 +210,10 @@ def _versions(kv: dict[str, list[str]]) -> str:
 
 
 _json_option = click.option("--json", "as_json", is_flag=True, help="print the run summary as JSON")
+_subject_store_option = click.option(
+    "--subject-store", default=None, metavar="URL",
+    help="the subject key store of per-subject columns: sqlite:///path.db, a path, or postgresql://... "
+         "(default $SPARK_KMS_SUBJECT_STORE, else ~/.spark_kms/subjects.db)")
 _run_id_option = click.option("--run-id", help="run id (default: new; reencrypt: resumes an unfinished run)")
 _quiet_option = click.option("-q", "--quiet", is_flag=True,
                              help="no progress bar (there is none either with --json or when stderr is not a terminal)")
@@ -214,7 +222,8 @@ _quiet_option = click.option("-q", "--quiet", is_flag=True,
 @click.command()
 @click.argument("source")
 @click.argument("destination")
-@click.option("--key-uri", required=True, help="KMS key for the data keys, e.g. local://alias/pii")
+@click.option("--key-uri", default=None,
+              help="KMS key for the data keys, e.g. local://alias/pii (required unless --tenant-keys)")
 @click.option("--columns", default="", help="comma-separated columns to encrypt (AES-256-GCM)")
 @click.option("--deterministic", default="", help="comma-separated columns to encrypt deterministically (AES-SIV)")
 @click.option("--blind-index", multiple=True, metavar="COL:INDEX", help="add an HMAC blind index of COL named INDEX")
@@ -234,6 +243,15 @@ _quiet_option = click.option("-q", "--quiet", is_flag=True,
               help="where a named join domain's key lives (env SPARK_KMS_JOIN_DOMAIN_STORE)")
 @click.option("--require-protection-level", default=None, metavar="LEVEL",
               help="refuse a KMS key guarded by less: hsm, software, external (or several, comma-separated)")
+@click.option("--tenant-column", default=None, metavar="COLUMN",
+              help="per-tenant keys: the plain column naming each row's tenant (with --tenant-keys; docs/ERASURE.md)")
+@click.option("--tenant-keys", default=None, metavar="TEMPLATE|JSON",
+              help="the tenants' KMS keys: a key-URI template with {tenant} (local://alias/tenant-{tenant}) or a "
+                   "JSON mapping tenant -> key URI ('*': template for the others)")
+@click.option("--subject-column", default=None, metavar="COLUMN",
+              help="per-subject keys: the plain column naming each row's data subject (--columns then erasable "
+                   "per subject: spark-kms erase --subject)")
+@_subject_store_option
 @_run_id_option
 @_json_option
 @_quiet_option
@@ -244,7 +262,8 @@ _quiet_option = click.option("-q", "--quiet", is_flag=True,
 def encrypt(source: str, destination: str, key_uri: str, columns: str, deterministic: str,
             blind_index: tuple[str, ...], partition_by: str, source_format: str, mode: str, table_format: str | None,
             replace_where: tuple[str, ...], join_domain: str | None, join_domain_store: str | None,
-            require_protection_level: str | None, run_id: str | None, as_json: bool, quiet: bool,
+            require_protection_level: str | None, tenant_column: str | None, tenant_keys: str | None,
+            subject_column: str | None, subject_store: str | None, run_id: str | None, as_json: bool, quiet: bool,
             storage_options: dict[str, str] | None,
             catalog_properties: dict[str, str] | None, table_options: dict[str, str] | None,
             kms_options: dict[str, dict[str, Any]], spark: Any) -> None:
@@ -262,7 +281,8 @@ def encrypt(source: str, destination: str, key_uri: str, columns: str, determini
             join_domain=join_domain, join_domain_store=join_domain_store, storage_options=storage_options,
             table_format=table_format, replace_where=_replace_where(replace_where),
             catalog_properties=catalog_properties, table_options=table_options,
-            require_protection_level=require_protection_level,
+            require_protection_level=require_protection_level, tenant_column=tenant_column,
+            tenant_keys=tenant_keys, subject_column=subject_column, subject_store=subject_store,
         )
     _print_summary(summary, as_json)
 
@@ -273,6 +293,9 @@ def encrypt(source: str, destination: str, key_uri: str, columns: str, determini
 @click.option("--columns", default=None, help="comma-separated columns to keep (default: all)")
 @click.option("--format", "output_format", type=click.Choice(["parquet", "csv", "json"]), default="parquet",
               show_default=True, help="format of DESTINATION")
+@_subject_store_option
+@click.option("--on-erased", type=click.Choice(["null", "raise"]), default=None,
+              help="erased cells (tenant key deleted, subject erased): written as null (default), or fail (exit 1)")
 @_version_option
 @_run_id_option
 @_json_option
@@ -281,8 +304,8 @@ def encrypt(source: str, destination: str, key_uri: str, columns: str, determini
 @_table_options
 @spark_options(always=True)
 @_job_command
-def decrypt(source: str, destination: str, columns: str | None, output_format: str, version: str | None,
-            run_id: str | None, as_json: bool, quiet: bool, storage_options: dict[str, str] | None,
+def decrypt(source: str, destination: str, columns: str | None, output_format: str, subject_store: str | None,
+            on_erased: str | None, version: str | None, run_id: str | None, as_json: bool, quiet: bool, storage_options: dict[str, str] | None,
             catalog_properties: dict[str, str] | None, table_options: dict[str, str] | None,
             kms_options: dict[str, dict[str, Any]], spark: Any) -> None:
     """Decrypt the encrypted dataset SOURCE into plaintext at DESTINATION (must differ from SOURCE).
@@ -295,7 +318,8 @@ def decrypt(source: str, destination: str, columns: str | None, output_format: s
         summary = decrypt_dataset(source, destination, columns=_csv(columns) if columns is not None else None,
                                   output_format=output_format, kms_options=kms_options, run_id=run_id, spark=spark,
                                   storage_options=storage_options, version=_table_version(version),
-                                  catalog_properties=catalog_properties, table_options=table_options)
+                                  catalog_properties=catalog_properties, table_options=table_options,
+                                  subject_store=subject_store, on_erased=on_erased)
     _print_summary(summary, as_json)
 
 

@@ -15,7 +15,9 @@ handed to :mod:`spark_kms.tables` by the job itself: new files and commits throu
 never a file it references rewritten (docs/TABLES.md, "Jobs, CLI and Airflow"); ``collect_garbage`` refuses
 a table (its clean-up is :func:`spark_kms.tables.vacuum_table`).
 
-Rotation strategies and their trade-offs: docs/ROTATION.md.
+Rotation strategies and their trade-offs: docs/ROTATION.md. Crypto-shredding: ``encrypt_dataset`` takes
+``tenant_column`` / ``tenant_keys`` and ``subject_column`` / ``subject_store``, ``decrypt_dataset`` takes
+``subject_store`` / ``on_erased``; erasing a tenant or a subject is :mod:`spark_kms.erasure` (docs/ERASURE.md).
 """
 
 from spark_kms.jobs._summary import RUN_ID_CONTEXT_KEY, RUNS_DIR_NAME, RunSummary, new_run_id

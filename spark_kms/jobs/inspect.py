@@ -35,6 +35,7 @@ from spark_kms.jobs._tables import (
 from spark_kms.kms import KmsConfig, KmsConfigLike
 from spark_kms.kms.concurrent import DEFAULT_KMS_CONCURRENCY, bounded_map
 from spark_kms.parquet.dataset import Dataset
+from spark_kms.parquet.tenants import tenant_of_context
 from spark_kms.storage import Location, StoragePath
 
 __all__ = [
@@ -67,7 +68,8 @@ class FileInspection:
 class DekInspection:
     """One data key as a reader sees it (``source``: ``manifest`` if a rewrap re-wrapped it, else ``footer``).
     ``protection_level`` / ``protection_detail``: what guards its KMS key, as DescribeKey reported it
-    (``software``, ``hsm``, ``external``; ``None`` when the key could not be described)."""
+    (``software``, ``hsm``, ``external``; ``None`` when the key could not be described). ``tenant``: the tenant its
+    encryption context names (per-tenant keys, docs/ERASURE.md), else ``None``."""
 
     dek_id: str
     key_uri: str
@@ -80,14 +82,20 @@ class DekInspection:
     behind: bool | None
     protection_level: str | None = None
     protection_detail: str | None = None
+    tenant: str | None = None
 
 
 @dataclass
 class ColumnInspection:
+    """One encrypted column; ``subject`` / ``subject_store``: a per-subject column's subject column and the id
+    of its subject key store (docs/ERASURE.md), else ``None``."""
+
     name: str
     algorithm: str
     arrow_type: str
     source: str | None
+    subject: str | None = None
+    subject_store: str | None = None
 
 
 @dataclass
@@ -132,10 +140,26 @@ class DatasetInspection:
             return None
         return not self.behind_files
 
+    @property
+    def tenants(self) -> dict[str, int]:
+        """Tenant -> its data keys (per-tenant keys: the tenant each data key's encryption context names)."""
+        out: dict[str, int] = {}
+        for dek in self.deks:
+            if dek.tenant is not None:
+                out[dek.tenant] = out.get(dek.tenant, 0) + 1
+        return dict(sorted(out.items()))
+
+    @property
+    def subject_columns(self) -> dict[str, str]:
+        """Per-subject column -> the id of its subject key store."""
+        return {c.name: c.subject_store or "" for c in self.columns if c.subject}
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["behind_files"] = self.behind_files
         out["up_to_date"] = self.up_to_date
+        out["tenants"] = self.tenants
+        out["subject_columns"] = self.subject_columns
         return out
 
     def to_json(self) -> str:
@@ -242,6 +266,7 @@ def _inspect(keys: Dataset, kms: KmsConfig, *, strict: bool,
             created_at=e.created_at, source="manifest" if dek_id in keys.manifest else "footer",
             files=uses.get(dek_id, 0), behind=dek_behind[dek_id],
             protection_level=protection(e.key_uri)[0], protection_detail=protection(e.key_uri)[1],
+            tenant=tenant_of_context(e.encryption_context),
         )
         for dek_id, e in sorted(effective.items())
     ]
@@ -253,7 +278,8 @@ def _inspect(keys: Dataset, kms: KmsConfig, *, strict: bool,
         else:
             key_rows.append(KeyInspection(key_uri, d[0], d[1], d[2], len(of_key), sum(1 for x in of_key if x.behind),
                                           protection_level=d[3], protection_detail=d[4]))
-    columns = [ColumnInspection(s.name, s.algorithm, s.arrow_type, s.source) for _, s in sorted(keys.columns().items())]
+    columns = [ColumnInspection(s.name, s.algorithm, s.arrow_type, s.source, s.subject, s.subject_store)
+               for _, s in sorted(keys.columns().items())]
     return DatasetInspection(
         path=str(keys.root), rows=total_rows, files=files, deks=deks, columns=columns, keys=key_rows,
         manifest_entries=len(keys.manifest), runs=_recent_runs(root),

@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -58,9 +60,12 @@ from spark_kms.jobs._tables import (
 from spark_kms.jobs._tables import table_format as detected_format
 from spark_kms.kms import KmsConfig, KmsConfigLike
 from spark_kms.parquet.dataset import Dataset
+from spark_kms.parquet.tenants import tenant_of_context
 from spark_kms.storage import Location, StoragePath, resolve
 
 __all__ = ["SOURCE_FORMATS", "decrypt_dataset", "encrypt_dataset"]
+
+logger = logging.getLogger(__name__)
 
 SOURCE_FORMATS = ("parquet", "csv", "json")
 _MODES = ("overwrite", "append")
@@ -158,7 +163,7 @@ def encrypt_dataset(
     source: StoragePath,
     destination: StoragePath,
     *,
-    key_uri: str,
+    key_uri: str | None = None,
     columns: Sequence[str],
     deterministic_columns: Sequence[str] = (),
     blind_index: Mapping[str, str] | None = None,
@@ -177,6 +182,10 @@ def encrypt_dataset(
     catalog_properties: Mapping[str, str] | None = None,
     table_options: Mapping[str, str] | None = None,
     require_protection_level: str | Sequence[str] | None = None,
+    tenant_column: str | None = None,
+    tenant_keys: Any = None,
+    subject_column: str | None = None,
+    subject_store: Any = None,
 ) -> RunSummary:
     """Encrypt the PII ``columns`` of the dataset at ``source`` into ``destination``.
 
@@ -191,7 +200,7 @@ def encrypt_dataset(
     Spark needs for them); ``storage_options``: options of their store(s)
     (:data:`spark_kms.storage.OPTION_NAMES`).
 
-    :param key_uri: the KMS key the data keys are generated under.
+    :param key_uri: the KMS key the data keys are generated under (optional with ``tenant_keys``).
     :param columns: columns encrypted with AES-256-GCM (randomised).
     :param deterministic_columns: columns encrypted with AES-SIV (joinable; reveals equality).
     :param blind_index: source column -> new index column (HMAC, equality look-ups).
@@ -218,16 +227,27 @@ def encrypt_dataset(
     :param require_protection_level: refuse a key guarded by less (``"hsm"``, ``"software"``,
         ``"external"`` or several): one DescribeKey before anything is read or a data key made
         (:func:`spark_kms.parquet.encryptor.protection_levels_accepted`).
+    :param tenant_column: with ``tenant_keys``: the plain column naming each row's tenant; its data keys are
+        made under the tenant's own KMS key (``key_uri`` may then be omitted), so that
+        :func:`spark_kms.erasure.erase_tenant` erases it (docs/ERASURE.md).
+    :param tenant_keys: a key-URI template with ``{tenant}``, or a mapping tenant -> key URI (or its JSON).
+    :param subject_column: the plain column naming each row's data subject: the ``columns`` are encrypted per
+        subject, with keys from ``subject_store`` (:func:`spark_kms.erasure.erase_subject` erases one).
+    :param subject_store: the subject key store (URL or path; default ``$SPARK_KMS_SUBJECT_STORE``).
+    Not over Spark Connect (yet).
     """
     _check_format(source_format, "source_format")
+    shredding = {name: value for name, value in (("tenant_column", tenant_column), ("tenant_keys", tenant_keys),
+                                                 ("subject_column", subject_column),
+                                                 ("subject_store", subject_store)) if value}
     if mode not in (*_MODES, *_TABLE_MODES):
         raise ConfigurationError(f"mode must be one of {list(_MODES)} (into a table also {list(_TABLE_MODES)}), "
                                  f"got {mode!r}")
-    if not key_uri:
-        raise ConfigurationError("encrypt needs key_uri, the KMS key to generate data keys under")
+    if not key_uri and not tenant_keys:
+        raise ConfigurationError("encrypt needs key_uri, the KMS key to generate data keys under (or tenant_keys)")
     if not (list(columns) or list(deterministic_columns) or dict(blind_index or {})):
         raise ConfigurationError("encrypt needs at least one column to encrypt (columns=...)")
-    if require_protection_level:
+    if require_protection_level and key_uri:
         from spark_kms.parquet.encryptor import check_protection_level
 
         # Once, here, before any data key (the Spark data source, a table writer or a Connect server
@@ -239,6 +259,8 @@ def encrypt_dataset(
                                         table_options=table_options or None)
     from spark_kms.spark.remote import is_connect
 
+    if shredding and is_connect(spark):
+        raise ConfigurationError(f"encrypt: {sorted(shredding)} are not taken over Spark Connect yet")
     if is_connect(spark):  # a Spark Connect session: file checks and the run record on its server side
         from spark_kms.jobs._connect import encrypt_over_connect
 
@@ -257,6 +279,7 @@ def encrypt_dataset(
             partition_by=partition_by, source_format=source_format, mode=mode, encryption_context=encryption_context,
             kms_options=kms_options, run_id=run_id, join_domain=join_domain, join_domain_store=join_domain_store,
             storage_options=storage_options, table_kw=table_kwargs(storage_options, catalog_properties, table_options),
+            shredding=shredding,
         )
     if mode not in _MODES:
         raise ConfigurationError(f"encrypt: mode {mode!r} is for a table destination; {destination} is a plain "
@@ -281,7 +304,7 @@ def encrypt_dataset(
             blind_index=dict(blind_index or {}), partition_by=list(partition_by), mode=mode,
             encryption_context=encryption_context, kms_options=KmsConfig.of(kms_options).with_request_tag(recorder.run_id),
             run_id=recorder.run_id, join_domain=join_domain, join_domain_store=join_domain_store,
-            **_storage_kwargs(write_encrypted, dst),
+            **_storage_kwargs(write_encrypted, dst), **shredding,
         )
         s = recorder.summary
         s.rows, s.files, s.deks = result.rows, len(result.files), len(result.deks)
@@ -290,6 +313,7 @@ def encrypt_dataset(
         s.details.update({"source": src.uri, "source_format": source_format, "mode": mode, "key_uri": key_uri,
                           "columns": list(columns), "deterministic_columns": list(deterministic_columns),
                           "blind_index": dict(blind_index or {}), "partition_by": list(partition_by)})
+        s.details.update({k: _tenant_keys_text(v) if k == "tenant_keys" else str(v) for k, v in shredding.items()})
         return s
 
 
@@ -306,6 +330,8 @@ def decrypt_dataset(
     version: Any = None,
     catalog_properties: Mapping[str, str] | None = None,
     table_options: Mapping[str, str] | None = None,
+    subject_store: Any = None,
+    on_erased: str | None = None,
 ) -> RunSummary:
     """Decrypt the encrypted dataset at ``source`` into plaintext at ``destination``.
 
@@ -325,6 +351,9 @@ def decrypt_dataset(
         run id reaches the KMS only as the embedded KMS's audit ``request_tag``; see docs/ROTATION.md.
     :param storage_options: options of the store(s) of ``source`` and ``destination`` (local paths or
         storage URIs; :data:`spark_kms.storage.OPTION_NAMES`).
+    :param subject_store: the subject key store of per-subject columns (URL or path; docs/ERASURE.md).
+    :param on_erased: ``"null"`` (default): erased cells (tenant key deleted, subject erased) are written as
+        null; ``"raise"``: the job fails with :class:`~spark_kms.errors.ErasedDataError` (not over Spark Connect yet).
 
     ``kms_calls`` in the summary counts this (driver) process only: Decrypt calls happen in
     Spark's Python workers and show in the KMS audit log.
@@ -333,11 +362,18 @@ def decrypt_dataset(
     failed decrypt (a denied or disabled key, a tampered cell) leaves ``destination`` as it was.
     """
     _check_format(output_format, "output_format")
+    erasure = {name: value for name, value in (("subject_store", subject_store), ("on_erased", on_erased)) if value}
+    if on_erased:
+        from spark_kms.parquet.decryptor import check_on_erased
+
+        check_on_erased(on_erased)
     refuse_table_arguments_over_connect(spark, "decrypt", version=version,
                                         catalog_properties=catalog_properties or None,
                                         table_options=table_options or None)
     from spark_kms.spark.remote import is_connect
 
+    if erasure and is_connect(spark):
+        raise ConfigurationError(f"decrypt: {sorted(erasure)} are not taken over Spark Connect yet")
     if is_connect(spark):  # a Spark Connect session: file checks, swap and run record on its server side
         from spark_kms.jobs._connect import decrypt_over_connect
 
@@ -347,7 +383,7 @@ def decrypt_dataset(
     if detected_format(source, storage_options):
         return _decrypt_table(source, destination, version=version, columns=columns, output_format=output_format,
                               kms_options=kms_options, run_id=run_id,
-                              table_kw=table_kwargs(storage_options, catalog_properties, table_options))
+                              table_kw={**table_kwargs(storage_options, catalog_properties, table_options), **erasure})
     reject_table_arguments("decrypt", source, version=version)
     src = require_dataset(source, "decrypt", storage_options)
     dst = locate(destination, "decrypt", storage_options)
@@ -361,7 +397,7 @@ def decrypt_dataset(
         effective = keys.effective_deks()
         df = read_encrypted(session, src.uri, columns=list(columns) if columns is not None else None,
                             kms_options=KmsConfig.of(kms_options).with_request_tag(recorder.run_id),
-                            **_storage_kwargs(read_encrypted, src))
+                            **_storage_kwargs(read_encrypted, src), **erasure)
         writer = df.write.mode("overwrite").format(output_format)
         if output_format == "csv":
             writer = writer.option("header", "true")
@@ -377,7 +413,30 @@ def decrypt_dataset(
         )
         s.details.update({"destination": dst.uri, "output_format": output_format,
                           "columns": list(columns) if columns is not None else None})
+        if erasure:
+            s.details.update({k: str(v) for k, v in erasure.items()})
+        erasable = any(tenant_of_context(e.encryption_context) for e in effective.values()) or any(
+            spec.subject for spec in keys.key_table().columns.values())
+        if erasable and not storage_options:
+            # How many cells were erased (written as null): counted from the cells' data keys and subjects,
+            # without decrypting (one more pass over the encrypted columns, only for erasable datasets).
+            from spark_kms.spark import count_erased
+
+            counts = count_erased(session, src.uri, kms_options=kms_options, subject_store=subject_store)
+            s.details["erased_cells"] = {c: n for c, n in counts.items() if n}
+            if s.details["erased_cells"]:
+                logger.warning("decrypt %s: %d erased cells written as null (%s)", src.uri,
+                               sum(counts.values()), ", ".join(f"{c}: {n}" for c, n in sorted(counts.items()) if n))
         return s
+
+
+def _tenant_keys_text(value: Any) -> str:
+    """``tenant_keys`` as the run record shows it: the template, or the mapping's JSON (key URIs only)."""
+    from spark_kms.parquet.tenants import TenantKeys
+
+    if isinstance(value, TenantKeys):
+        return value.to_json()
+    return value if isinstance(value, str) else json.dumps(dict(value), sort_keys=True)
 
 
 # -- tables (docs/TABLES.md) ----------------------------------------------------------------
@@ -435,7 +494,7 @@ def _encrypt_into_table(
     columns: Sequence[str], deterministic_columns: Sequence[str], blind_index: Mapping[str, str] | None,
     partition_by: Sequence[str], source_format: str, mode: str, encryption_context: Mapping[str, str] | None,
     kms_options: KmsConfigLike, run_id: str | None, join_domain: str | None, join_domain_store: str | None,
-    storage_options: StorageOptions, table_kw: dict[str, Any],
+    storage_options: StorageOptions, table_kw: dict[str, Any], shredding: dict[str, Any],
 ) -> RunSummary:
     """:func:`encrypt_dataset` into a Delta or Iceberg table (see its docstring)."""
     from spark_kms import tables
@@ -465,6 +524,7 @@ def _encrypt_into_table(
         replace_where=dict(replace_where) if replace_where else None,
         deterministic_columns=list(deterministic_columns), blind_index=dict(blind_index or {}),
         deterministic_entry=deterministic_entry, encryption_context=encryption_context, run_id=run_id, **table_kw,
+        **shredding,
     )
     summary.details.update({"source": src.uri, "source_format": source_format, "key_uri": key_uri,
                             "columns": list(columns), "deterministic_columns": list(deterministic_columns),

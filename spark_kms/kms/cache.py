@@ -7,11 +7,14 @@ KMS Decrypt per data key per process. Entries expire after ``ttl`` seconds or
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+
+from spark_kms.errors import ConfigurationError
 
 __all__ = ["DataKeyCache", "process_dek_cache"]
 
@@ -82,9 +85,22 @@ class DataKeyCache:
 _PROCESS_CACHE: DataKeyCache | None = None
 
 
+#: seconds an unwrapped data key stays in a process's cache (default 3600): how long a long-lived process (a
+#: Spark Python worker of a running session) can still read data whose tenant key was erased since it unwrapped it
+DEK_CACHE_TTL_ENV = "SPARK_KMS_DEK_CACHE_TTL_S"
+
+
 def process_dek_cache() -> DataKeyCache:
-    """The cache shared by everything in this (worker) process."""
+    """The cache shared by everything in this (worker) process; its TTL is ``$SPARK_KMS_DEK_CACHE_TTL_S``
+    seconds (default 3600), read when the process first uses it."""
     global _PROCESS_CACHE
     if _PROCESS_CACHE is None:
-        _PROCESS_CACHE = DataKeyCache()
+        raw = os.environ.get(DEK_CACHE_TTL_ENV, "").strip()
+        try:
+            ttl = float(raw) if raw else 3600.0
+        except ValueError:
+            ttl = -1.0
+        if not ttl >= 0:
+            raise ConfigurationError(f"{DEK_CACHE_TTL_ENV} is a number of seconds >= 0, got {raw!r}")
+        _PROCESS_CACHE = DataKeyCache(ttl=ttl)
     return _PROCESS_CACHE

@@ -340,14 +340,7 @@ class BatchDecryptor:
         self, array: pa.Array, spec: ColumnSpec, column: str, where: str, row_values: RowValues | None
     ) -> tuple[pa.Array, int]:
         """Per-subject cells: the batch's distinct subjects looked up in one go, then decrypted row by row."""
-        if row_values is None:
-            at = f"{where}: " if where else ""
-            raise ConfigurationError(
-                f"{at}column {column!r} is encrypted per subject, by column {spec.subject!r}: decrypt it together "
-                "with that column (read both)"
-            )
-        if len(row_values) != len(array):
-            raise ConfigurationError(f"column {column!r}: {len(row_values)} subject ids for {len(array)} cells")
+        row_values = _needed_row_values(row_values, len(array), column, "encrypted per subject", spec.subject, where)
         cells = array.to_pylist()
         wanted = {sid for cell, sid in zip(cells, row_values, strict=True) if cell is not None and sid is not None}
         keys: dict[bytes, bytes | None] = {}
@@ -380,14 +373,7 @@ class BatchDecryptor:
         alternatives = () if self.key_table.aad_versions(column, min_format_version=self.min_format_version) == (2,) \
             else (b"",)
         if spec.row_binding is not None:
-            if row_values is None:
-                at = f"{where}: " if where else ""
-                raise ConfigurationError(
-                    f"{at}column {column!r} is bound to rows by column {spec.row_binding!r}: decrypt it together "
-                    "with that column (read both)"
-                )
-            if len(row_values) != len(array):
-                raise ConfigurationError(f"column {column!r}: {len(row_values)} row values for {len(array)} cells")
+            row_values = _needed_row_values(row_values, len(array), column, "bound to rows", spec.row_binding, where)
             contexts = [row_context(context, v) for v in row_values]
             return pa.array(self._cells.decrypt_rows(array.to_pylist(), column, contexts, where=where), pa.binary())
         if native_available() and spec.algorithm == AES_256_GCM:
@@ -499,6 +485,20 @@ class BatchDecryptor:
             return decryptable & set(names)
         wanted = set(columns)
         return decryptable & wanted & set(names)
+
+
+def _needed_row_values(
+    row_values: RowValues | None, cells: int, column: str, how: str, by: str | None, where: str
+) -> RowValues:
+    """The bound (or subject) column's values a row-bound (or per-subject) column needs, one per cell."""
+    if row_values is None:
+        at = f"{where}: " if where else ""
+        raise ConfigurationError(
+            f"{at}column {column!r} is {how}, by column {by!r}: decrypt it together with that column (read both)"
+        )
+    if len(row_values) != cells:
+        raise ConfigurationError(f"column {column!r}: {len(row_values)} row values for {cells} cells")
+    return row_values
 
 
 def _rebuild(

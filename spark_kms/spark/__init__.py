@@ -5,6 +5,7 @@ pyspark.ml column-encryption transformers.
 Modules, top to bottom (each imports only those below it):
 
 * :mod:`~spark_kms.spark.io`: ``write_encrypted``, ``read_encrypted`` (native Parquet scan + decrypt UDFs)
+* :mod:`~spark_kms.spark.erasure`: ``count_erased`` (erased cells per column, counted without decrypting)
 * :mod:`~spark_kms.spark.datasource`: the ``spark_kms`` data source and ``register``; its writer
   (``_source_write``), commit protocol (``_commit``) and reader (``_source_scan``)
 * :mod:`~spark_kms.spark.ml`: ``ColumnEncryptor`` / ``ColumnDecryptor``
@@ -37,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     "WriteResult": "io",
     "recover_interrupted_commits": "io",
     "read_encrypted": "io",
+    "count_erased": "erasure",
     "local_session": "session",
     "decrypt_udf": "udfs",
     "encrypt_udf": "udfs",

@@ -89,6 +89,46 @@ def positive_int(opts: Mapping[str, str], name: str, default: int | None) -> int
     return value
 
 
+def tenant_keys_option(opts: Mapping[str, str]) -> Any:
+    """The ``tenant_column`` + ``tenant_keys`` options as a :class:`~spark_kms.parquet.tenants.TenantKeys`
+    (``tenant_keys``: a key-URI template with ``{tenant}``, or a JSON object tenant -> key URI), or None;
+    checked here, on the driver (one without the other is refused)."""
+    from spark_kms.parquet.tenants import TenantKeys
+
+    column = (opts.get("tenant_column") or "").strip() or None
+    keys = opts.get("tenant_keys") or None
+    if keys is None and column is None:
+        return None
+    try:
+        return TenantKeys.of(keys, column=column)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"options tenant_column / tenant_keys: {exc}") from None
+
+
+def on_erased_option(opts: Mapping[str, str]) -> str:
+    """The ``on_erased`` option: ``"null"`` (default) or ``"raise"``."""
+    from spark_kms.parquet.decryptor import check_on_erased
+
+    try:
+        return check_on_erased(opts.get("on_erased") or None)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"option {exc}") from None
+
+
+def subject_store_url(value: Any) -> str | None:
+    """A ``subject_store`` argument as the URL (or path) the Spark options and the workers carry: a URL, a
+    path, or None (the default store, ``$SPARK_KMS_SUBJECT_STORE``)."""
+    import os
+
+    if value is None or value == "":
+        return None
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    raise ConfigurationError(
+        f"subject_store must be the store's URL or path (workers reopen it), got {type(value).__name__}"
+    )
+
+
 # -- KMS call counts ------------------------------------------------------------
 
 

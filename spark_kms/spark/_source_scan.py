@@ -28,7 +28,14 @@ from spark_kms.kms import KmsConfig
 from spark_kms.parquet.dataset import Dataset, dataset_location, dataset_root_of, open_parquet
 from spark_kms.spark._commit import refuse_pending_commits
 from spark_kms.spark._hive import hive_partition_values, infer_partition_type, partition_scalar
-from spark_kms.spark._options import kms_config_option, positive_int, split_list, storage_location_option
+from spark_kms.spark._options import (
+    kms_config_option,
+    on_erased_option,
+    positive_int,
+    split_list,
+    storage_location_option,
+    subject_store_url,
+)
 from spark_kms.spark._scan_filters import and_all, filter_expression
 from spark_kms.storage import Location, resolve
 
@@ -54,6 +61,8 @@ class _ScanOptions:
     filter_pushdown: bool
     require_encrypted: tuple[str, ...] = ()
     min_format_version: int = 1
+    subject_store: str | None = None  # the subject key store of per-subject columns (URL or path)
+    on_erased: str = "null"  # erased cells: "null" or "raise" (ErasedDataError)
 
     @classmethod
     def from_options(cls, options: Mapping[str, str]) -> _ScanOptions:
@@ -70,6 +79,8 @@ class _ScanOptions:
             filter_pushdown=pushdown == "true",
             require_encrypted=tuple(split_list(opts.get("require_encrypted"))),
             min_format_version=positive_int(opts, "min_format_version", 1),
+            subject_store=subject_store_url(opts.get("subject_store")),
+            on_erased=on_erased_option(opts),
         )
 
     @property
@@ -137,7 +148,7 @@ class _DatasetPlan:
 
     @classmethod
     def _build(cls, loc: Location, scan: _ScanOptions | None) -> _DatasetPlan:
-        from spark_kms.crypto import AES_256_GCM, AES_256_SIV
+        from spark_kms.crypto import AES_256_GCM, AES_256_GCM_SUBJECT, AES_256_SIV
         from spark_kms.parquet import parse_arrow_type
 
         path = loc.uri
@@ -182,7 +193,7 @@ class _DatasetPlan:
         plaintext = {
             name: parse_arrow_type(spec.arrow_type, column=name, where=f"dataset {path}")
             for name, spec in merged.columns.items()
-            if spec.algorithm in (AES_256_GCM, AES_256_SIV)
+            if spec.algorithm in (AES_256_GCM, AES_256_SIV, AES_256_GCM_SUBJECT)
         }
         partition_columns = partition_columns or ()
         types = tuple(
@@ -316,11 +327,14 @@ class SparkKmsReader(DataSourceReader):
         stored_names = pf.schema_arrow.names
         row_filter = and_all(self.row_filters)
         filter_columns = sorted(self.row_filter_columns - set(self.stored_columns))
-        needed = [*self.stored_columns, *filter_columns]
+        decryptor = BatchDecryptor(KeyTable.from_json(part.key_table, where=where), kms_options=self.scan.kms,
+                                   subject_store=self.scan.subject_store, on_erased=self.scan.on_erased)
+        # The row-binding / subject columns of the encrypted columns read are read too, even when the schema
+        # leaves them out (they are not returned).
+        needed = decryptor.required_columns([*self.stored_columns, *filter_columns])
         absent = [c for c in needed if c not in stored_names]
         if absent:
             raise FormatError(f"{where} has no columns {absent} (dataset {self.root})")
-        decryptor = BatchDecryptor(KeyTable.from_json(part.key_table, where=where), kms_options=self.scan.kms)
         constants = self._partition_constants(part)
         logger.debug("reading %s (row groups %s): decrypting %s", part.path,
                      "all" if part.row_groups is None else part.row_groups, self.encrypted_columns)
@@ -335,6 +349,8 @@ class SparkKmsReader(DataSourceReader):
                 batch = decryptor.decrypt_batch(batch, self.encrypted_columns, where=at)
                 yield self._output(batch, constants, where)
             offset += read_rows
+        if decryptor.erased:
+            logger.warning("read %s: erased cells read as null, by column: %s", part.path, decryptor.erased)
         logger.debug("read %s: %d rows, %d KMS Decrypt calls", part.path, offset, decryptor.kms_calls)
 
     def _partition_constants(self, part: SparkKmsInputPartition) -> dict[str, pa.Scalar]:

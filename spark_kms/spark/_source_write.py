@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql.datasource import DataSourceArrowWriter, WriterCommitMessage
 
-from spark_kms.crypto import AES_256_GCM, KEY_TABLE_METADATA_KEY, KeyTable
+from spark_kms.crypto import AES_256_GCM, AES_256_GCM_SUBJECT, KEY_TABLE_METADATA_KEY, KeyTable
 from spark_kms.errors import ConfigurationError, JobError
 from spark_kms.kms import KmsProvider, kms_call_counts
 from spark_kms.parquet.writer import RowGroupBuffer, parquet_write_options, write_row_group
@@ -36,11 +36,14 @@ from spark_kms.spark._options import (
     add_counts,
     counts_delta,
     kms_config_option,
+    on_erased_option,
     parse_blind_index,
     parse_json_object,
     positive_int,
     split_list,
     storage_location_option,
+    subject_store_url,
+    tenant_keys_option,
 )
 from spark_kms.storage import Location, resolve
 
@@ -118,6 +121,12 @@ class SparkKmsWriter(DataSourceArrowWriter):
         self.max_cells_per_dek = positive_int(opts, "max_cells_per_dek", None)
         self.result_file = opts.get(RESULT_OPTION) or None
         self.require_protection_level = opts.get("require_protection_level") or None
+        # Crypto-shredding (docs/ERASURE.md): per-tenant KMS keys, per-subject cell keys.
+        self.tenant_keys = tenant_keys_option(opts)
+        self.subject_column = (opts.get("subject_column") or "").strip() or None
+        self.subject_store = subject_store_url(opts.get("subject_store"))
+        if opts.get("on_erased"):
+            on_erased_option(opts)  # a read option: checked, unused here
 
         names = list(schema.fieldNames())
         self.has_keys_column = KEYS_COLUMN in names
@@ -169,9 +178,10 @@ class SparkKmsWriter(DataSourceArrowWriter):
         self.stage: Location = start_staging(self.location, self.write_id, mode=self.mode)
         logger.info(
             "write %s to %s (%s, job %s): staging %s; columns %s, deterministic %s, blind indexes %s, "
-            "partition_by %s; key %s; %r",
+            "partition_by %s; key %s; tenant keys %s; subject column %s; %r",
             self.write_id, self.path, self.mode, self.job_id, self.staging_dir, self.columns, self.deterministic,
-            self.blind_index, self.partition_by, self.key_uri, self.kms,
+            self.blind_index, self.partition_by, self.key_uri,
+            self.tenant_keys.to_json() if self.tenant_keys else None, self.subject_column, self.kms,
         )
 
     @property
@@ -214,10 +224,13 @@ class SparkKmsWriter(DataSourceArrowWriter):
                 f"dataset {self.path}: nothing to encrypt: set option columns (or deterministic_columns, "
                 "blind_index), or write a DataFrame produced by spark_kms.spark.ml.ColumnEncryptor"
             )
-        if (self.columns or self.deterministic or self.blind_index) and not self.key_uri:
-            raise ConfigurationError(f"dataset {self.path}: option key_uri is required to encrypt columns")
+        if (self.columns or self.deterministic or self.blind_index) and not (self.key_uri or self.tenant_keys):
+            raise ConfigurationError(f"dataset {self.path}: option key_uri (or tenant_keys) is required to encrypt "
+                                     "columns")
         if self.key_uri and (self.columns or self.deterministic or self.blind_index):
             self._provider()  # a bad key URI or a missing extra fails here, before any task runs
+        if self.tenant_keys is not None or self.subject_column is not None:
+            self._check_shredding(schema)
         supported = (
             T.StringType, T.BinaryType, T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType,
             T.DoubleType, T.BooleanType, T.DateType, T.TimestampType, T.TimestampNTZType, T.DecimalType,
@@ -230,6 +243,43 @@ class SparkKmsWriter(DataSourceArrowWriter):
                     f"dataset {self.path}: column {f.name!r} has type {f.dataType.simpleString()} which "
                     "spark_kms cannot encrypt (strings, binary, numbers, booleans, dates, timestamps, decimals)"
                 )
+
+    def _check_shredding(self, schema: Any) -> None:
+        """Per-tenant / per-subject options checked against the schema on the driver, before any staging:
+        the same checks (EncryptionSpec, BatchEncryptor) the tasks would make; no KMS call."""
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        if not (self.columns or self.deterministic or self.blind_index):
+            raise ConfigurationError(f"dataset {self.path}: options tenant_keys / subject_column need columns to "
+                                     "encrypt (option columns)")
+        arrow = to_arrow_schema(schema, timezone="UTC")
+        if KEYS_COLUMN in arrow.names:
+            arrow = arrow.remove(arrow.get_field_index(KEYS_COLUMN))
+        try:
+            encryptor = self._new_encryptor()
+            try:
+                encryptor.output_schema(arrow)
+            finally:
+                encryptor.close()
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"dataset {self.path}: {exc}") from None
+
+    def _new_encryptor(self) -> Any:
+        """The BatchEncryptor of one task (no KMS call until its first batch)."""
+        from spark_kms.parquet.encryptor import BatchEncryptor, EncryptionSpec
+
+        spec = EncryptionSpec(columns=self.columns, deterministic=self.deterministic, blind_index=self.blind_index,
+                              subject_column=self.subject_column)
+        kwargs: dict[str, Any] = {
+            "encryption_context": self.encryption_context if hasattr(self, "encryption_context") else {},
+            "deterministic_entry": getattr(self, "deterministic_entry", None),
+            "kms_options": self.kms,
+            "tenant_keys": self.tenant_keys,
+            "subject_store": self.subject_store,
+        }
+        if self.max_cells_per_dek is not None:
+            kwargs["max_cells_per_dek"] = self.max_cells_per_dek
+        return BatchEncryptor(spec, self.key_uri, **kwargs)
 
     def _provider(self) -> KmsProvider:
         assert self.key_uri is not None
@@ -329,19 +379,7 @@ class _TaskWrite:
 
     def _get_encryptor(self) -> Any:
         if self._encryptor is None:
-            from spark_kms.parquet.encryptor import BatchEncryptor, EncryptionSpec
-
-            w = self.w
-            assert w.key_uri is not None
-            spec = EncryptionSpec(columns=w.columns, deterministic=w.deterministic, blind_index=w.blind_index)
-            kwargs: dict[str, Any] = {
-                "encryption_context": w.encryption_context,
-                "deterministic_entry": w.deterministic_entry,
-                "kms_options": w.kms,
-            }
-            if w.max_cells_per_dek is not None:
-                kwargs["max_cells_per_dek"] = w.max_cells_per_dek
-            self._encryptor = BatchEncryptor(spec, w.key_uri, **kwargs)
+            self._encryptor = self.w._new_encryptor()
         return self._encryptor
 
     def add(self, batch: pa.RecordBatch) -> None:
@@ -384,7 +422,8 @@ class _TaskWrite:
         """The AES-256-GCM columns of this task's output: encrypted here, or by ColumnEncryptor (key tables)."""
         random = set(self.w.columns) - set(self.w.deterministic)
         for table in self._extra_tables.values():
-            random.update(name for name, spec in table.columns.items() if spec.algorithm == AES_256_GCM)
+            random.update(name for name, spec in table.columns.items()
+                          if spec.algorithm in (AES_256_GCM, AES_256_GCM_SUBJECT))
         return random
 
     def finish(self) -> tuple[list[str], str | None]:
@@ -418,6 +457,9 @@ class _TaskWrite:
         for _rel, writer in self._files.values():
             writer.abandon()
         if self._encryptor is not None:
+            if self._encryptor.erased_on_write:
+                logger.warning("write %s, task %d: %d cells of erased subjects were written as null",
+                               self.w.write_id, self.partition_id, self._encryptor.erased_on_write)
             self._encryptor.close()
 
 

@@ -82,11 +82,11 @@ REDACTION_REGEX = r"(?i)secret|password|token|access[.]?key|root_key|credential|
 WRITE_OPTIONS = (
     "key_uri", "columns", "deterministic_columns", "blind_index", "encryption_context", "kms_options",
     "partition_by", "max_cells_per_dek", "run_id", "join_domain", "join_domain_store", "storage_options",
-    "require_protection_level",
+    "require_protection_level", "tenant_column", "tenant_keys", "subject_column", "subject_store",
 )
 READ_OPTIONS = (
     "kms_options", "batch_size", "max_partition_bytes", "filter_pushdown", "require_encrypted",
-    "min_format_version", "storage_options",
+    "min_format_version", "storage_options", "subject_store", "on_erased",
 )
 KNOWN_OPTIONS = frozenset((*WRITE_OPTIONS, *READ_OPTIONS, "key_registry"))
 

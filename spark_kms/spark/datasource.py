@@ -36,6 +36,11 @@ options as ``spark.spark_kms.storage.<name>``), as it was at :func:`register`; `
                           ``s3.endpoint_override``, ``s3.region``, ``s3.access_key``, ``s3.secret_key``)
                           merged over ``$SPARK_KMS_STORAGE_OPTIONS``; read and write. Secret ones never
                           appear in a log line, a repr, an error or the write's result
+``tenant_column``         with ``tenant_keys``: data keys per (task, tenant), under each tenant's KMS key
+``tenant_keys``           a key-URI template with ``{tenant}``, or a JSON object tenant -> key URI (``"*"``: the
+                          template for the others); ``key_uri`` may then be omitted (docs/ERASURE.md)
+``subject_column``        encrypt the randomised columns per data subject (the row's value of this column)
+``subject_store``         the subject key store's URL or path (default ``$SPARK_KMS_SUBJECT_STORE``); read too
 
 Paths: a local path, ``file://``, ``s3://`` / ``s3a://`` (the same objects), ``gs://``,
 ``abfs[s]://`` or ``hdfs://`` (:mod:`spark_kms.storage`). Every file operation of the writer, the
@@ -103,6 +108,8 @@ JVM). Read options:
 ``require_encrypted``    comma list of columns every file must store encrypted (else the read is refused)
 ``min_format_version``   ``2`` refuses files whose key tables predate authenticated column specs
 ``storage_options``      as for writing
+``subject_store``        the subject key store of per-subject columns (their subject column is read too)
+``on_erased``            ``null`` (default): erased cells read as null; ``raise``: ``ErasedDataError``
 
 * Schema (``.schema(...)`` optional): the stored columns with encrypted ones at their original
   types (from the footers' key tables), blind indexes ``binary``, then hive partition columns

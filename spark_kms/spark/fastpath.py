@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from spark_kms.crypto import AES_256_GCM, KeyTable, column_binding
-from spark_kms.errors import ConfigurationError
+from spark_kms.errors import ConfigurationError, KeyErasedError
 from spark_kms.kms import KmsConfig
 from spark_kms.parquet.keys import DekResolver
 from spark_kms.spark.remote import is_connect
@@ -173,15 +173,26 @@ def _py4j_quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _register_keys(spark: Any, table: KeyTable, kms: KmsConfig, where: str) -> tuple[str, int]:
+def _register_keys(spark: Any, table: KeyTable, kms: KmsConfig, where: str) -> tuple[str | None, int, list[str]]:
     """Unwrap the table's AES-GCM data keys (driver, same resolver and cache as the Python path) into the
-    driver JVM's registry under a fresh handle; ``(handle, number of keys)``."""
+    driver JVM's registry under a fresh handle; ``(handle, number of keys, erased data keys)``. When a data key is
+    erased (its KMS key is scheduled for deletion or destroyed: KeyErasedError) the others are still tried, to
+    count them, and nothing is registered: ``(None, 0, erased ids)``."""
     resolver = DekResolver(table.deks, kms_options=kms, where=where)
     ids = sorted(dek_id for dek_id, entry in table.deks.items() if entry.algorithm == AES_256_GCM)
     keys = bytearray()
+    erased: list[str] = []
     try:
         for dek_id in ids:
-            keys += resolver.lookup(bytes.fromhex(dek_id))
+            try:
+                key = resolver.lookup(bytes.fromhex(dek_id))
+            except KeyErasedError:
+                erased.append(dek_id)
+                continue
+            if not erased:
+                keys += key
+        if erased:
+            return None, 0, erased
         handle = secrets.token_hex(16)
         with _py4j_quiet():
             spark.sparkContext._jvm.io.sparkkms.fastpath.KeyRegistry.register(handle, ",".join(ids), keys)
@@ -189,7 +200,7 @@ def _register_keys(spark: Any, table: KeyTable, kms: KmsConfig, where: str) -> t
         keys[:] = bytes(len(keys))
     logger.info("fast path: %d data keys of %s registered in the driver JVM (%d KMS calls)", len(ids), where,
                 resolver.kms_calls)
-    return handle, len(ids)
+    return handle, len(ids), []
 
 
 def decrypt_columns(
@@ -202,9 +213,14 @@ def decrypt_columns(
     fast_path: bool | str = "auto",
     where: str = "",
     min_format_version: int = 1,
+    on_erased: str = "null",
 ) -> dict[str, Any]:
     """The fast path's decrypting Column of each of ``names`` it can decrypt (the others are not in the result
     and take the Python UDF). Unwraps the data keys now, on the driver, when at least one column qualifies.
+
+    Per-subject columns are never chosen (their cells need the subject key store: Python UDFs). When a data key
+    of the dataset is erased, no column is: a WARNING names the erased data keys and their KMS keys, and every
+    column takes the Python UDFs, which return erased cells as null (or raise, ``on_erased="raise"``).
 
     :raises ConfigurationError: ``fast_path=True`` and the fast path is unavailable (the reason is named), or
         ``fast_path`` is not ``"auto"``, True or False.
@@ -241,7 +257,15 @@ def decrypt_columns(
 
     for udf_name, java_class in _JAVA_CLASSES.items():
         spark.udf.registerJavaFunction(udf_name, java_class, StringType() if udf_name == UDF_STRING else BinaryType())
-    handle, _ = _register_keys(spark, table, kms, where)
+    handle, _, erased = _register_keys(spark, table, kms, where)
+    if handle is None:
+        uris = sorted({table.deks[d].key_uri for d in erased})
+        logger.warning("%s: %d of the data keys are erased (KMS keys %s are scheduled for deletion or destroyed): "
+                       "their cells read as %s", where or "read_encrypted", len(erased), uris,
+                       "null" if on_erased == "null" else "an ErasedDataError (on_erased='raise')")
+        logger.info("fast path not used for %s: it has erased data keys (%s); the Python UDFs decrypt it", where,
+                    ", ".join(erased[:5]) + (" ..." if len(erased) > 5 else ""))
+        return {}
     out = {}
     for name, (spec, kind) in chosen.items():
         binding = column_binding(spec)

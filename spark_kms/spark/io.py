@@ -51,7 +51,14 @@ from spark_kms.kms import KmsConfig, KmsConfigLike
 from spark_kms.parquet.dataset import Dataset, apply_manifest, dataset_path
 from spark_kms.spark._commit import recover_interrupted_commits
 from spark_kms.spark._errors import errors_translated
-from spark_kms.spark._options import KEYS_COLUMN, RESULT_OPTION, positive_int, split_list
+from spark_kms.spark._options import (
+    KEYS_COLUMN,
+    RESULT_OPTION,
+    on_erased_option,
+    positive_int,
+    split_list,
+    subject_store_url,
+)
 from spark_kms.spark._source_write import WriteResult
 from spark_kms.spark.conf import SparkKmsConf
 from spark_kms.spark.datasource import register
@@ -89,7 +96,7 @@ def write_encrypted(
     df: Any,
     path: str,
     *,
-    key_uri: str | None,
+    key_uri: str | None = None,
     columns: Sequence[str] = (),
     deterministic_columns: Sequence[str] = (),
     blind_index: Mapping[str, str] | None = None,
@@ -103,6 +110,10 @@ def write_encrypted(
     join_domain_store: str | None = None,
     storage_options: Mapping[str, str] | str | None = None,
     require_protection_level: str | Sequence[str] | None = None,
+    tenant_column: str | None = None,
+    tenant_keys: str | Mapping[str, str] | Any = None,
+    subject_column: str | None = None,
+    subject_store: str | os.PathLike[str] | None = None,
 ) -> WriteResult:
     """Write ``df`` to ``path`` as encrypted Parquet through the ``spark_kms`` data source.
 
@@ -119,6 +130,13 @@ def write_encrypted(
     totals the commit computed. A failed write raises the spark_kms error that stopped it (e.g.
     ``KeyStateError``, ``AccessDeniedError``), not Spark's wrapper of it, and leaves the previous
     data at ``path`` untouched.
+
+    Crypto-shredding (docs/ERASURE.md): ``tenant_column`` + ``tenant_keys`` (a key-URI template with
+    ``{tenant}``, a mapping tenant -> key URI, or a :class:`~spark_kms.parquet.tenants.TenantKeys`) make each
+    task's data keys per tenant, under the tenant's own KMS key (``key_uri`` may then be omitted);
+    ``subject_column`` encrypts the randomised columns per data subject, with keys from the subject key store
+    ``subject_store`` (its URL or path; default ``$SPARK_KMS_SUBJECT_STORE``). Bad combinations are refused
+    here, before anything is staged.
     """
     if mode not in ("overwrite", "append"):
         raise ConfigurationError(f"mode must be 'overwrite' or 'append', got {mode!r}")
@@ -128,6 +146,7 @@ def write_encrypted(
     conf = SparkKmsConf.of(spark)
     kms = conf.kms_config(kms_options)
     key_uri = key_uri or conf.option("key_uri")
+    shredding = _shredding_options(tenant_column, tenant_keys, subject_column, subject_store)
     if key_uri:
         # A bad key URI (or a missing extra) fails here, in the caller's process, as itself --
         # not wrapped in the Spark error of the data source's writer.
@@ -158,6 +177,8 @@ def write_encrypted(
     )
     if key_uri:
         writer = writer.option("key_uri", key_uri)
+    for name, value in shredding.items():
+        writer = writer.option(name, value)
     if max_cells_per_dek is not None:
         writer = writer.option("max_cells_per_dek", str(max_cells_per_dek))
     if run_id:
@@ -191,6 +212,25 @@ def write_encrypted(
     return result
 
 
+def _shredding_options(tenant_column: str | None, tenant_keys: Any, subject_column: str | None,
+                       subject_store: Any) -> dict[str, str]:
+    """The data source options of ``write_encrypted``'s crypto-shredding arguments, checked here (a bad
+    value fails in the caller's process, as itself)."""
+    from spark_kms.parquet.tenants import TenantKeys
+
+    out: dict[str, str] = {}
+    keys = TenantKeys.of(tenant_keys, column=tenant_column) if (tenant_keys or tenant_column) else None
+    if keys is not None:
+        out["tenant_column"] = keys.column
+        out["tenant_keys"] = keys.keys if isinstance(keys.keys, str) else json.dumps(dict(keys.keys))
+    if subject_column:
+        out["subject_column"] = subject_column
+    url = subject_store_url(subject_store)
+    if url:
+        out["subject_store"] = url
+    return out
+
+
 # -- reading ----------------------------------------------------------------------------
 
 
@@ -216,12 +256,12 @@ def _table_format(path: Any, storage_options: Any) -> str | None:
 
 def _read_table(spark: Any, path: str, columns: Sequence[str] | None, kms: KmsConfig,
                 require_encrypted: Sequence[str] | None, min_format_version: int, storage_options: Any,
-                table_args: Mapping[str, Any]) -> Any:
+                table_args: Mapping[str, Any], subject_store: str | None = None, on_erased: str = "null") -> Any:
     """``read_encrypted`` of a table snapshot: its files from the table's log (near the data), Spark's native
     scan, the decrypt UDFs; Delta partition columns cast back to the table's types."""
     from pyspark.sql.pandas.types import from_arrow_type
 
-    from spark_kms.spark.udfs import decrypt_udf
+    from spark_kms.spark.udfs import decrypt_udf, subject_spec
     from spark_kms.tables.read import table_scan
 
     scan = run_near_data(spark, table_scan, path, require_encrypted=require_encrypted,
@@ -244,7 +284,10 @@ def _read_table(spark: Any, path: str, columns: Sequence[str] | None, kms: KmsCo
                 "with spark_kms.tables.read_table_decrypted"
             )
         if name in encrypted and scan.files:
-            selected.append(decrypt_udf(name, encrypted[name], scan.key_table.deks, kms)(df[name]).alias(name))
+            decrypt = decrypt_udf(name, encrypted[name], scan.key_table.deks, kms, spec=subject_spec(spec),
+                                  subject_store=subject_store, on_erased=on_erased)
+            cells = decrypt(df[name], df[spec.subject]) if spec is not None and spec.subject else decrypt(df[name])
+            selected.append(cells.alias(name))
         elif name in partition and name in scan.plaintext_schema.names:
             spark_type = from_arrow_type(scan.plaintext_schema.field(name).type)
             selected.append(df[name].cast(spark_type).alias(name))
@@ -317,6 +360,8 @@ def read_encrypted(
     catalog_properties: Mapping[str, str] | None = None,
     table_options: Mapping[str, str] | None = None,
     fast_path: bool | str = "auto",
+    subject_store: str | os.PathLike[str] | None = None,
+    on_erased: str | None = None,
 ) -> Any:
     """A DataFrame of the dataset at ``path`` with its encrypted columns decrypted lazily.
 
@@ -339,6 +384,15 @@ def read_encrypted(
     :param fast_path: ``"auto"`` (default), True or False: decrypt AES-GCM columns inside the executors' JVMs
         (:mod:`spark_kms.spark.fastpath`; the session must start with :func:`spark_kms.spark.fastpath.spark_conf`)
         instead of Python UDFs. It unwraps the data keys on the driver, now. Datasets only (tables: Python).
+        Per-subject columns, and every column of a dataset with an erased data key, take the Python UDFs.
+    :param subject_store: the subject key store of per-subject columns (URL or path; default the conf's
+        ``spark.spark_kms.subjectStore``, then ``$SPARK_KMS_SUBJECT_STORE``). A per-subject column's UDF is
+        given its subject column, whether or not ``columns`` keeps it.
+    :param on_erased: ``"null"`` (default; or the conf's ``spark.spark_kms.onErased``): erased cells (their
+        tenant's KMS key is scheduled for deletion or destroyed, their subject's key deleted) read as null;
+        ``"raise"``: the action fails with :class:`~spark_kms.errors.ErasedDataError`. When the fast path
+        unwraps the keys on the driver, erased data keys are logged (WARNING) here;
+        :func:`spark_kms.spark.count_erased` counts erased cells.
     :raises MissingKeyTableError: a data file has no key table (names the file).
     :raises ConfigurationError: ``columns`` names a column the dataset does not have.
 
@@ -349,7 +403,7 @@ def read_encrypted(
         with errors_translated():
             rows = read_encrypted(spark, path).collect()   # KeyStateError, DecryptionError, ...
     """
-    from spark_kms.spark.udfs import decrypt_udf
+    from spark_kms.spark.udfs import decrypt_udf, subject_spec
 
     # The session's spark.spark_kms.* conf under the arguments (spark_kms.spark.conf).
     conf = SparkKmsConf.of(spark)
@@ -359,10 +413,12 @@ def read_encrypted(
         require_encrypted = split_list(conf.option("require_encrypted"))
     if min_format_version == 1 and conf.option("min_format_version"):
         min_format_version = positive_int(conf.options(), "min_format_version", 1)
+    store = subject_store_url(subject_store) or conf.option("subject_store")
+    on_erased = on_erased_option({"on_erased": on_erased or conf.option("on_erased") or ""})
     table_args = {"version": version, "catalog_properties": catalog_properties, "table_options": table_options}
     if run_near_data(spark, _table_format, path, storage_options):
         return _read_table(spark, path, columns, kms, require_encrypted, min_format_version, storage_options,
-                           table_args)
+                           table_args, store, on_erased)
     if any(v is not None for v in table_args.values()):
         raise ConfigurationError(
             f"read_encrypted: {path} is not a Delta or Iceberg table: version, catalog_properties and "
@@ -374,7 +430,7 @@ def read_encrypted(
     from spark_kms.spark.fastpath import decrypt_columns
 
     fast = decrypt_columns(spark, df, table, names, kms, fast_path=fast_path, where=f"dataset {local}",
-                           min_format_version=min_format_version)
+                           min_format_version=min_format_version, on_erased=on_erased)
     selected = []
     decrypted = []
     for name in names:
@@ -387,7 +443,15 @@ def read_encrypted(
                 f"dataset {local}: column {name!r} is bound to the rows' {spec.row_binding!r} values; "
                 "read it with spark.read.format('spark_kms') or spark_kms.parquet.read_decrypted_table"
             )
-        udf = fast.get(name) if name in fast else decrypt_udf(name, spec.arrow_type, table.deks, kms)(df[name])
+        if name in fast:
+            udf = fast[name]
+        else:
+            decrypt = decrypt_udf(name, spec.arrow_type, table.deks, kms, spec=subject_spec(spec),
+                                  subject_store=store, on_erased=on_erased)
+            if spec.subject is not None and spec.subject not in df.columns:
+                raise ConfigurationError(f"dataset {local}: column {name!r} is encrypted per subject, by column "
+                                         f"{spec.subject!r}, which the dataset does not have")
+            udf = decrypt(df[name], df[spec.subject]) if spec.subject is not None else decrypt(df[name])
         selected.append(udf.alias(name))
         decrypted.append(name)
     logger.info("read_encrypted %s (dataset root %s): %d data files, %d data keys (%d from the manifest); "

@@ -55,12 +55,14 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable, Defaul
 
 from spark_kms.crypto import (
     AES_256_GCM,
+    AES_256_GCM_SUBJECT,
     AES_256_SIV,
     DEFAULT_MAX_CELLS_PER_DEK,
     KeyTable,
 )
 from spark_kms.errors import ConfigurationError
 from spark_kms.kms import KmsConfig
+from spark_kms.parquet.decryptor import check_on_erased
 from spark_kms.parquet.encryptor import (
     BatchEncryptor,
     EncryptionSpec,
@@ -69,10 +71,11 @@ from spark_kms.parquet.encryptor import (
 )
 from spark_kms.parquet.join_domains import domain_key
 from spark_kms.parquet.keys import new_deterministic_entry
+from spark_kms.spark._ml_shredding import ShreddingParams, SubjectStoreParam, optional_param
 from spark_kms.spark._options import KEYS_COLUMN
 from spark_kms.spark.conf import SparkKmsConf
 from spark_kms.spark.remote import run_near_data
-from spark_kms.spark.udfs import decrypt_udf
+from spark_kms.spark.udfs import decrypt_udf, subject_spec
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame
@@ -169,7 +172,8 @@ class _KmsParams(Params):
         return _PublicParamsWriter(self)
 
 
-class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadable, DefaultParamsWritable):
+class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, ShreddingParams, DefaultParamsReadable,
+                      DefaultParamsWritable):
     """Encrypts PII columns with one data key per partition (layout in the module docstring).
 
     :param inputCols: columns to encrypt with AES-256-GCM (randomised).
@@ -185,6 +189,9 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
     :param requireProtectionLevel: refuse a key guarded by less (``"hsm"``, ``"software"``,
         ``"external"``, or several comma-separated); checked once on the driver (DescribeKey) in
         ``transform``, before any data key is made.
+    :param tenantColumn: with ``tenantKeys`` (a key-URI template with ``{tenant}``, or a JSON object tenant ->
+        key URI): data keys per (partition, tenant), under each tenant's KMS key; ``keyUri`` may be unset.
+    :param subjectColumn: encrypt ``inputCols`` per data subject, keys from ``subjectStore`` (docs/ERASURE.md).
     """
 
     keyUri: Param[str] = Param(
@@ -250,6 +257,10 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         joinDomain: str | None = None,
         joinDomainStore: str | None = None,
         requireProtectionLevel: str | None = None,
+        tenantColumn: str | None = None,
+        tenantKeys: str | Mapping[str, str] | None = None,
+        subjectColumn: str | None = None,
+        subjectStore: str | None = None,
     ) -> None:
         super().__init__()
         self._setDefault(
@@ -276,6 +287,10 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         joinDomain: str | None = None,
         joinDomainStore: str | None = None,
         requireProtectionLevel: str | None = None,
+        tenantColumn: str | None = None,
+        tenantKeys: str | Mapping[str, str] | None = None,
+        subjectColumn: str | None = None,
+        subjectStore: str | None = None,
     ) -> ColumnEncryptor:
         kwargs = self._input_kwargs
         return self._set(**{k: v for k, v in kwargs.items() if v is not None})
@@ -330,6 +345,7 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
             columns=list(self.getOrDefault(self.inputCols)),
             deterministic=self.getDeterministicCols(),
             blind_index=blind_index,
+            subject_column=self.subject_column(),
         )
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
@@ -338,9 +354,11 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
 
         conf = SparkKmsConf.of(dataset.sparkSession)
         key_uri = self.getKeyUri() if self.isDefined(self.keyUri) else conf.option("key_uri")
-        if not key_uri:
+        tenants = self.tenant_keys()
+        if not key_uri and tenants is None:
             raise ConfigurationError("ColumnEncryptor needs keyUri (e.g. 'local://alias/pii'; or set the "
-                                     "Spark conf spark.spark_kms.keyUri)")
+                                     "Spark conf spark.spark_kms.keyUri), or tenantColumn and tenantKeys")
+        store = self.subject_store(conf)
         if KEYS_COLUMN in dataset.columns:
             raise ConfigurationError(
                 f"the DataFrame already has a {KEYS_COLUMN!r} column: it is encrypted already "
@@ -352,10 +370,12 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         max_cells = self.getMaxCellsPerDek()
         # Validates the key URI and the spec against the schema on the driver (missing columns,
         # unsupported types); no KMS call.
-        BatchEncryptor(spec, key_uri, kms_options=kms, max_cells_per_dek=max_cells).output_schema(
-            to_arrow_schema(dataset.schema, timezone="UTC")
-        )
+        BatchEncryptor(spec, key_uri, kms_options=kms, max_cells_per_dek=max_cells, tenant_keys=tenants,
+                       subject_store=store).output_schema(to_arrow_schema(dataset.schema, timezone="UTC"))
         required = self.getRequireProtectionLevel()
+        if protection_levels_accepted(required) is not None and not key_uri:
+            raise ConfigurationError("ColumnEncryptor: requireProtectionLevel needs keyUri (tenant keys are not "
+                                     "checked)")
         if protection_levels_accepted(required) is not None:
             # One DescribeKey where the KMS is reached (the Connect server's side), before any data key.
             run_near_data(dataset.sparkSession, _check_protection_level, key_uri, kms, required)
@@ -390,6 +410,8 @@ class ColumnEncryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
                 max_cells_per_dek=max_cells,
                 deterministic_entry=deterministic_entry,
                 kms_options=kms,
+                tenant_keys=tenants,
+                subject_store=store,
             )
             try:
                 for batch in batches:
@@ -431,7 +453,8 @@ def merge_key_tables(documents: list[str | bytes | None], *, where: str = KEYS_C
     return table
 
 
-class ColumnDecryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadable, DefaultParamsWritable):
+class ColumnDecryptor(Transformer, HasInputCols, _KmsParams, SubjectStoreParam, DefaultParamsReadable,
+                      DefaultParamsWritable):
     """Decrypts the columns a :class:`ColumnEncryptor` encrypted, back to their original types.
 
     :param inputCols: columns to decrypt; default every decryptable column of the key table
@@ -440,6 +463,10 @@ class ColumnDecryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         :data:`KEYS_COLUMN`, gathered with one small Spark job.
     :param kmsOptions: JSON object of provider options per key-URI scheme (or a KmsConfig, or a mapping);
         ``save`` drops its secret options (set them again after ``load``).
+    :param subjectStore: the subject key store of per-subject columns (their subject column must be in the
+        DataFrame).
+    :param onErased: ``"null"`` (default; or the session's ``spark.spark_kms.onErased``): erased cells read as
+        null; ``"raise"``: the action fails with ``ErasedDataError``.
 
     The output drops :data:`KEYS_COLUMN`. Data keys are unwrapped lazily on the executors,
     at most once per data key per worker process (:func:`~spark_kms.spark.udfs.decrypt_udf`).
@@ -451,6 +478,10 @@ class ColumnDecryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         f"KeyTable JSON; default: gathered from the {KEYS_COLUMN} column",
         typeConverter=_key_table_json,
     )
+    onErased: Param[str] = Param(
+        Params._dummy(), "onErased", "erased cells: 'null' (default) or 'raise' (ErasedDataError)",
+        typeConverter=TypeConverters.toString,
+    )
 
     @keyword_only
     def __init__(
@@ -459,6 +490,8 @@ class ColumnDecryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         inputCols: list[str] | None = None,
         keyTable: KeyTable | str | None = None,
         kmsOptions: KmsConfig | Mapping[str, Mapping[str, Any]] | str | None = None,
+        subjectStore: str | None = None,
+        onErased: str | None = None,
     ) -> None:
         super().__init__()
         kwargs = self._input_kwargs
@@ -471,6 +504,8 @@ class ColumnDecryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         inputCols: list[str] | None = None,
         keyTable: KeyTable | str | None = None,
         kmsOptions: KmsConfig | Mapping[str, Mapping[str, Any]] | str | None = None,
+        subjectStore: str | None = None,
+        onErased: str | None = None,
     ) -> ColumnDecryptor:
         kwargs = self._input_kwargs
         return self._set(**{k: v for k, v in kwargs.items() if v is not None})
@@ -496,7 +531,8 @@ class ColumnDecryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
     def _transform(self, dataset: DataFrame) -> DataFrame:
         table = self.key_table_for(dataset)
         decryptable = [
-            name for name, spec in table.columns.items() if spec.algorithm in (AES_256_GCM, AES_256_SIV)
+            name for name, spec in table.columns.items()
+            if spec.algorithm in (AES_256_GCM, AES_256_SIV, AES_256_GCM_SUBJECT)
         ]
         if self.isDefined(self.inputCols):
             columns = list(self.getOrDefault(self.inputCols))
@@ -514,10 +550,23 @@ class ColumnDecryptor(Transformer, HasInputCols, _KmsParams, DefaultParamsReadab
         else:
             columns = [c for c in decryptable if c in dataset.columns]
         kms = self.kms_config(dataset.sparkSession)
+        conf = SparkKmsConf.of(dataset.sparkSession)
+        store = self.subject_store(conf)
+        on_erased = check_on_erased(optional_param(self, self.onErased) or conf.option("on_erased"))
         logger.info("ColumnDecryptor: decrypting %s with %d data keys; %r", columns, len(table.deks), kms)
+        original = dataset
         for column in columns:
-            udf = decrypt_udf(column, table.columns[column].arrow_type, table.deks, kms)
-            dataset = dataset.withColumn(column, udf(dataset[column]))
+            spec = table.columns[column]
+            udf = decrypt_udf(column, spec.arrow_type, table.deks, kms, spec=subject_spec(spec), subject_store=store,
+                              on_erased=on_erased)
+            if spec.subject is None:
+                dataset = dataset.withColumn(column, udf(dataset[column]))
+                continue
+            if spec.subject not in original.columns:
+                raise ConfigurationError(f"ColumnDecryptor: column {column!r} is encrypted per subject, by column "
+                                         f"{spec.subject!r}, which is not in the DataFrame; columns: "
+                                         f"{original.columns}")
+            dataset = dataset.withColumn(column, udf(dataset[column], dataset[spec.subject]))
         if KEYS_COLUMN in dataset.columns:
             dataset = dataset.drop(KEYS_COLUMN)
         return dataset

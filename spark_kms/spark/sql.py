@@ -49,13 +49,20 @@ from spark_kms.crypto import (
     KeyTable,
     dek_id_from_hex,
 )
-from spark_kms.errors import ConfigurationError, DecryptionError, UnknownDataKeyError
+from spark_kms.errors import (
+    ConfigurationError,
+    DecryptionError,
+    ErasedDataError,
+    UnknownDataKeyError,
+    UnknownSubjectError,
+)
 from spark_kms.kms import KmsConfig, KmsConfigLike
 from spark_kms.parquet import encode_values
 from spark_kms.parquet.dataset import read_dataset_key_table
 from spark_kms.parquet.decryptor import BatchDecryptor
 from spark_kms.parquet.encryptor import EncryptionSpec
 from spark_kms.parquet.keys import DekResolver
+from spark_kms.spark._options import on_erased_option, subject_store_url
 from spark_kms.spark._sql_keys import file_key_tables, missing_dek_ids, source_files, unknown_key_error
 from spark_kms.spark.conf import SparkKmsConf
 from spark_kms.spark.key_registry import read_key_registry, require_registry, with_registry_entries
@@ -192,15 +199,18 @@ class _SqlDecrypt:
     the KmsConfig (options only), the registry path and the storage options."""
 
     def __init__(self, table: KeyTable, kms: KmsConfig, key_registry: str | None, candidates: Sequence[str],
-                 storage_options: Mapping[str, str] | None) -> None:
+                 storage_options: Mapping[str, str] | None, subject_store: str | None = None,
+                 on_erased: str = "null") -> None:
         self.table = table
         self.kms = kms
         self.key_registry = key_registry
         self.candidates = list(candidates)
         self.storage_options = dict(storage_options or {}) or None
+        self.subject_store = subject_store
+        self.on_erased = on_erased
 
     def __call__(self, function: str, result: str, cells: pa.Array, labels: pa.Array | None,
-                 files: pa.Array | None) -> pa.Array:
+                 files: pa.Array | None, subjects: pa.Array | None = None) -> pa.Array:
         label = _constant_label((cells, labels), function) if labels is not None else None
         names = source_files(files)
         failures: dict[str, str] = {}
@@ -216,7 +226,8 @@ class _SqlDecrypt:
             raise unknown_key_error(function, missing, names, failures)
         from_files = [n for t in file_tables for n, s in t.columns.items() if s.algorithm != HMAC_SHA256_BIDX]
         candidates = [label] if label is not None else list(dict.fromkeys([*from_files, *self.candidates]))
-        return _sql_decrypt(table, self.kms, function, result, candidates, label is not None, cells)
+        return _sql_decrypt(table, self.kms, function, result, candidates, label is not None, cells,
+                            subjects=subjects, subject_store=self.subject_store, on_erased=self.on_erased)
 
     def _merged(self, file_tables: Sequence[KeyTable], cells: pa.Array) -> KeyTable:
         table = self.table
@@ -233,9 +244,14 @@ def _sql_decrypt(
     candidates: Sequence[str],
     labelled: bool,
     cells: pa.Array,
+    *,
+    subjects: pa.Array | None = None,
+    subject_store: str | None = None,
+    on_erased: str = "null",
 ) -> pa.Array:
     """Decrypt ``cells`` under the first candidate column label they authenticate under, as ``result``
-    (``string``, ``binary`` or a typed function's SQL type)."""
+    (``string``, ``binary`` or a typed function's SQL type). ``subjects``: the subject ids of a per-subject
+    column's rows (the function's third argument)."""
     if cells.null_count == len(cells):  # nothing to decrypt: no label to find, no type to check
         return pa.nulls(len(cells), pa.binary() if result == "binary" else _arrow_of(result))
     failure: DecryptionError | None = None
@@ -245,14 +261,16 @@ def _sql_decrypt(
         spec = table.columns.get(name)
         if spec is None or spec.algorithm == HMAC_SHA256_BIDX:
             spec = ColumnSpec(name, AES_256_GCM, "string", None)
-        decryptor = BatchDecryptor(KeyTable(deks=dict(table.deks), columns={name: spec}), kms_options=kms)
+        decryptor = BatchDecryptor(KeyTable(deks=dict(table.deks), columns={name: spec}), kms_options=kms,
+                                   subject_store=subject_store, on_erased=on_erased)
+        row_values = _subject_values(function, name, spec, subjects)
         try:
             if result in ("string", "binary"):
-                plain = decryptor.decrypt_bytes(cells, name, where="Spark SQL")
+                plain = decryptor.decrypt_bytes(cells, name, where="Spark SQL", row_values=row_values)
                 return plain if result == "binary" else plain.cast(pa.string())
-            values = decryptor.decrypt_array(cells, name, where="Spark SQL")
+            values = decryptor.decrypt_array(cells, name, where="Spark SQL", row_values=row_values)
         except DecryptionError as exc:
-            if isinstance(exc, UnknownDataKeyError) or labelled:
+            if isinstance(exc, (UnknownDataKeyError, ErasedDataError, UnknownSubjectError)) or labelled:
                 raise
             failure = exc  # authenticated under another column label: try the next one
             continue
@@ -263,6 +281,18 @@ def _sql_decrypt(
         f"{function}: no cell authenticated under any known column label {list(candidates)}; "
         f"pass the column name as the second argument, e.g. {function}(ssn, 'ssn')"
     ) from failure
+
+
+def _subject_values(function: str, name: str, spec: ColumnSpec, subjects: pa.Array | None) -> list[bytes | None] | None:
+    """The subject ids (plaintext encoding) a per-subject column's cells need, from the third argument."""
+    if spec.subject is None:
+        return None
+    if subjects is None or subjects.null_count == len(subjects):
+        raise ConfigurationError(
+            f"{function}: column {name!r} is encrypted per subject, by column {spec.subject!r}: pass that column "
+            f"as the third argument, {function}({name}, '{name}', {spec.subject})"
+        )
+    return encode_values(subjects)
 
 
 def _blind_index_entry(table: KeyTable, column: str) -> DekEntry:
@@ -293,11 +323,18 @@ def register_functions(
     datasets: Sequence[str | os.PathLike[str]] = (),
     kms_options: KmsConfigLike = None,
     encryption_context: Mapping[str, str] | None = None,
+    subject_store: str | os.PathLike[str] | None = None,
+    on_erased: str | None = None,
 ) -> KeyTable:
     """Register the SQL functions for ``spark`` (temporary: for this session).
 
-    * ``kms_decrypt(cell [, column])`` -> string: the plaintext as UTF-8 text (the plaintext
-      encoding writes every non-binary type as its string form).
+    * ``kms_decrypt(cell [, column [, subject]])`` -> string: the plaintext as UTF-8 text (the plaintext
+      encoding writes every non-binary type as its string form). A per-subject column (docs/ERASURE.md)
+      needs its subject column as the third argument (``kms_decrypt(email, 'email', user_id)``; an integer
+      subject column cast to string), and its keys from the subject key store ``subject_store`` (or the
+      conf's ``spark.spark_kms.subjectStore``). Erased cells read as null, or fail the query with
+      ``ErasedDataError`` with ``on_erased="raise"`` (or ``spark.spark_kms.onErased=raise``); every decrypt
+      function takes the same three arguments.
     * ``kms_decrypt_<type>(cell [, column])`` -> ``<type>`` (:data:`TYPED_FUNCTIONS`: ``boolean``,
       ``tinyint``, ``smallint``, ``int``, ``bigint``, ``float``, ``double``, ``date``, ``timestamp``,
       ``timestamp_ntz``): the value at the column's original type, e.g. ``kms_decrypt_bigint(amount)``
@@ -338,15 +375,17 @@ def register_functions(
     kms = conf.kms_config(kms_options)
     storage = conf.merged_storage(None)
     context = dict(encryption_context or {})
+    store = subject_store_url(subject_store) or conf.option("subject_store")
+    erased_mode = on_erased_option({"on_erased": on_erased or conf.option("on_erased") or ""})
     encrypted_names = [
         name for name, spec in table.columns.items() if spec.algorithm != HMAC_SHA256_BIDX
     ]
     candidates = [SQL_COLUMN, *(n for n in encrypted_names if n != SQL_COLUMN)]
-    body = _SqlDecrypt(table, kms, registry, candidates, storage)
+    body = _SqlDecrypt(table, kms, registry, candidates, storage, store, erased_mode)
 
     def decrypting(function: str, result: str) -> Any:
-        def kms_decrypt_cells(cells: pa.Array, labels: pa.Array, files: pa.Array) -> pa.Array:
-            return body(function, result, cells, labels, files)
+        def kms_decrypt_cells(cells: pa.Array, labels: pa.Array, subjects: pa.Array, files: pa.Array) -> pa.Array:
+            return body(function, result, cells, labels, files, subjects)
 
         return kms_decrypt_cells
 
@@ -355,8 +394,9 @@ def register_functions(
         udf_name = f"_spark_kms_{function}"
         spark.udf.register(udf_name, arrow_udf_of(decrypting(function, result), _sql_type(result), iterator=False))
         spark.sql(
-            f"CREATE OR REPLACE TEMPORARY FUNCTION {function}(cell BINARY, label STRING DEFAULT NULL) "
-            f"RETURNS {result.upper()} RETURN {udf_name}(cell, label, input_file_name())"
+            f"CREATE OR REPLACE TEMPORARY FUNCTION {function}(cell BINARY, label STRING DEFAULT NULL, "
+            f"subject STRING DEFAULT NULL) RETURNS {result.upper()} RETURN {udf_name}(cell, label, subject, "
+            "input_file_name())"
         )
 
     if key_uri is not None and (explicit_key_uri or registry is not None):

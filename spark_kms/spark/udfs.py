@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 
@@ -45,7 +45,7 @@ from spark_kms.crypto import (
 )
 from spark_kms.errors import ConfigurationError
 from spark_kms.kms import KmsConfig, KmsConfigLike
-from spark_kms.parquet import parse_arrow_type
+from spark_kms.parquet import encode_values, parse_arrow_type
 from spark_kms.parquet.decryptor import BatchDecryptor
 from spark_kms.parquet.encryptor import BatchEncryptor, EncryptionSpec
 from spark_kms.parquet.keys import new_deterministic_entry
@@ -124,6 +124,9 @@ def decrypt_udf(
     kms_options: KmsConfigLike = None,
     *,
     key_registry: str | os.PathLike[str] | None = None,
+    spec: ColumnSpec | None = None,
+    subject_store: str | os.PathLike[str] | None = None,
+    on_erased: str = "null",
 ) -> Any:
     """A SCALAR Arrow UDF decrypting the cells of ``column`` back to ``arrow_type``.
 
@@ -133,30 +136,65 @@ def decrypt_udf(
     :param kms_options: how to reach each KMS (a :class:`~spark_kms.kms.KmsConfig`, or provider
         options per key-URI scheme).
     :param key_registry: also look up DEK ids missing from ``dek_entries`` in this directory.
+    :param spec: the column's recorded spec (``KeyTable.columns[column]``); default an AES-256-GCM column of
+        ``arrow_type``. A per-subject column (``spec.subject``) needs it, and the UDF then takes the subject
+        column as its second argument: ``udf(df[c], df[spec.subject])``.
+    :param subject_store: the subject key store of per-subject columns (URL or path; workers reopen it).
+    :param on_erased: ``"null"`` (default): erased cells (their tenant's KMS key or their subject's key was
+        deleted) read as null; ``"raise"``: the task fails with :class:`~spark_kms.errors.ErasedDataError`.
 
     Usage: ``df.withColumn(c, decrypt_udf(c, spec.arrow_type, table.deks, kms)(df[c]))``.
     A cell whose DEK is in neither place fails the task with a DecryptionError naming the
     DEK id and the column.
     """
+    from spark_kms.parquet.decryptor import check_on_erased
+
     spark_type = spark_type_of(arrow_type, column=column)
-    table = KeyTable(
-        deks=dict(dek_entries), columns={column: ColumnSpec(column, AES_256_GCM, arrow_type, None)}
-    )
+    if spec is None:
+        spec = ColumnSpec(column, AES_256_GCM, arrow_type, None)
+    elif spec.name != column or spec.arrow_type != arrow_type:
+        raise ConfigurationError(f"decrypt_udf: spec describes column {spec.name!r} ({spec.arrow_type}), "
+                                 f"not {column!r} ({arrow_type})")
+    table = KeyTable(deks=dict(dek_entries), columns={column: spec})
     kms = KmsConfig.of(kms_options)
     registry = os.fspath(key_registry) if key_registry else None
+    options = _ReadOptions(os.fspath(subject_store) if subject_store else None, check_on_erased(on_erased))
     logger.debug("decrypt UDF for column %r (%s): %d data keys, %r", column, arrow_type, len(table.deks), kms)
 
-    def kms_decrypt_cells(cells: pa.Array) -> pa.Array:
-        return decrypt_cells(table, kms, registry, cells, column)
+    def kms_decrypt_cells(cells: pa.Array, subjects: pa.Array | None = None) -> pa.Array:
+        return decrypt_cells(table, kms, registry, cells, column, subjects=subjects, options=options)
 
     return arrow_udf_of(kms_decrypt_cells, spark_type, iterator=False)
 
 
-def decrypt_cells(table: KeyTable, kms: KmsConfig, key_registry: str | None, cells: pa.Array, column: str) -> pa.Array:
-    """The body of :func:`decrypt_udf`: one batch of ``column``'s cells back to plaintext."""
+def subject_spec(spec: ColumnSpec | None) -> ColumnSpec | None:
+    """``spec`` when it is a per-subject column's (its decrypt UDF needs it), else None (the UDF's default spec)."""
+    return spec if spec is not None and spec.subject is not None else None
+
+
+class _ReadOptions(NamedTuple):
+    """What a decrypting UDF does with per-subject and erased cells (picklable)."""
+
+    subject_store: str | None = None
+    on_erased: str = "null"
+
+
+def decrypt_cells(table: KeyTable, kms: KmsConfig, key_registry: str | None, cells: pa.Array, column: str, *,
+                  subjects: pa.Array | None = None, options: _ReadOptions | None = None) -> pa.Array:
+    """The body of :func:`decrypt_udf`: one batch of ``column``'s cells back to plaintext (``subjects``: the
+    subject column's values, for a per-subject column)."""
     table = with_registry_entries(table, key_registry, cells)
-    decryptor = BatchDecryptor(table, kms_options=kms)
-    return decryptor.decrypt_array(cells, column, where="Spark UDF")
+    options = options or _ReadOptions()
+    decryptor = BatchDecryptor(table, kms_options=kms, subject_store=options.subject_store,
+                               on_erased=options.on_erased)
+    spec = table.columns[column]
+    if spec.subject is not None and subjects is None:
+        raise ConfigurationError(
+            f"column {column!r} is encrypted per subject, by column {spec.subject!r}: call its decrypt UDF with "
+            f"that column too, udf(df[{column!r}], df[{spec.subject!r}])"
+        )
+    row_values = encode_values(subjects) if subjects is not None and spec.subject is not None else None
+    return decryptor.decrypt_array(cells, column, where="Spark UDF", row_values=row_values)
 
 
 # --------------------------------------------------------------------------- encryption
@@ -168,14 +206,18 @@ def encrypt_task(
     column: str,
     spec: EncryptionSpec,
     output: str,
-    key_uri: str,
+    key_uri: str | None,
     kms: KmsConfig,
     encryption_context: dict[str, str],
     key_registry: str,
     max_cells_per_dek: int,
     deterministic_entry: DekEntry | None,
+    extra: Sequence[str] = (),
+    tenant_keys: Any = None,
+    subject_store: str | None = None,
 ) -> Iterator[pa.Array]:
-    """The body of every encrypting UDF: one BatchEncryptor per task (= per partition)."""
+    """The body of every encrypting UDF: one BatchEncryptor per task (= per partition). ``extra``: the names
+    of the plain columns that follow the values in each batch's tuple (the tenant and / or subject column)."""
     encryptor = BatchEncryptor(
         spec,
         key_uri,
@@ -183,12 +225,22 @@ def encrypt_task(
         max_cells_per_dek=max_cells_per_dek,
         deterministic_entry=deterministic_entry,
         kms_options=kms,
+        tenant_keys=tenant_keys,
+        subject_store=subject_store,
     )
     published: set[str] = set()
     try:
         for arg in batches:
-            values = _single_array(arg)
-            batch = pa.RecordBatch.from_arrays([values], names=[column])
+            if extra:
+                arrays = list(arg) if isinstance(arg, tuple) else [arg]
+                if len(arrays) < 1 + len(extra):
+                    raise ConfigurationError(
+                        f"the encrypt UDF of column {column!r} takes the columns {[column, *extra]}, got "
+                        f"{len(arrays)} columns"
+                    )
+                batch = pa.RecordBatch.from_arrays(arrays[: 1 + len(extra)], names=[column, *extra])
+            else:
+                batch = pa.RecordBatch.from_arrays([_single_array(arg)], names=[column])
             encrypted = encryptor.encrypt_batch(batch)
             table = encryptor.key_table()
             fresh = {k: e for k, e in table.deks.items() if k not in published}
@@ -215,12 +267,16 @@ def _encrypting_udf(name: str, **task: Any) -> Any:
 
 def encrypt_udf(
     column: str,
-    key_uri: str,
+    key_uri: str | None,
     *,
     kms_options: KmsConfigLike = None,
     encryption_context: Mapping[str, str] | None = None,
     key_registry: str | os.PathLike[str],
     max_cells_per_dek: int = DEFAULT_MAX_CELLS_PER_DEK,
+    tenant_column: str | None = None,
+    tenant_keys: Any = None,
+    subject_column: str | None = None,
+    subject_store: str | os.PathLike[str] | None = None,
 ) -> Any:
     """A SCALAR_ITER Arrow UDF encrypting a column with AES-256-GCM -> ``binary``.
 
@@ -231,18 +287,36 @@ def encrypt_udf(
     :param encryption_context: sent to the KMS with GenerateDataKey and Decrypt.
     :param key_registry: directory where each task publishes its wrapped data key.
     :param max_cells_per_dek: roll to a new data key after this many cells.
+    :param tenant_column: with ``tenant_keys`` (a key-URI template with ``{tenant}`` or a mapping tenant -> key
+        URI): data keys per tenant, under each tenant's KMS key (``key_uri`` may be None).
+    :param subject_column: encrypt per data subject (``AES_256_GCM_SUBJECT``), with keys from ``subject_store``
+        (URL or path).
 
-    One GenerateDataKey per task, on its first non-empty batch.
+    With a tenant and / or subject column, call the UDF with those columns after the values, in that order:
+    ``udf(df.email, df.tenant, df.user_id)``. One GenerateDataKey per task (and tenant), on its first non-empty
+    batch.
     """
+    from spark_kms.parquet.tenants import TenantKeys
+
     registry = _near_data(require_registry, key_registry)
     kms = KmsConfig.of(kms_options)
-    kms.provider(key_uri)  # fail fast on the driver for a bad URI
+    tenants = TenantKeys.of(tenant_keys, column=tenant_column) if (tenant_keys or tenant_column) else None
+    if key_uri is None and tenants is None:
+        raise ConfigurationError("encrypt_udf needs key_uri (or tenant_column and tenant_keys)")
+    if key_uri is not None:
+        kms.provider(key_uri)  # fail fast on the driver for a bad URI
+    spec = EncryptionSpec(columns=[column], subject_column=subject_column)
+    extra = [c for c in ((tenants.column if tenants else None), subject_column) if c]
+    store = os.fspath(subject_store) if subject_store else None
+    # The encryptor's own checks (tenant keys against the spec), on the driver; no KMS call.
+    BatchEncryptor(spec, key_uri, kms_options=kms, tenant_keys=tenants, subject_store=store).close()
     context = dict(encryption_context or {})
     logger.debug("encrypt UDF for column %r under %s; key registry %s; %r", column, key_uri, registry, kms)
     return _encrypting_udf(
-        "kms_encrypt_cells", column=column, spec=EncryptionSpec(columns=[column]), output=column,
+        "kms_encrypt_cells", column=column, spec=spec, output=column,
         key_uri=key_uri, kms=kms, encryption_context=context, key_registry=registry,
-        max_cells_per_dek=max_cells_per_dek, deterministic_entry=None,
+        max_cells_per_dek=max_cells_per_dek, deterministic_entry=None, extra=extra, tenant_keys=tenants,
+        subject_store=store,
     )
 
 

@@ -358,9 +358,18 @@ class SubjectKeyStore(_StoreAdmin):
             else:
                 found[sid] = key
 
+        cached = [sid for sid in wanted if sid in found]
+
         def body(cur: Any) -> tuple[dict[str, bytes | None], int]:
-            # The permission check also guards cache hits: a revoked principal is refused at once.
+            # The permission check also guards cache hits: a revoked principal is refused at once. So does the
+            # tombstone check: a key cached before its subject was erased (in another process) is never served.
             self._require(cur, needs, "read_keys")
+            for chunk in chunks(cached, _CHUNK):
+                self._exec(cur, f"SELECT subject_id FROM erased_subjects WHERE subject_id IN "  # noqa: S608
+                                f"({placeholders(len(chunk))})", chunk)
+                for (sid,) in cur.fetchall():
+                    found[str(sid)] = None
+                    cache.discard((scope, str(sid)))
             return self._load_keys(cur, missing, create) if missing else ({}, 0)
 
         loaded, unknown = self._run("reading subject keys", create and bool(missing), body,
@@ -401,8 +410,10 @@ class SubjectKeyStore(_StoreAdmin):
                     rows_sql = ", ".join(["(?, ?, ?, ?)"] * len(part))  # placeholders only: values are bound
                     self._exec(cur, f"INSERT INTO subject_keys (subject_id, kek_id, wrapped, created_at) VALUES {rows_sql} "  # noqa: S608
                                     "ON CONFLICT DO NOTHING", values)
-                erased, rows = self._select_chunk(cur, new)
-                out.update(dict.fromkeys(erased))
+                erased_new, rows_new = self._select_chunk(cur, new)  # the keys as committed (a racing writer's)
+                erased |= erased_new
+                rows.update(rows_new)
+                out.update(dict.fromkeys(erased_new))
             elif new:
                 unknown += len(new)
             for sid, (kek_id, wrapped) in rows.items():

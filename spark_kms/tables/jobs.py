@@ -37,6 +37,7 @@ from spark_kms.jobs.inspect import (
 from spark_kms.jobs.rewrap import erased_details, rewrap_group, rewrap_plan
 from spark_kms.kms import KmsConfig, KmsConfigLike, WrappedKey
 from spark_kms.kms.concurrent import check_kms_concurrency
+from spark_kms.parquet.tenants import tenant_of_context
 from spark_kms.storage import Location, StoragePath, is_hidden
 from spark_kms.tables._runs import TableRunRecorder, read_json, runs_dir, secret_strings, table_lock
 from spark_kms.tables.detect import DELTA, TableRef
@@ -140,7 +141,7 @@ def _inspect(keys: TableKeys, backend: TableBackend, kms: KmsConfig, *, strict: 
         DekInspection(dek_id=d, key_uri=e.key_uri, key_id=e.key_id, key_version=e.key_version, algorithm=e.algorithm,
                       created_at=e.created_at,
                       source="manifest" if d in keys.manifest else _source_of(keys, d),
-                      files=uses.get(d, 0), behind=dek_behind[d])
+                      files=uses.get(d, 0), behind=dek_behind[d], tenant=tenant_of_context(e.encryption_context))
         for d, e in sorted(effective.items())
     ]
     key_rows = []
@@ -156,7 +157,8 @@ def _inspect(keys: TableKeys, backend: TableBackend, kms: KmsConfig, *, strict: 
             columns.setdefault(name, spec)
     return TableInspection(
         path=snap.table.uri, rows=total, files=files, deks=deks,
-        columns=[ColumnInspection(s.name, s.algorithm, s.arrow_type, s.source) for _, s in sorted(columns.items())],
+        columns=[ColumnInspection(s.name, s.algorithm, s.arrow_type, s.source, s.subject, s.subject_store)
+                 for _, s in sorted(columns.items())],
         keys=key_rows, manifest_entries=len(keys.manifest), runs=_recent_runs(snap.root), format=snap.format,
         version=snap.version, manifest=keys.manifest_pointer, plain_files=list(keys.plain_files),
         history=backend.history(10),

@@ -78,6 +78,7 @@ def test_codes_of_the_error_tree():
         "FormatError": ExitCode.DATA, "MalformedCellError": ExitCode.DATA, "MissingKeyTableError": ExitCode.DATA,
         "UnknownFormatVersionError": ExitCode.DATA, "DecryptionError": ExitCode.DATA,
         "UnknownDataKeyError": ExitCode.DATA, "InvalidCiphertextError": ExitCode.DATA,
+        "ErasedDataError": ExitCode.DATA, "UnknownSubjectError": ExitCode.DATA, "KeyErasedError": ExitCode.KEY_STATE,
         "KeyNotFoundError": ExitCode.KEY_NOT_FOUND, "AccessDeniedError": ExitCode.ACCESS_DENIED,
         "KeyStateError": ExitCode.KEY_STATE, "KeystoreError": ExitCode.KEYSTORE,
         "ThrottlingError": ExitCode.KMS_UNAVAILABLE, "KmsUnavailableError": ExitCode.KMS_UNAVAILABLE,

@@ -73,3 +73,17 @@ def test_a_wrapped_payload_that_is_not_a_data_key_is_refused_by_decrypt_data_key
     with pytest.raises(InvalidCiphertextError, match="16 bytes, not a 32-byte data key") as info:
         provider.decrypt_data_key(wrapped, {"purpose": "test"})
     assert "sixteen" not in str(info.value)
+
+
+def test_process_cache_ttl_from_the_environment() -> None:
+    # How long a long-lived worker may still serve a key whose tenant was erased since (docs/ERASURE.md).
+    import subprocess
+    import sys
+
+    code = "from spark_kms.kms import process_dek_cache; print(process_dek_cache().ttl)"
+    run = lambda env: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,  # noqa: E731
+                                     env={**__import__("os").environ, **env}, timeout=120)
+    assert run({"SPARK_KMS_DEK_CACHE_TTL_S": "30"}).stdout.strip() == "30.0"
+    assert run({"SPARK_KMS_DEK_CACHE_TTL_S": ""}).stdout.strip() == "3600.0"
+    bad = run({"SPARK_KMS_DEK_CACHE_TTL_S": "soon"})
+    assert bad.returncode != 0 and "SPARK_KMS_DEK_CACHE_TTL_S" in bad.stderr

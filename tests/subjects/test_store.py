@@ -143,7 +143,7 @@ def test_erase(store_url: str, local_kms: Any) -> None:
     assert open_store(store_url, local_kms).keys_for(["a", "b"]) == {"a": keys["a"], "b": None}
 
 
-def test_erase_seen_by_another_process_and_cache_ttl(tmp_path: Path, local_kms: Any,
+def test_erase_seen_by_another_process_at_once_and_cache_ttl(tmp_path: Path, local_kms: Any,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"sqlite://{tmp_path / 'subjects.db'}"
     store = open_store(url, local_kms, create=True)
@@ -157,9 +157,11 @@ def test_erase_seen_by_another_process_and_cache_ttl(tmp_path: Path, local_kms: 
     out = subprocess.run([sys.executable, "-c", code, url, str(local_kms.keystore_dir)], capture_output=True,
                          text=True, timeout=120, cwd=REPO, check=True).stdout.split()
     assert out == ["True", keys["q"].hex()]
-    # This process cached p's key before the other erased it: served until the TTL runs out...
-    assert store.keys_for(["p"]) == {"p": keys["p"]}
-    # ...and gone once the TTL has (TTL 0: no cache).
+    # This process cached p's key before the other erased it: every call checks the tombstones of cached ids
+    # in its permission round trip, so the erasure is seen at once, and the cached key is dropped.
+    before = store.statements
+    assert store.keys_for(["p", "q"]) == {"p": None, "q": keys["q"]}
+    assert store.statements - before <= 3  # grants + tombstones of the cached ids: no key row read again
     monkeypatch.setenv(CACHE_TTL_ENV, "0")
     assert store.keys_for(["p"]) == {"p": None}
     monkeypatch.setenv(CACHE_TTL_ENV, "soon")
@@ -453,3 +455,12 @@ def test_a_writer_waits_for_an_erasure_in_flight(store_url: str, local_kms: Any,
     cur.execute("SELECT count(*) FROM subject_keys")
     assert cur.fetchone()[0] == 0
     conn.close()
+
+
+def test_create_with_known_and_new_ids_in_one_call(store_url: str, local_kms: Any) -> None:
+    # Regression: ids already in the store (not cached) and new ids in one keys_for(create=True) call.
+    store = open_store(store_url, local_kms, create=True)
+    first = store.keys_for(["a"], create=True)["a"]
+    subject_key_cache().clear()
+    keys = store.keys_for(["a", "b"], create=True)
+    assert keys["a"] == first and keys["b"] is not None and len(keys["b"]) == 32
