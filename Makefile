@@ -59,10 +59,12 @@ demo: install
 # namespace (unshare -m, as root, like CI).
 #
 # Two lanes at once, to keep CI short: the tests that mostly wait on other processes (the wheel installed into
-# a fresh venv, the Airflow deployment on PostgreSQL, the Spark Connect server) run in a second pytest process
-# beside the rest. Lane 2's output is printed when both are done; either failing fails `make test`.
+# a fresh venv, the Airflow deployment on PostgreSQL, the standalone Spark clusters, the Spark Connect servers)
+# run in a second pytest process beside the rest. Lane 2's output is printed when both are done; either failing fails `make test`.
 # `make test LANES=1` runs everything in one lane, one after the other.
-LANE2_TESTS := tests/packaging tests/airflow/test_deployment.py
+LANE2_TESTS := tests/packaging tests/airflow/test_deployment.py tests/spark/test_cluster.py \
+               tests/spark/test_pkcs11_cluster.py tests/spark/test_fastpath_secrets.py tests/airflow/test_connect.py \
+               tests/cli/test_master_conf.py
 LANES ?= 2
 test: install
 ifeq ($(LANES),1)

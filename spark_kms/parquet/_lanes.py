@@ -79,13 +79,9 @@ class _LanesMixin:
         """:meth:`encrypt_batch` with per-tenant keys and / or per-subject cells: the rows of each tenant go
         through that tenant's lane (its KMS key, its data keys); cells come back in the rows' order."""
         n = batch.num_rows
-        groups: dict[str | None, list[int]]
+        groups: list[tuple[str | None, pa.Array | None]] = [(None, None)]
         if self.tenant_keys is not None:
-            groups = {}
-            for row, tenant in enumerate(self.tenant_keys.tenants(batch.column(self.tenant_keys.column))):
-                groups.setdefault(tenant, []).append(row)
-        else:
-            groups = {None: list(range(n))}
+            groups = self.tenant_keys.groups(batch.column(self.tenant_keys.column))  # type: ignore[assignment]
         bound = None if plan.row_binding is None else encode_values(batch.column(plan.row_binding))
         sids: list[bytes | None] | None = None
         keys: dict[bytes, bytes | None] = {}
@@ -93,8 +89,10 @@ class _LanesMixin:
             sids = encode_values(batch.column(plan.subject))
             wanted = sorted({s.decode("utf-8") for s in sids if s is not None})
             keys = {k.encode("utf-8"): v for k, v in self._subjects.keys_for(wanted, create=True).items()}
-        order = pa.array([r for rows in groups.values() for r in rows], pa.int64()) if len(groups) > 1 else None
-        inverse = pc.sort_indices(order) if order is not None else None
+        whole = len(groups) == 1
+        rows_of = {tenant: None if whole or (bound is None and sids is None) else idx.to_pylist()  # type: ignore[union-attr]
+                   for tenant, idx in groups}
+        inverse = None if whole else pc.sort_indices(pa.concat_arrays([idx for _, idx in groups]))  # type: ignore[misc]
         out: list[pa.Array] = []
         for i, action in enumerate(plan.actions):
             column = batch.column(i)
@@ -103,11 +101,12 @@ class _LanesMixin:
                 continue
             name = plan.input_schema.names[i]
             pieces = []
-            for tenant, rows in groups.items():
-                part = column if order is None else column.take(pa.array(rows, pa.int64()))
+            for tenant, idx in groups:
+                part = column if whole else column.take(idx)
+                rows = rows_of[tenant]
                 pieces.append(self._encrypt_in_lane(
                     self._lane_for(tenant), part, name, plan.contexts[name], action,
-                    _rows_of(bound, rows, order is None), _rows_of(sids, rows, order is None), keys,
+                    _rows_of(bound, rows or [], whole), _rows_of(sids, rows or [], whole), keys,
                 ))
             out.append(pieces[0] if inverse is None else pa.concat_arrays(pieces).take(inverse))
         self.rows += n

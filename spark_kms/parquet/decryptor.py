@@ -141,6 +141,10 @@ class BatchDecryptor:
         self.erased: dict[str, int] = {}
         #: data keys (8-byte ids) whose KMS key is erased
         self.erased_deks: set[bytes] = set()
+        # the encoded bound / subject column of the batch being decrypted, and its subjects' keys (shared by the
+        # batch's columns; replaced by the next batch)
+        self._bound_memo: tuple[tuple[str, int], RowValues] | None = None
+        self._subject_memo: tuple[RowValues, dict[bytes, bytes | None]] | None = None
 
     def __reduce__(self) -> tuple[object, ...]:
         # Ships to Spark executors as configuration (wrapped keys only); cipher objects,
@@ -277,13 +281,16 @@ class BatchDecryptor:
         get = column_of  # RecordBatch.column or Table.column, by name
         self._check_index_columns(names, get, where)
         out: dict[str, pa.Array | pa.ChunkedArray] = {}
-        for name in names:
-            if name in chosen:
-                out[name] = self.decrypt_array(
-                    get(name), name, where=where, row_values=self._row_values(names, get, name, where)  # type: ignore[operator]
-                )
-        if self.verify_blind_indexes:
-            self._verify_indexes(names, get, where)
+        try:
+            for name in names:
+                if name in chosen:
+                    out[name] = self.decrypt_array(
+                        get(name), name, where=where, row_values=self._row_values(names, get, name, where)  # type: ignore[operator]
+                    )
+            if self.verify_blind_indexes:
+                self._verify_indexes(names, get, where)
+        finally:
+            self._bound_memo = self._subject_memo = None  # ids of batches are reused: never carry a memo over
         return out
 
     def _decrypt_chunk(
@@ -340,13 +347,17 @@ class BatchDecryptor:
         self, array: pa.Array, spec: ColumnSpec, column: str, where: str, row_values: RowValues | None
     ) -> tuple[pa.Array, int]:
         """Per-subject cells: the batch's distinct subjects looked up in one go, then decrypted row by row."""
-        row_values = _needed_row_values(row_values, len(array), column, "encrypted per subject", spec.subject, where)
+        row_values = _needed_row_values(row_values, len(array), column, "encrypted per subject, by column", spec.subject, where)
         cells = array.to_pylist()
         wanted = {sid for cell, sid in zip(cells, row_values, strict=True) if cell is not None and sid is not None}
         keys: dict[bytes, bytes | None] = {}
-        if wanted:
+        memo = self._subject_memo
+        if memo is not None and memo[0] is row_values and wanted <= memo[1].keys():
+            keys = memo[1]  # another column of the same batch: its subjects were looked up a moment ago
+        elif wanted:
             found = self._subject_store(spec, where).keys_for(sorted(s.decode("utf-8") for s in wanted))
             keys = {k.encode("utf-8"): v for k, v in found.items()}
+            self._subject_memo = (row_values, keys)
         plain, erased = self._subject_cells.decrypt_rows(
             cells, column, column_binding(spec), row_values, keys, where=where
         )
@@ -373,7 +384,7 @@ class BatchDecryptor:
         alternatives = () if self.key_table.aad_versions(column, min_format_version=self.min_format_version) == (2,) \
             else (b"",)
         if spec.row_binding is not None:
-            row_values = _needed_row_values(row_values, len(array), column, "bound to rows", spec.row_binding, where)
+            row_values = _needed_row_values(row_values, len(array), column, "bound to rows by column", spec.row_binding, where)
             contexts = [row_context(context, v) for v in row_values]
             return pa.array(self._cells.decrypt_rows(array.to_pylist(), column, contexts, where=where), pa.binary())
         if native_available() and spec.algorithm == AES_256_GCM:
@@ -394,7 +405,12 @@ class BatchDecryptor:
             at = f"{where}: " if where else ""
             how = "bound to rows" if spec.row_binding else "encrypted per subject"
             raise ConfigurationError(f"{at}column {column!r} is {how} by column {bound!r}, which was not read: read it too")
-        return encode_values(get(bound))  # type: ignore[operator]
+        cached = self._bound_memo
+        if cached is not None and cached[0] == (bound, id(get)):
+            return cached[1]  # the same batch's bound column, already encoded for another column
+        values = encode_values(get(bound))  # type: ignore[operator]
+        self._bound_memo = ((bound, id(get)), values)
+        return values
 
     def _check_index_columns(self, names: list[str], get: object, where: str) -> None:
         """A blind-index column must hold 25-byte blind-index cells naming a deterministic key of the table:
@@ -494,7 +510,7 @@ def _needed_row_values(
     if row_values is None:
         at = f"{where}: " if where else ""
         raise ConfigurationError(
-            f"{at}column {column!r} is {how}, by column {by!r}: decrypt it together with that column (read both)"
+            f"{at}column {column!r} is {how} {by!r}: decrypt it together with that column (read both)"
         )
     if len(row_values) != cells:
         raise ConfigurationError(f"column {column!r}: {len(row_values)} row values for {cells} cells")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from spark_kms.errors import ConfigurationError
 from spark_kms.parquet._types import encode_values
@@ -131,6 +132,26 @@ class TenantKeys:
             f"tenant {tenant!r} has no key in tenant_keys (tenants listed: {sorted(k for k in keys if k != '*')}); "
             "add it, or a '*' template"
         )
+
+    def groups(self, values: pa.Array | pa.ChunkedArray) -> list[tuple[str, pa.Array | None]]:
+        """The rows of each tenant: ``(tenant, row indices)``, or ``[(tenant, None)]`` when every row is that
+        tenant's (the usual case for data partitioned by tenant). Checked as :meth:`tenants`; vectorised."""
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+        t = values.type
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)):
+            raise ConfigurationError(f"tenant column {self.column!r} is {t}; it must be a string or integer column")
+        if values.null_count:
+            raise ConfigurationError(
+                f"tenant column {self.column!r} is null in {values.null_count} rows: every row needs a tenant"
+            )
+        text = values if not pa.types.is_integer(t) else pc.cast(values, pa.string())
+        unique = pc.unique(text).to_pylist()
+        for tenant in unique:
+            _check_tenant(tenant)
+        if len(unique) == 1:
+            return [(unique[0], None)]
+        return [(tenant, pc.indices_nonzero(pc.equal(text, tenant))) for tenant in unique]
 
     def tenants(self, values: pa.Array | pa.ChunkedArray) -> list[str]:
         """Each row's tenant id, checked: the column's plaintext encoding (docs/FORMAT.md section 6)."""
