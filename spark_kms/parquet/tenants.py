@@ -133,9 +133,8 @@ class TenantKeys:
             "add it, or a '*' template"
         )
 
-    def groups(self, values: pa.Array | pa.ChunkedArray) -> list[tuple[str, pa.Array | None]]:
-        """The rows of each tenant: ``(tenant, row indices)``, or ``[(tenant, None)]`` when every row is that
-        tenant's (the usual case for data partitioned by tenant). Checked as :meth:`tenants`; vectorised."""
+    def _checked(self, values: pa.Array | pa.ChunkedArray) -> pa.Array:
+        """The tenant column as one array, refused unless it is a string or integer column without nulls."""
         if isinstance(values, pa.ChunkedArray):
             values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
         t = values.type
@@ -145,7 +144,13 @@ class TenantKeys:
             raise ConfigurationError(
                 f"tenant column {self.column!r} is null in {values.null_count} rows: every row needs a tenant"
             )
-        text = values if not pa.types.is_integer(t) else pc.cast(values, pa.string())
+        return values
+
+    def groups(self, values: pa.Array | pa.ChunkedArray) -> list[tuple[str, pa.Array | None]]:
+        """The rows of each tenant: ``(tenant, row indices)``, or ``[(tenant, None)]`` when every row is that
+        tenant's (the usual case for data partitioned by tenant). Checked as :meth:`tenants`; vectorised."""
+        values = self._checked(values)
+        text = values if not pa.types.is_integer(values.type) else pc.cast(values, pa.string())
         unique = pc.unique(text).to_pylist()
         for tenant in unique:
             _check_tenant(tenant)
@@ -155,16 +160,7 @@ class TenantKeys:
 
     def tenants(self, values: pa.Array | pa.ChunkedArray) -> list[str]:
         """Each row's tenant id, checked: the column's plaintext encoding (docs/FORMAT.md section 6)."""
-        if isinstance(values, pa.ChunkedArray):
-            values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
-        t = values.type
-        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)):
-            raise ConfigurationError(f"tenant column {self.column!r} is {t}; it must be a string or integer column")
-        if values.null_count:
-            raise ConfigurationError(
-                f"tenant column {self.column!r} is null in {values.null_count} rows: every row needs a tenant"
-            )
-        out = [v.decode("utf-8") for v in encode_values(values)]  # type: ignore[union-attr]
+        out = [v.decode("utf-8") for v in encode_values(self._checked(values))]  # type: ignore[union-attr]
         for tenant in set(out):
             _check_tenant(tenant)
         return out
