@@ -28,10 +28,12 @@ def test_a_throw_away_server_takes_connections_and_leaves_nothing_behind() -> No
             cur.execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('x'); SELECT current_user, v, "
                         "pg_backend_pid(), current_setting('data_directory') FROM t")
             user, value, backend, data_dir = cur.fetchone()
+            # Read while the connection is open: its backend process exits when the connection closes.
+            backend_uid = _uid_of(backend)
         conn.close()
         assert (user, value) == ("tester", "x")
         if os.geteuid() == 0:  # PostgreSQL refuses root: the server runs as an unprivileged user
-            assert _uid_of(backend) != 0
+            assert backend_uid != 0
         port = int(dsn.rsplit(":", 1)[1].split("/")[0])
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0
