@@ -17,10 +17,10 @@ of them at once on one dataset would lose each other's work. The lock is
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
+from spark_kms._env import seconds_from_env
 from spark_kms.errors import ConfigurationError, JobError
 from spark_kms.jobs._common import StorageOptions, locate
 from spark_kms.jobs._summary import RUNS_DIR_NAME
@@ -35,23 +35,10 @@ TIMEOUT_ENV = "SPARK_KMS_LOCK_TIMEOUT_S"
 LOCK_NAME = ".lock"
 
 
-def _seconds(env: str, default: float) -> float:
-    raw = os.environ.get(env)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigurationError(f"${env} must be a number of seconds, got {raw!r}") from None
-    if value < 0:
-        raise ConfigurationError(f"${env} must not be negative, got {raw!r}")
-    return value
-
-
 def lease_seconds() -> float:
     """The lease of a lock on an object store: ``$SPARK_KMS_LOCK_LEASE_S``, else
     :data:`~spark_kms.storage.DEFAULT_LEASE_S`."""
-    lease = _seconds(LEASE_ENV, DEFAULT_LEASE_S)
+    lease = seconds_from_env(LEASE_ENV, DEFAULT_LEASE_S)
     if lease <= 0:
         raise ConfigurationError(f"${LEASE_ENV} must be positive, got {lease!r}")
     return lease
@@ -59,7 +46,7 @@ def lease_seconds() -> float:
 
 def timeout_seconds() -> float:
     """How long a job waits for a lock: ``$SPARK_KMS_LOCK_TIMEOUT_S``, else 0 (not at all)."""
-    return _seconds(TIMEOUT_ENV, 0.0)
+    return seconds_from_env(TIMEOUT_ENV, 0.0)
 
 
 def lock_location(dataset: Location) -> Location:

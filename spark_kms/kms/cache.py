@@ -7,14 +7,13 @@ KMS Decrypt per data key per process. Entries expire after ``ttl`` seconds or
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from spark_kms.errors import ConfigurationError
+from spark_kms._env import seconds_from_env
 
 __all__ = ["DataKeyCache", "process_dek_cache"]
 
@@ -36,6 +35,9 @@ class DataKeyCache:
         self.max_entries = max_entries
         self._clock = clock
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        #: keys whose load said they are erased (KeyErasedError), by cache key -> when (time.monotonic()): a
+        #: negative entry, kept for the TTL so readers of erased data do not ask the KMS again for every batch
+        self.erased: dict[Hashable, float] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -74,6 +76,7 @@ class DataKeyCache:
         with self._lock:
             for k in list(self._entries):
                 self._evict(k)
+            self.erased.clear()
             self.hits = self.misses = 0
 
     def _evict(self, cache_key: Hashable) -> None:
@@ -95,12 +98,6 @@ def process_dek_cache() -> DataKeyCache:
     seconds (default 3600), read when the process first uses it."""
     global _PROCESS_CACHE
     if _PROCESS_CACHE is None:
-        raw = os.environ.get(DEK_CACHE_TTL_ENV, "").strip()
-        try:
-            ttl = float(raw) if raw else 3600.0
-        except ValueError:
-            ttl = -1.0
-        if not ttl >= 0:
-            raise ConfigurationError(f"{DEK_CACHE_TTL_ENV} is a number of seconds >= 0, got {raw!r}")
+        ttl = seconds_from_env(DEK_CACHE_TTL_ENV, 3600.0)
         _PROCESS_CACHE = DataKeyCache(ttl=ttl)
     return _PROCESS_CACHE

@@ -10,11 +10,12 @@ one KMS Decrypt per data key per process, however many batches, files or readers
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from spark_kms.crypto import AES_256_SIV, DekEntry, dek_id_hex, new_dek_id, utc_now_iso
-from spark_kms.errors import KmsError
+from spark_kms.errors import KeyErasedError, KmsError
 from spark_kms.kms import DataKeyCache, KmsConfig, KmsConfigLike, KmsProvider, WrappedKey, process_dek_cache
 from spark_kms.kms.base import DataKey, canonical_context
 
@@ -128,7 +129,20 @@ class DekResolver:
             tuple(sorted(entry.encryption_context.items())),
             self._provider(entry.key_uri).cache_identity(),
         )
-        return cache.get_or_load(cache_key, lambda: self._unwrap(entry, self.where if where is None else where))
+        known = cache.erased.get(cache_key)
+        if known is not None and time.monotonic() - known < cache.ttl:
+            # Found erased before in this process: say so again without asking the KMS once per batch.
+            raise KeyErasedError(
+                f"data key {entry.dek_id} (key {entry.key_id}, {entry.key_uri}) is erased: its KMS key is scheduled "
+                "for deletion or destroyed", key_id=entry.key_id, operation="Decrypt",
+            )
+        try:
+            return cache.get_or_load(cache_key, lambda: self._unwrap(entry, self.where if where is None else where))
+        except KeyErasedError:
+            if len(cache.erased) > 4096:
+                cache.erased.clear()
+            cache.erased[cache_key] = time.monotonic()
+            raise
 
     def _provider(self, key_uri: str) -> KmsProvider:
         return self.kms.provider(key_uri)

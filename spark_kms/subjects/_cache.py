@@ -8,10 +8,9 @@ process erased it; :meth:`SubjectKeyStore.erase` evicts the subject in its own p
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from spark_kms.errors import ConfigurationError
+from spark_kms._env import seconds_from_env
 from spark_kms.kms import DataKeyCache
 from spark_kms.kms.cache import _Entry
 
@@ -22,16 +21,7 @@ MAX_ENTRIES = 100_000
 
 
 def _cache_ttl() -> float:
-    raw = os.environ.get(CACHE_TTL_ENV, "").strip()
-    if not raw:
-        return 300.0
-    try:
-        ttl = float(raw)
-    except ValueError:
-        raise ConfigurationError(f"${CACHE_TTL_ENV} must be a number of seconds, got {raw!r}") from None
-    if ttl < 0:
-        raise ConfigurationError(f"${CACHE_TTL_ENV} must be >= 0, got {raw!r}")
-    return ttl
+    return seconds_from_env(CACHE_TTL_ENV, 300.0)
 
 
 class _SubjectKeyCache(DataKeyCache):

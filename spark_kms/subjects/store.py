@@ -509,8 +509,20 @@ class SubjectKeyStore(_StoreAdmin):
         return record
 
 
+#: the stores this process opened from configuration (a URL, or a pickled store): one connection each, however
+#: many readers, batches and columns name the same store
+_OPENED: dict[tuple[Any, ...], SubjectKeyStore] = {}
+_OPENED_LOCK = threading.Lock()
+
+
 def _reopen(url: str, kms: KmsConfig, key_uri: str | None, principal: str, autocreate: bool) -> SubjectKeyStore:
-    return SubjectKeyStore(url, kms, key_uri=key_uri, principal=principal, autocreate=autocreate)
+    key = (url, kms, key_uri, principal, autocreate)
+    with _OPENED_LOCK:
+        store = _OPENED.get(key)
+        if store is None:
+            store = _OPENED[key] = SubjectKeyStore(url, kms, key_uri=key_uri, principal=principal,
+                                                   autocreate=autocreate)
+        return store
 
 
 def store_of(value: SubjectKeyStore | str | None, kms_options: KmsConfigLike = None,
@@ -522,5 +534,5 @@ def store_of(value: SubjectKeyStore | str | None, kms_options: KmsConfigLike = N
         return value
     if value is not None and not isinstance(value, str):
         raise ConfigurationError(f"subject_store is a SubjectKeyStore or a URL, got {type(value).__name__}")
-    return SubjectKeyStore(value or default_store_url(), kms_options, principal=principal, autocreate=True)
+    return _reopen(value or default_store_url(), KmsConfig.of(kms_options), None, resolve_principal(principal), True)
 

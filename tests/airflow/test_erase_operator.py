@@ -163,7 +163,6 @@ def test_erase_operator_fields_render_and_arguments_are_checked(airflow_db: obje
 def test_encrypt_erase_decrypt_a_delta_table_in_one_dag(airflow_db: object, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     # A table destination is written and read with pyarrow: the whole DAG runs without Spark.
-    pytest.importorskip("deltalake")
     import pyarrow.parquet as pq
     from airflow.sdk import DAG
 

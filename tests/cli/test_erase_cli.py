@@ -151,7 +151,6 @@ def test_python_m_spark_kms_erase_in_a_real_process(setup: Setup) -> None:
 
 def test_encrypt_and_decrypt_verbs_take_the_erasure_options(setup: Setup, tmp_path: Path) -> None:
     # Into a Delta table and back: pyarrow, no Spark.
-    pytest.importorskip("deltalake")
     import pyarrow.parquet as pq
 
     landing = tmp_path / "landing"

@@ -243,7 +243,6 @@ def test_encrypt_and_decrypt_jobs_with_tenant_and_subject_keys(spark: Any, world
 
 
 def test_erase_tenant_inspects_a_delta_table_too(world: World) -> None:
-    pytest.importorskip("deltalake")
     from spark_kms import tables
 
     rows = pa.table({"id": pa.array(range(6), pa.int64()), "tenant": ["acme", "other"] * 3,

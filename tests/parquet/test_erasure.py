@@ -260,3 +260,22 @@ def test_footer_is_json_with_the_subject_fields(tenant_kms: Kms, store: SubjectK
     assert footer["columns"]["email"]["subject"] == "user_id"
     assert footer["columns"]["email"]["subject_store"] == store.store_id
     assert footer["format_version"] == 2
+
+
+def test_an_erased_data_key_is_asked_for_once_per_process(tenant_kms: Kms) -> None:
+    # The Spark UDFs build a decryptor per batch: the KMS must not be asked again for every batch.
+    from spark_kms.kms import kms_call_counts, reset_kms_call_counts
+
+    source = people(300)
+    out, enc = encrypt(source, tenant_kms)
+    tenant_kms.admin.schedule_key_deletion("alias/tenant-globex", 7)
+    process_dek_cache().clear()
+    reset_kms_call_counts()
+    for batch in out.to_batches(max_chunksize=50):
+        decryptor = BatchDecryptor(enc.key_table(), kms_options=tenant_kms.options)
+        decryptor.decrypt_batch(batch)
+        assert decryptor.erased["amount"] == sum(1 for t in batch.column(0).to_pylist() if t == "globex")
+    assert kms_call_counts() == {"local:Decrypt": 3}  # one per data key, the erased one included
+    process_dek_cache().clear()  # a cleared cache forgets the verdict too: the KMS is asked again
+    BatchDecryptor(enc.key_table(), kms_options=tenant_kms.options).decrypt_table(out)
+    assert kms_call_counts() == {"local:Decrypt": 6}

@@ -140,8 +140,7 @@ def test_read_encrypted_python_path(spark: Any, world: World, which: str) -> Non
 def test_read_encrypted_fast_path_falls_back(spark: Any, world: World, caplog: pytest.LogCaptureFixture) -> None:
     from spark_kms.spark import fastpath
 
-    if fastpath.jar_path() is None:
-        pytest.skip("the fast-path jar is not built (make jar)")
+    assert fastpath.jar_path() is not None, "the fast-path jar is not built: run `make jar`"
     spark.conf.set(fastpath.CONF_SWITCH, "true")
     try:
         with caplog.at_level(logging.INFO, logger="spark_kms.spark.fastpath"):
