@@ -16,22 +16,32 @@ $(STAMP): pyproject.toml setup.py spark_kms/crypto/_fastgcm.c
 
 install: java hsm postgres $(STAMP) jar
 
-# `make jar`: the JVM fast path of read_encrypted (issue 16; docs/ARCHITECTURE.md "JVM fast path"): the Java
-# sources of jvm/ compiled against the jars inside the installed pyspark, plus the JNI library over OpenSSL
-# (jvm/src/main/c) inside the jar. Without gcc / libssl-dev the jar is built without it and uses JCE.
-FASTPATH_JAR  := spark_kms/jvm/spark-kms-fastpath.jar
-FASTPATH_JAVA := $(wildcard jvm/src/main/java/io/sparkkms/fastpath/*.java)
-FASTPATH_C    := jvm/src/main/c/sparkkms_gcm.c
-FASTPATH_OUT  := build/jvm/classes
-JDK_HOME       = $(shell dirname "$$(dirname "$$(readlink -f "$$(command -v javac)")")")
+# `make jar`: the JVM fast path (issue 16; docs/ARCHITECTURE.md "JVM fast path"): the Scala and Java sources of
+# jvm/ compiled against the jars inside the installed pyspark (Scala with the scala-compiler jar pyspark ships:
+# no build tool, no repository), plus the JNI library over OpenSSL (jvm/src/main/c/*.c) inside the jar. Without
+# gcc / libssl-dev the jar is built without it and uses JCE.
+FASTPATH_JAR   := spark_kms/jvm/spark-kms-fastpath.jar
+FASTPATH_JAVA  := $(shell find jvm/src/main/java -name '*.java' 2>/dev/null)
+FASTPATH_SCALA := $(shell find jvm/src/main/scala -name '*.scala' 2>/dev/null)
+FASTPATH_C     := $(wildcard jvm/src/main/c/*.c)
+FASTPATH_OUT   := build/jvm/classes
+JDK_HOME        = $(shell dirname "$$(dirname "$$(readlink -f "$$(command -v javac)")")")
+SPARK_JARS      = $$($(BIN)/python -c 'import pyspark,os;print(os.path.dirname(pyspark.__file__))')/jars
 
 jar: $(FASTPATH_JAR)
 
-$(FASTPATH_JAR): $(FASTPATH_JAVA) $(FASTPATH_C) | $(STAMP)
+$(FASTPATH_JAR): $(FASTPATH_JAVA) $(FASTPATH_SCALA) $(FASTPATH_C) | $(STAMP)
 	@command -v javac >/dev/null 2>&1 || { echo "the fast path needs a JDK 17 (javac): apt-get install openjdk-17-jdk-headless"; exit 1; }
 	rm -rf $(FASTPATH_OUT) && mkdir -p $(FASTPATH_OUT)/io/sparkkms/fastpath/native spark_kms/jvm
-	javac --release 17 -Xlint:all,-serial,-path -cp "$$($(BIN)/python -c 'import pyspark,os;print(os.path.dirname(pyspark.__file__))')/jars/*" \
-	  -d $(FASTPATH_OUT) $(FASTPATH_JAVA)
+	@jars="$(SPARK_JARS)"; cp="$$(ls "$$jars"/*.jar | tr '\n' ':')"; \
+	if [ -n "$(FASTPATH_SCALA)" ]; then \
+	  echo "scalac $(FASTPATH_SCALA)"; \
+	  java -Xss8m -cp "$$(ls "$$jars"/scala-compiler-*.jar "$$jars"/scala-library-*.jar "$$jars"/scala-reflect-*.jar | tr '\n' ':')" \
+	    scala.tools.nsc.Main -release 17 -deprecation -feature -cp "$$cp" -d $(FASTPATH_OUT) $(FASTPATH_SCALA) $(FASTPATH_JAVA) \
+	    || exit 1; \
+	fi; \
+	echo "javac $(FASTPATH_JAVA)"; \
+	javac --release 17 -Xlint:all,-serial,-path -cp "$(FASTPATH_OUT):$$cp" -d $(FASTPATH_OUT) $(FASTPATH_JAVA)
 	gcc -O2 -shared -fPIC -Wall -Wextra -I"$(JDK_HOME)/include" -I"$(JDK_HOME)/include/linux" $(FASTPATH_C) -lcrypto \
 	  -o $(FASTPATH_OUT)/io/sparkkms/fastpath/native/libsparkkms_gcm.so \
 	  || echo "warning: the fast path's OpenSSL library did not build (gcc, libssl-dev?): it will use JCE"
