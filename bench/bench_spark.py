@@ -49,7 +49,22 @@ from _data import SELECTIVE_AMOUNT, frame  # noqa: E402
 KEY_URI = "local://alias/bench"
 
 
-def _tree_rss_bytes(root_pid: int) -> int:
+def _kind(pid: int) -> str:
+    """Which part of the process tree ``pid`` is: the Spark JVM, a Python worker, or this driver."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read().split(b"\0")
+    except OSError:
+        return "other"
+    if argv and argv[0].endswith(b"java"):
+        return "jvm"
+    if any(a.startswith(b"pyspark.") for a in argv):
+        return "python_workers"
+    return "driver_python" if pid == os.getpid() else "other"
+
+
+def _tree_rss(root_pid: int) -> dict[str, int]:
+    """RSS of the process tree under ``root_pid`` by kind (:func:`_kind`), bytes."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -63,23 +78,39 @@ def _tree_rss_bytes(root_pid: int) -> int:
         pid, ppid = int(entry), int(fields[1])
         children.setdefault(ppid, []).append(pid)
         rss[pid] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-    total, stack = 0, [root_pid]
+    out: dict[str, int] = {}
+    stack = [root_pid]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
+        kind = _kind(pid)
+        out[kind] = out.get(kind, 0) + rss.get(pid, 0)
         stack.extend(children.get(pid, []))
-    return total
+    return out
 
 
 class PeakRss:
+    """The peak RSS of this process tree (sampled from /proc every 50 ms): in all, by kind of process
+    (the Spark JVM, Python workers, this driver), and per step (:meth:`step` names the current one)."""
+
     def __init__(self) -> None:
         self.peak = 0
+        self.by_kind: dict[str, int] = {}
+        self.by_step: dict[str, int] = {}
+        self._step = "start"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def step(self, name: str) -> None:
+        self._step = name
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, _tree_rss_bytes(os.getpid()))
+            kinds = _tree_rss(os.getpid())
+            total = sum(kinds.values())
+            self.peak = max(self.peak, total)
+            self.by_step[self._step] = max(self.by_step.get(self._step, 0), total)
+            for kind, n in kinds.items():
+                self.by_kind[kind] = max(self.by_kind.get(kind, 0), n)
             self._stop.wait(0.05)
 
     def __enter__(self) -> PeakRss:
@@ -142,7 +173,7 @@ def run_one(args: argparse.Namespace, dataset: str, rows: int) -> dict[str, Any]
         return sum(1 for e in kms.audit_events() if e.get("operation") == "Decrypt")
 
     with PeakRss() as rss:
-        conf = {"spark.driver.memory": "4g", **fast_conf}
+        conf = {"spark.driver.memory": args.driver_memory, **fast_conf}
         spark = local_session(args.master, "spark_kms-bench", conf=conf)
         if fast_conf and fast_reason is None:
             from spark_kms.spark import fastpath
@@ -194,9 +225,12 @@ def run_one(args: argparse.Namespace, dataset: str, rows: int) -> dict[str, Any]
             return q
 
         t = out["times"]
+        rss.step("write_plain")
         t["write_plain"], _ = _timed(write_plain, args.repeat)
         if args.aes:
+            rss.step("write_aes")
             t["write_aes"], _ = _timed(write_aes, args.repeat)
+        rss.step("write_spark_kms")
         t["write_spark_kms"], last_write = _timed(write_kms, args.repeat)
         out["write_kms_calls"] = last_write.kms_calls
         out["files"] = len(last_write.files)
@@ -212,10 +246,14 @@ def run_one(args: argparse.Namespace, dataset: str, rows: int) -> dict[str, Any]
             if name.endswith("_fast"):
                 process_dek_cache().clear()  # the fast path unwraps in this driver process: start cold
             before = decrypts()
+            rss.step(name)
             t[name], results[name] = _timed(fn, args.repeat)
             out["kms_decrypt"][name] = decrypts() - before
         spark.stop()
         out["peak_rss"] = rss.peak
+        out["peak_rss_by_kind"] = dict(rss.by_kind)
+        out["peak_rss_by_step"] = dict(rss.by_step)
+        out["driver_memory"] = args.driver_memory
     for name in ("read_python", "read_ds_scan", "read_fast"):
         if name in results and results[name] != results["read_plain"]:
             raise SystemExit(f"{name}: decrypted checksum differs from plaintext")
@@ -264,7 +302,12 @@ def report(r: dict[str, Any]) -> list[str]:
     lines.append(f"  KMS calls (last encrypted write): {r['write_kms_calls']} for {r['files']} files")
     for k, size in r["sizes"].items():
         lines.append(f"  size {k:<10} {size / 1e6:8.1f} MB")
-    lines.append(f"  peak RSS of the process tree (Spark steps): {r['peak_rss'] / 1e9:.2f} GB")
+    lines.append(f"  peak RSS of the process tree (Spark steps, spark.driver.memory={r.get('driver_memory')}): "
+                 f"{r['peak_rss'] / 1e9:.2f} GB")
+    kinds = r.get("peak_rss_by_kind", {})
+    lines.append("    peak by process: " + ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in sorted(kinds.items())))
+    steps = r.get("peak_rss_by_step", {})
+    lines.append("    peak by step:    " + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in steps.items()))
     if "pme" in r:
         lines += _pme.report(r["pme"], r["repeat"])
     return lines
@@ -283,6 +326,8 @@ def main() -> None:
     parser.add_argument("--aes", action="store_true", help="also time Spark's aes_encrypt write (slow)")
     parser.add_argument("--no-pme", action="store_true", help="skip the pyarrow-level PME comparison")
     parser.add_argument("--keep", action="store_true", help="keep the written datasets")
+    parser.add_argument("--driver-memory", default="4g",
+                        help="spark.driver.memory (local mode: the JVM heap of driver and executors)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # "dataset:rows:result.json": a child run
     args = parser.parse_args()
     args.workdir = args.workdir or Path(tempfile.mkdtemp(prefix="spark_kms_bench_"))
@@ -295,7 +340,8 @@ def main() -> None:
     if args.memory_check and 1_000_000 not in row_counts:
         row_counts.insert(0, 1_000_000)
     datasets = ["synthetic", "faker"] if args.dataset == "both" else [args.dataset]
-    passed = ["--repeat", str(args.repeat), "--partitions", str(args.partitions), "--master", args.master]
+    passed = ["--repeat", str(args.repeat), "--partitions", str(args.partitions), "--master", args.master,
+              "--driver-memory", args.driver_memory]
     passed += [flag for flag, on in (("--aes", args.aes), ("--no-pme", args.no_pme), ("--keep", args.keep)) if on]
     runs: list[dict[str, Any]] = []
     for dataset in datasets:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from spark_kms.errors import ConfigurationError, JobError
-from spark_kms.jobs._common import StorageOptions, file_rows, locate, require_dataset
+from spark_kms.jobs._common import StorageOptions, locate, require_dataset
 from spark_kms.jobs._replace import staged_replacement
 from spark_kms.jobs._summary import RunRecorder, RunSummary, key_versions_of
 from spark_kms.jobs.transfer import _read_source, _separate
@@ -100,7 +100,7 @@ def _decrypt_facts(source: str, storage_options: StorageOptions) -> dict[str, An
     keys = Dataset.open(locate(source, "decrypt", storage_options), job="decrypt")
     effective = keys.effective_deks()
     return {
-        "rows": sum(file_rows(keys.file_location(f)) for f in keys.files),
+        "rows": keys.rows_of(keys.files),
         "files": len(keys.files),
         "deks": len(effective),
         "key_versions": key_versions_of((e.key_id, e.key_version) for e in effective.values()),

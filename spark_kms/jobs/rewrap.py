@@ -44,7 +44,7 @@ from typing import Any
 
 from spark_kms.crypto import DekEntry
 from spark_kms.errors import ConfigurationError, KeyErasedError, KmsError
-from spark_kms.jobs._common import StorageOptions, dataset_root, file_rows, require_dataset
+from spark_kms.jobs._common import StorageOptions, dataset_root, require_dataset
 from spark_kms.jobs._lock import dataset_lock
 from spark_kms.jobs._summary import RunRecorder, RunSummary, key_versions_of
 from spark_kms.jobs._tables import (
@@ -187,7 +187,7 @@ def rewrap_dataset(
         touched = keys.files_of(rewrapped)
         summary.deks = len(rewrapped)
         summary.files = len(touched)
-        summary.rows = sum(file_rows(keys.file_location(f)) for f in touched)
+        summary.rows = keys.rows_of(touched)
         summary.key_versions = key_versions_of((e.key_id, e.key_version) for e in after.values())
         summary.details.update(
             {"deks_total": len(before), "deks_skipped": skipped, "manifest_entries_pruned": pruned,

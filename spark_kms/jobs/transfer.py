@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from spark_kms.errors import ConfigurationError
-from spark_kms.jobs._common import StorageOptions, file_rows, locate, require_dataset
+from spark_kms.jobs._common import StorageOptions, locate, require_dataset
 from spark_kms.jobs._replace import staged_replacement
 from spark_kms.jobs._summary import RunRecorder, RunSummary, key_versions_of
 from spark_kms.jobs._tables import (
@@ -405,7 +405,7 @@ def decrypt_dataset(
             writer.save(str(staging))
         s = recorder.summary
         # Every row of the source is written: count it from the footers, not by reading the output again.
-        s.rows = sum(file_rows(keys.file_location(f)) for f in keys.files)
+        s.rows = keys.rows_of(keys.files)
         s.files = len(keys.files)
         s.deks = len(effective)
         s.key_versions = s.key_versions_before = key_versions_of(

@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -228,6 +229,12 @@ def read_key_table(path: StoragePath) -> KeyTable:
 
 def _read_footer(loc: Location) -> tuple[KeyTable, list[str]]:
     """The footer's key table and the file's (top-level) column names."""
+    table, names, _rows = _read_footer_rows(loc)
+    return table, names
+
+
+def _read_footer_rows(loc: Location) -> tuple[KeyTable, list[str], int]:
+    """The footer's key table, the file's (top-level) column names and its number of rows."""
     try:
         with loc.open_input_file() as fh:
             meta = pq.read_metadata(fh)
@@ -236,7 +243,27 @@ def _read_footer(loc: Location) -> tuple[KeyTable, list[str]]:
         raise ConfigurationError(f"no such file: {loc.uri}") from None
     except (pa.ArrowInvalid, OSError) as exc:
         raise FormatError(f"file {loc.uri} is not a readable Parquet file ({type(exc).__name__})") from None
-    return key_table_from_metadata(meta.metadata, loc.uri), names
+    return key_table_from_metadata(meta.metadata, loc.uri), names, int(meta.num_rows)
+
+
+#: footers read at once by :meth:`Dataset.open` (pyarrow releases the GIL; an object store answers in parallel)
+FOOTER_READERS = 8
+
+
+def _map_footers(files: Sequence[Location]) -> list[tuple[KeyTable, list[str], int] | MissingKeyTableError]:
+    """:func:`_read_footer_rows` of each file, in order, ``FOOTER_READERS`` at a time; a file without a key
+    table gives its MissingKeyTableError (the caller decides), any other error is raised."""
+
+    def one(loc: Location) -> tuple[KeyTable, list[str], int] | MissingKeyTableError:
+        try:
+            return _read_footer_rows(loc)
+        except MissingKeyTableError as exc:
+            return exc
+
+    if len(files) < 2:
+        return [one(f) for f in files]
+    with ThreadPoolExecutor(max_workers=min(FOOTER_READERS, len(files)), thread_name_prefix="spark_kms-footer") as pool:
+        return list(pool.map(one, files))
 
 
 def _describe(spec: ColumnSpec) -> str:
@@ -319,6 +346,7 @@ class Dataset:
     :param requested_min_format_version: the reader's ``min_format_version``.
     :param verified: whether an authenticated manifest was verified (:meth:`verify`).
     :param location: the root's :class:`~spark_kms.storage.Location` (filesystem and options).
+    :param file_rows: the number of rows of each file, from the footer read by :meth:`open`.
     """
 
     root: str
@@ -331,6 +359,7 @@ class Dataset:
     requested_min_format_version: int = 1
     verified: bool = False
     location: Location | None = None
+    file_rows: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root = str(self.root)
@@ -388,12 +417,13 @@ class Dataset:
             raise ConfigurationError(f"{prefix}dataset {loc.uri!r} holds no data files")
         footers: dict[str, KeyTable] = {}
         names: dict[str, list[str]] = {}
-        for f in files:
-            try:
-                footers[f.uri], names[f.uri] = _read_footer(f)
-            except MissingKeyTableError:
+        rows: dict[str, int] = {}
+        for f, read in zip(files, _map_footers(files), strict=True):
+            if isinstance(read, MissingKeyTableError):
                 if not missing_ok:
-                    raise
+                    raise read
+                continue
+            footers[f.uri], names[f.uri], rows[f.uri] = read
         root = _root_of(loc)
         _refuse_unfinished_commit(root, prefix)
         document = read_manifest_document(root)
@@ -401,7 +431,7 @@ class Dataset:
             root=root.uri, files=[f.uri for f in files if f.uri in footers], footers=footers,
             manifest=dict(document.deks) if document else {}, document=document, file_columns=names,
             required=tuple(require_encrypted or ()), requested_min_format_version=min_format_version,
-            location=root,
+            location=root, file_rows=rows,
         )
         dataset._check(dataset.required, min_format_version)
         if kms_options is not None and dataset.authenticated:
@@ -519,6 +549,17 @@ class Dataset:
     def files_of(self, dek_ids: Iterable[str]) -> list[str]:
         wanted = set(dek_ids)
         return [f for f in self.files if wanted & set(self.footers[f].deks)]
+
+    def rows_of(self, files: Iterable[str]) -> int:
+        """The rows of ``files`` (of this dataset), from the footers :meth:`open` read (no second read)."""
+        total = 0
+        for f in files:
+            n = self.file_rows.get(f)
+            if n is None:
+                with self.file_location(f).open_input_file() as fh:
+                    n = int(pq.read_metadata(fh).num_rows)
+            total += n
+        return total
 
     def write_manifest(
         self,

@@ -164,3 +164,30 @@ def test_timestamp_partitioned_dataset_and_date_columns(kms: Kms, tmp_path: Path
     with EncryptedParquetWriter(path, schema, EncryptionSpec(columns=["when", "born"]), kms.provider) as w:
         w.write_batch(pa.record_batch(rows, schema=schema))
     assert read_decrypted_table(path.parent, kms_options=kms.options).to_pydict() == rows
+
+
+def test_open_reads_each_footer_once_in_parallel_keeping_order_and_row_counts(kms: Kms, tmp_path: Path) -> None:
+    """Dataset.open reads the footers FOOTER_READERS at a time: files stay in listing order, each file's row
+    count comes from that one read (rows_of needs no second read), and a plain file is skipped with
+    missing_ok and refused without it, as with one reader."""
+    from spark_kms.errors import MissingKeyTableError
+    from spark_kms.parquet.dataset import FOOTER_READERS, Dataset
+
+    root = tmp_path / "ds"
+    sizes = {f"part-{i:03d}.parquet": i % 7 + 1 for i in range(3 * FOOTER_READERS)}
+    start = 0
+    for name, n in sizes.items():
+        _write(kms, root / name, range(start, start + n))
+        start += n
+    ds = Dataset.open(root)
+    assert [Path(f).name for f in ds.files] == sorted(sizes)
+    assert {Path(f).name: n for f, n in ds.file_rows.items()} == sizes
+    for f in ds.files:  # gone: a second read of a footer would fail
+        Path(f).rename(Path(f).with_suffix(".away"))
+    assert ds.rows_of(ds.files) == sum(sizes.values())
+    for f in ds.files:
+        Path(f).with_suffix(".away").rename(f)
+    pq.write_table(pa.table({"id": [1]}), root / "part-plain.parquet")
+    assert len(Dataset.open(root, missing_ok=True).files) == len(sizes)
+    with pytest.raises(MissingKeyTableError):
+        Dataset.open(root)
