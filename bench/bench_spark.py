@@ -19,6 +19,8 @@ Steps (wall clock, driver side):
   read_ds_scan        spark.read.format('spark_kms') (decrypt in the Python reader) + the same
   sel_plain           selective query: amount > 9900 (~1 % of rows), checksum of 1 PII column, plaintext
   sel_fast/_python    the same query through read_encrypted (1 PII column decrypted), fast / Python path
+  write/read_spark_pme  Spark's own Parquet Modular Encryption (bench/_spark_pme.py: a JVM KmsClient over the
+                      local KMS; --no-spark-pme skips it)
 Also: the ratios of issue #16's target table, KMS Decrypt calls per read (the local KMS's audit log), file
 sizes, the peak RSS of the whole process tree (driver, JVM, Python workers; /proc every 50 ms) during the
 Spark steps, and Parquet Modular Encryption vs spark_kms at the pyarrow level (``bench/_pme.py``).
@@ -44,6 +46,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 import _pme  # noqa: E402
+import _spark_pme  # noqa: E402
 from _data import SELECTIVE_AMOUNT, frame  # noqa: E402
 
 KEY_URI = "local://alias/bench"
@@ -172,8 +175,12 @@ def run_one(args: argparse.Namespace, dataset: str, rows: int) -> dict[str, Any]
     def decrypts() -> int:
         return sum(1 for e in kms.audit_events() if e.get("operation") == "Decrypt")
 
+    pme_server = None
     with PeakRss() as rss:
         conf = {"spark.driver.memory": args.driver_memory, **fast_conf}
+        if not args.no_spark_pme:
+            conf = _spark_pme.session_conf(conf, _spark_pme.build_client_jar(workdir))
+            pme_server = _spark_pme.LocalKmsHttp(str(ks))
         spark = local_session(args.master, "spark_kms-bench", conf=conf)
         if fast_conf and fast_reason is None:
             from spark_kms.spark import fastpath
@@ -184,7 +191,7 @@ def run_one(args: argparse.Namespace, dataset: str, rows: int) -> dict[str, Any]
         # back instead would come in as fewer, larger partitions than --partitions)
         df, pii = frame(spark, dataset, rows, args.partitions, Path(args.workdir))
         out["pii"] = list(pii)
-        paths = {k: workdir / k for k in ("plain", "aes", "spark_kms")}
+        paths = {k: workdir / k for k in ("plain", "aes", "spark_kms", "spark_pme")}
         aes_key = secrets.token_hex(32)
         checksum = F.sum(F.xxhash64(*pii).cast("decimal(38,0)")).cast("string")
         one = pii[1]  # the selective query's decrypted column (email in both datasets)
@@ -207,6 +214,16 @@ def run_one(args: argparse.Namespace, dataset: str, rows: int) -> dict[str, Any]
         def read_kms(fast: bool) -> Callable[[], Any]:
             return lambda: tuple(read_encrypted(spark, str(paths["spark_kms"]), kms_options=opts, fast_path=fast)
                                  .agg(F.count("*"), checksum).first())
+
+        def write_spark_pme() -> None:
+            assert pme_server is not None
+            (df.write.options(**_spark_pme.options(pme_server, list(pii))).mode("overwrite")
+             .parquet(str(paths["spark_pme"])))
+
+        def read_spark_pme() -> Any:
+            assert pme_server is not None
+            return tuple(spark.read.options(**_spark_pme.options(pme_server)).parquet(str(paths["spark_pme"]))
+                         .agg(F.count("*"), checksum).first())
 
         def read_ds_scan() -> Any:
             scan = (spark.read.format("spark_kms").option("kms_options", json.dumps(opts))
@@ -232,6 +249,9 @@ def run_one(args: argparse.Namespace, dataset: str, rows: int) -> dict[str, Any]
             t["write_aes"], _ = _timed(write_aes, args.repeat)
         rss.step("write_spark_kms")
         t["write_spark_kms"], last_write = _timed(write_kms, args.repeat)
+        if pme_server is not None:
+            rss.step("write_spark_pme")
+            t["write_spark_pme"], _ = _timed(write_spark_pme, args.repeat)
         out["write_kms_calls"] = last_write.kms_calls
         out["files"] = len(last_write.files)
         out["deks"] = len(last_write.deks)
@@ -242,6 +262,8 @@ def run_one(args: argparse.Namespace, dataset: str, rows: int) -> dict[str, Any]
         ]
         if fast_reason is None:
             reads += [("read_fast", read_kms(True)), ("sel_fast", sel_kms(True))]
+        if pme_server is not None:
+            reads.append(("read_spark_pme", read_spark_pme))
         for name, fn in reads:
             if name.endswith("_fast"):
                 process_dek_cache().clear()  # the fast path unwraps in this driver process: start cold
@@ -250,11 +272,17 @@ def run_one(args: argparse.Namespace, dataset: str, rows: int) -> dict[str, Any]
             t[name], results[name] = _timed(fn, args.repeat)
             out["kms_decrypt"][name] = decrypts() - before
         spark.stop()
+        if pme_server is not None:
+            pme_server.close()
+            out["spark_pme_kms_calls"] = dict(pme_server.calls)
+            # encrypted footer: parquet-java ends the file with "PARE", not "PAR1" (nothing readable without keys)
+            out["spark_pme_encrypted_footer"] = all(
+                f.read_bytes()[-4:] == b"PARE" for f in paths["spark_pme"].rglob("*.parquet"))
         out["peak_rss"] = rss.peak
         out["peak_rss_by_kind"] = dict(rss.by_kind)
         out["peak_rss_by_step"] = dict(rss.by_step)
         out["driver_memory"] = args.driver_memory
-    for name in ("read_python", "read_ds_scan", "read_fast"):
+    for name in ("read_python", "read_ds_scan", "read_fast", "read_spark_pme"):
         if name in results and results[name] != results["read_plain"]:
             raise SystemExit(f"{name}: decrypted checksum differs from plaintext")
     for name in ("sel_python", "sel_fast"):
@@ -292,6 +320,16 @@ def report(r: dict[str, Any]) -> list[str]:
         "   (target <= 1.3x)",
         f"  format('spark_kms') scan / plaintext read               : {_ratio(t, 'read_ds_scan', 'read_plain')}",
     ]
+    if "write_spark_pme" in t:
+        lines += [
+            f"  Spark PME write / plaintext write                       : {_ratio(t, 'write_spark_pme', 'write_plain')}",
+            f"  Spark PME read / plaintext read                         : {_ratio(t, 'read_spark_pme', 'read_plain')}",
+            f"  spark_kms write / Spark PME write                       : "
+            f"{_ratio(t, 'write_spark_kms', 'write_spark_pme')}",
+            f"  read_encrypted fast / Spark PME read                    : {_ratio(t, 'read_fast', 'read_spark_pme')}",
+            f"  Spark PME KMS calls (wrap/unwrap over all runs): {r.get('spark_pme_kms_calls')}, encrypted footers: "
+            f"{r.get('spark_pme_encrypted_footer')}",
+        ]
     if "write_aes" in t:
         lines.append(f"  aes_encrypt write / spark_kms write                     : "
                      f"{_ratio(t, 'write_aes', 'write_spark_kms')}")
@@ -325,6 +363,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--aes", action="store_true", help="also time Spark's aes_encrypt write (slow)")
     parser.add_argument("--no-pme", action="store_true", help="skip the pyarrow-level PME comparison")
+    parser.add_argument("--no-spark-pme", action="store_true",
+                        help="skip Spark's own PME (a JVM KmsClient compiled with javac, over the local KMS)")
     parser.add_argument("--keep", action="store_true", help="keep the written datasets")
     parser.add_argument("--driver-memory", default="4g",
                         help="spark.driver.memory (local mode: the JVM heap of driver and executors)")
@@ -342,7 +382,8 @@ def main() -> None:
     datasets = ["synthetic", "faker"] if args.dataset == "both" else [args.dataset]
     passed = ["--repeat", str(args.repeat), "--partitions", str(args.partitions), "--master", args.master,
               "--driver-memory", args.driver_memory]
-    passed += [flag for flag, on in (("--aes", args.aes), ("--no-pme", args.no_pme), ("--keep", args.keep)) if on]
+    passed += [flag for flag, on in (("--aes", args.aes), ("--no-pme", args.no_pme),
+                                            ("--no-spark-pme", args.no_spark_pme), ("--keep", args.keep)) if on]
     runs: list[dict[str, Any]] = []
     for dataset in datasets:
         for rows in row_counts:
