@@ -10,8 +10,8 @@ written and read back three ways, single process, no Spark:
 * ``spark_kms``: :class:`~spark_kms.parquet.EncryptedParquetWriter` /
   :func:`~spark_kms.parquet.read_decrypted_table` (cells, one data key per file).
 
-Spark's own PME (``parquet.crypto.factory.class``) needs a JVM ``KmsClient`` class over the same KMS; none
-is built, so it is not measured.
+Spark's own PME (``parquet.crypto.factory.class``) is measured by ``bench/_spark_pme.py`` (a JVM ``KmsClient``
+over the same local KMS), inside the Spark steps of ``bench_spark.py``.
 """
 
 from __future__ import annotations
