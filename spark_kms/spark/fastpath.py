@@ -2,12 +2,16 @@
 executors' JVMs, where Spark's Parquet scan already has the bytes, instead of in Python workers.
 
 What it is
-    A small jar (``spark_kms/jvm/spark-kms-fastpath.jar``, built from ``jvm/`` by ``make jar``) with two Java
-    UDFs, ``spark_kms_decrypt_string`` and ``spark_kms_decrypt_binary`` (``f(cell, config)``), AES-GCM through
-    OpenSSL over JNI (JCE where the native library cannot load), and a Spark plugin
-    (``io.sparkkms.fastpath.FastPathPlugin``) that hands the data keys of a read to the executors. The session
-    must start with it: :func:`spark_conf` gives the settings, which
-    :func:`spark_kms.spark.session.spark_session` adds by itself when the jar is built.
+    A small jar (``spark_kms/jvm/spark-kms-fastpath.jar``, built from ``jvm/`` by ``make jar``) with two
+    functions, ``spark_kms_decrypt_string`` and ``spark_kms_decrypt_binary`` (``f(cell, config)``), AES-GCM
+    through OpenSSL over JNI (JCE where the native library cannot load), and a Spark plugin
+    (``io.sparkkms.fastpath.FastPathPlugin``) that hands the data keys of a read to the executors. With the SQL
+    extension (``io.sparkkms.fastpath.SparkKmsExtensions``) the functions are Catalyst expressions, and a columnar
+    rule decrypts the columns a columnar scan (Parquet's vectorized reader) feeds them batch by batch, one JNI call
+    per column and batch (``SparkKmsDecryptColumnar`` in the plan; :data:`COLUMNAR_SWITCH` turns it off); other
+    plans decrypt row by row. With the plugin alone they are Java UDFs, row by row. The session must start with
+    them: :func:`spark_conf` gives the settings, which :func:`spark_kms.spark.session.spark_session` adds by
+    itself when the jar is built.
 
 Keys (docs/ARCHITECTURE.md, "Secrets" / "JVM fast path")
     ``read_encrypted`` unwraps, on the driver, the AES-GCM data keys of the dataset through the same
@@ -50,13 +54,16 @@ from spark_kms.parquet.keys import DekResolver
 from spark_kms.spark.remote import is_connect
 
 __all__ = [
+    "COLUMNAR_SWITCH",
     "CONF_SWITCH",
     "ENV_SWITCH",
+    "EXTENSIONS_CLASS",
     "JAR",
     "PLUGIN_CLASS",
     "UDF_BINARY",
     "UDF_STRING",
     "decrypt_columns",
+    "extension_active",
     "forget",
     "jar_path",
     "session_conf",
@@ -69,6 +76,9 @@ logger = logging.getLogger(__name__)
 #: where ``make jar`` puts the jar
 JAR = Path(__file__).resolve().parent.parent / "jvm" / "spark-kms-fastpath.jar"
 PLUGIN_CLASS = "io.sparkkms.fastpath.FastPathPlugin"
+#: the SQL extension: the decrypt functions as Catalyst expressions, decrypted batch by batch over a columnar scan
+EXTENSIONS_CLASS = "io.sparkkms.fastpath.SparkKmsExtensions"
+_EXPRESSION_CLASS = "io.sparkkms.fastpath.DecryptCell"
 UDF_STRING = "spark_kms_decrypt_string"
 UDF_BINARY = "spark_kms_decrypt_binary"
 _JAVA_CLASSES = {UDF_STRING: "io.sparkkms.fastpath.DecryptString", UDF_BINARY: "io.sparkkms.fastpath.DecryptBinary"}
@@ -76,6 +86,8 @@ _JAVA_CLASSES = {UDF_STRING: "io.sparkkms.fastpath.DecryptString", UDF_BINARY: "
 ENV_SWITCH = "SPARK_KMS_FAST_PATH"
 #: ``spark.spark_kms.sql.fastPath=false`` turns it off in a session (a runtime setting)
 CONF_SWITCH = "spark.spark_kms.sql.fastPath"
+#: ``spark.spark_kms.sql.fastPath.columnar=false`` keeps the extension's expressions row by row (a runtime setting)
+COLUMNAR_SWITCH = "spark.spark_kms.sql.fastPath.columnar"
 _OFF = ("0", "false", "off", "no")
 _CONFIG_MAGIC = b"SKF1"
 
@@ -93,15 +105,18 @@ def jar_path() -> Path | None:
 
 
 def spark_conf() -> dict[str, str]:
-    """The settings a session needs at start for the fast path: the plugin and the jar (on the driver's class
-    path and shipped to executors). Pass them to ``SparkSession.builder.config`` or ``spark-submit --conf``.
+    """The settings a session needs at start for the fast path: the plugin, the SQL extension and the jar (on
+    the driver's class path and shipped to executors). Pass them to ``SparkSession.builder.config`` or
+    ``spark-submit --conf``. A session with the plugin but not the extension still uses the fast path, through
+    Java UDFs, row by row.
 
     :raises ConfigurationError: the jar is not built (``make jar``).
     """
     jar = jar_path()
     if jar is None:
         raise ConfigurationError(f"the spark_kms fast-path jar {JAR} is not built: run `make jar` (JDK 17 javac)")
-    return {"spark.plugins": PLUGIN_CLASS, "spark.jars": str(jar), "spark.driver.extraClassPath": str(jar)}
+    return {"spark.plugins": PLUGIN_CLASS, "spark.sql.extensions": EXTENSIONS_CLASS, "spark.jars": str(jar),
+            "spark.driver.extraClassPath": str(jar)}
 
 
 def session_conf(conf: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -120,6 +135,19 @@ def session_conf(conf: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def _env_off() -> bool:
     return os.environ.get(ENV_SWITCH, "").strip().lower() in _OFF
+
+
+def extension_active(spark: Any) -> bool:
+    """Whether ``spark`` started with the SQL extension (:data:`EXTENSIONS_CLASS` in ``spark.sql.extensions``, and
+    its functions registered: Spark only warns when it cannot load an extension's class): the decrypt functions
+    are then Catalyst expressions, decrypted batch by batch over columnar scans."""
+    try:
+        value = str(spark.conf.get("spark.sql.extensions", "") or "")
+        if EXTENSIONS_CLASS not in [v.strip() for v in value.split(",")]:
+            return False
+        return str(spark.catalog.getFunction(UDF_STRING).className) == _EXPRESSION_CLASS
+    except Exception:  # noqa: BLE001 - py4j / Connect / no such function: no extension to use
+        return False
 
 
 def unavailable_reason(spark: Any) -> str | None:
@@ -255,8 +283,10 @@ def decrypt_columns(
 
     from spark_kms.spark.udfs import spark_type_of
 
-    for udf_name, java_class in _JAVA_CLASSES.items():
-        spark.udf.registerJavaFunction(udf_name, java_class, StringType() if udf_name == UDF_STRING else BinaryType())
+    if not extension_active(spark):  # the plugin alone: Java UDFs (the extension's functions are built in)
+        for udf_name, java_class in _JAVA_CLASSES.items():
+            spark.udf.registerJavaFunction(udf_name, java_class,
+                                           StringType() if udf_name == UDF_STRING else BinaryType())
     handle, _, erased = _register_keys(spark, table, kms, where)
     if handle is None:
         uris = sorted({table.deks[d].key_uri for d in erased})

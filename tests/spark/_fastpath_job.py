@@ -49,6 +49,7 @@ def main(master: str, workdir: Path) -> None:
     executors = spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1
     report = {
         "fast_used": fastpath.UDF_STRING in text.getvalue() and fastpath.UDF_BINARY in text.getvalue(),
+        "columnar_used": "SparkKmsDecryptColumnar" in text.getvalue(),
         "plugins": spark.sparkContext.getConf().get("spark.plugins", ""),
         "equal": fast_rows == slow_rows,
         "count": len(fast_rows),

@@ -58,6 +58,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 def _check(report: dict) -> None:
     assert report["fast_used"] is True and fastpath.PLUGIN_CLASS in report["plugins"]
+    assert report["columnar_used"] is True, "the columns decrypt batch by batch (the SQL extension's columnar rule)"
     assert report["equal"] is True and report["count"] == 2000
     assert report["sample"] == {"id": 42, "email": "user42@example.org"}
 

@@ -8,6 +8,7 @@
  */
 #include <jni.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <openssl/evp.h>
 
@@ -81,4 +82,95 @@ JNIEXPORT jint JNICALL Java_io_sparkkms_fastpath_NativeGcm_decrypt(JNIEnv *env, 
     (*env)->ReleasePrimitiveArrayCritical(env, tailArr, tail, JNI_ABORT);
     (*env)->ReleasePrimitiveArrayCritical(env, cellArr, cell, JNI_ABORT);
     return rc;
+}
+
+/*
+ * Decrypts a batch of GCM cells of one column in one call (the columnar path, DecryptColumnarExec). in holds
+ * the cells, cell i at offs[i] with lens[i] bytes; its plaintext goes to out at out_offs[i] (lens[i] - 37
+ * bytes). Cell i is decrypted with contexts[key_index[i]] when key_index[i] >= 0 and status[i] != 1 (so a
+ * second call with another tail retries only the cells whose tag did not verify); status[i] is set to 1
+ * (authentic), 0 (the tag does not verify: its plaintext bytes are zeroed) or -1 (bad bounds or an OpenSSL
+ * failure). The AAD of every cell is its 9-byte header followed by tail. Returns how many cells were
+ * authentic in this call, or -1 when the arrays do not fit together.
+ */
+JNIEXPORT jint JNICALL Java_io_sparkkms_fastpath_NativeGcm_decryptBatch(
+    JNIEnv *env, jclass cls, jlongArray ctxArr, jintArray keyArr, jbyteArray inArr, jintArray offArr,
+    jintArray lenArr, jint n, jbyteArray tailArr, jbyteArray outArr, jintArray outOffArr, jbyteArray statusArr) {
+    (void)cls;
+    if (n <= 0) return 0;
+    jsize n_ctx = (*env)->GetArrayLength(env, ctxArr);
+    jsize in_len = (*env)->GetArrayLength(env, inArr);
+    jsize tail_len = (*env)->GetArrayLength(env, tailArr);
+    jsize out_len = (*env)->GetArrayLength(env, outArr);
+    if ((*env)->GetArrayLength(env, keyArr) < n || (*env)->GetArrayLength(env, offArr) < n
+        || (*env)->GetArrayLength(env, lenArr) < n || (*env)->GetArrayLength(env, outOffArr) < n
+        || (*env)->GetArrayLength(env, statusArr) < n) return -1;
+    /* The AAD of a cell: its header, then the tail; one buffer, so one EVP call per cell for it. */
+    unsigned char *aad = malloc((size_t)HEADER_BYTES + (size_t)tail_len);
+    if (aad == NULL) return -1;
+    (*env)->GetByteArrayRegion(env, tailArr, 0, tail_len, (jbyte *)(aad + HEADER_BYTES));
+    /* Java arrays: copy the small ones out before the critical section (no JNI call may run inside it). */
+    jlong *ctxs = (*env)->GetLongArrayElements(env, ctxArr, NULL);
+    if (ctxs == NULL) {
+        free(aad);
+        return -1;
+    }
+    void *keys = (*env)->GetPrimitiveArrayCritical(env, keyArr, NULL);
+    void *offs = (*env)->GetPrimitiveArrayCritical(env, offArr, NULL);
+    void *lens = (*env)->GetPrimitiveArrayCritical(env, lenArr, NULL);
+    void *out_offs = (*env)->GetPrimitiveArrayCritical(env, outOffArr, NULL);
+    void *status = (*env)->GetPrimitiveArrayCritical(env, statusArr, NULL);
+    void *in = (*env)->GetPrimitiveArrayCritical(env, inArr, NULL);
+    void *out = (*env)->GetPrimitiveArrayCritical(env, outArr, NULL);
+    int ok = 0;
+    if (keys == NULL || offs == NULL || lens == NULL || out_offs == NULL || status == NULL || in == NULL
+        || out == NULL) {
+        ok = -1;
+    } else {
+        const jint *key_index = keys, *off = offs, *len = lens, *out_off = out_offs;
+        jbyte *st = status;
+        const unsigned char *src = in;
+        int aad_len = HEADER_BYTES + (int)tail_len;
+        unsigned char *dst = out;
+        for (jint i = 0; i < n; i++) {
+            jint k = key_index[i];
+            if (k < 0 || st[i] == 1) continue;
+            jint cl = len[i], co = off[i], oo = out_off[i];
+            if (k >= n_ctx || ctxs[k] == 0 || cl < GCM_OVERHEAD || co < 0 || co > in_len - cl || oo < 0
+                || oo > out_len - (cl - GCM_OVERHEAD)) {
+                st[i] = -1;
+                continue;
+            }
+            EVP_CIPHER_CTX *ctx = (EVP_CIPHER_CTX *)(intptr_t)ctxs[k];
+            const unsigned char *cell = src + co;
+            unsigned char *plain = dst + oo;
+            int m = cl - GCM_OVERHEAD, outl = 0, finl = 0;
+            unsigned char tag[TAG_BYTES];
+            memcpy(tag, cell + HEADER_BYTES + NONCE_BYTES + m, TAG_BYTES);
+            memcpy(aad, cell, HEADER_BYTES);
+            if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, cell + HEADER_BYTES) != 1
+                || EVP_DecryptUpdate(ctx, NULL, &outl, aad, aad_len) != 1
+                || (m > 0 && EVP_DecryptUpdate(ctx, plain, &outl, cell + HEADER_BYTES + NONCE_BYTES, m) != 1)
+                || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_BYTES, tag) != 1) {
+                st[i] = -1;
+            } else if (EVP_DecryptFinal_ex(ctx, plain + m, &finl) == 1) {
+                st[i] = 1;
+                ok++;
+                continue;
+            } else {
+                st[i] = 0;
+            }
+            if (m > 0) memset(plain, 0, (size_t)m);
+        }
+    }
+    if (out != NULL) (*env)->ReleasePrimitiveArrayCritical(env, outArr, out, 0);
+    if (in != NULL) (*env)->ReleasePrimitiveArrayCritical(env, inArr, in, JNI_ABORT);
+    if (status != NULL) (*env)->ReleasePrimitiveArrayCritical(env, statusArr, status, 0);
+    if (out_offs != NULL) (*env)->ReleasePrimitiveArrayCritical(env, outOffArr, out_offs, JNI_ABORT);
+    if (lens != NULL) (*env)->ReleasePrimitiveArrayCritical(env, lenArr, lens, JNI_ABORT);
+    if (offs != NULL) (*env)->ReleasePrimitiveArrayCritical(env, offArr, offs, JNI_ABORT);
+    if (keys != NULL) (*env)->ReleasePrimitiveArrayCritical(env, keyArr, keys, JNI_ABORT);
+    (*env)->ReleaseLongArrayElements(env, ctxArr, ctxs, JNI_ABORT);
+    free(aad);
+    return ok;
 }

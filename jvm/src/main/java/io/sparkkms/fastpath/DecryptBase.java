@@ -7,115 +7,67 @@ import java.util.Arrays;
 import java.util.HashMap;
 import java.util.Map;
 
-import org.apache.spark.TaskContext;
 import org.apache.spark.rdd.InputFileBlockHolder;
-import org.apache.spark.util.TaskCompletionListener;
 
 /**
  * The body of the fast path's decrypt UDFs: {@code f(cell binary, config binary)}. The config (a binary literal
  * built by {@code spark_kms.spark.fastpath}) holds the key handle, the column name, a label for messages and the
  * AAD tails to try ({@code u16 len(column) || column || context}, docs/FORMAT.md section 3) -- never key bytes.
- * Each task keeps one cipher per data key and frees them (wiping OpenSSL's key schedules) when it completes.
+ * Each task keeps one cipher per data key and frees them (wiping OpenSSL's key schedules) when it completes
+ * ({@link CellDecryptor}, shared with the Catalyst expression and the columnar path).
  */
 abstract class DecryptBase implements Serializable {
     private static final long serialVersionUID = 1L;
     private static final byte[] MAGIC = "SKF1".getBytes(StandardCharsets.US_ASCII);
-    private static final int GCM_OVERHEAD = DekCipher.HEADER + DekCipher.NONCE + DekCipher.TAG;
-    private static final int MAX_CELL = Integer.MAX_VALUE - 64;
 
-    private transient byte[] configRef;
-    private transient Config config;
-    private transient Map<String, DekCipher> ciphers;
-    private transient boolean listening;
+    /** The state of the thread (task) using this instance; replaced when another thread calls. */
+    private transient volatile PerThread state;
 
-    /** The plaintext bytes of {@code cell} (null stays null). */
-    protected final synchronized byte[] plain(byte[] cell, byte[] configBytes) {
+    /** The plaintext bytes of {@code cell} (null stays null). No lock per cell: the state is task-confined. */
+    protected final byte[] plain(byte[] cell, byte[] configBytes) {
         if (cell == null) {
             return null;
         }
-        Config cfg = configRef == configBytes ? config : configOf(configBytes);  // same literal: same array
-        if (cell.length < DekCipher.HEADER) {
-            throw error("MalformedCellError", "cell of " + cell.length + " bytes is shorter than the 9-byte header ("
-                    + cfg.at() + ")");
+        PerThread st = state;
+        if (st == null || st.owner != Thread.currentThread()) {
+            st = claim();
         }
-        int byte0 = cell[0] & 0xff;
-        if ((byte0 >> 4) != 1) {
-            throw error("UnknownFormatVersionError", "cell format version " + (byte0 >> 4) + " is not supported "
-                    + "(this release reads cells of version 1) (" + cfg.at() + ")");
+        return st.decryptorFor(configBytes).plain(cell);
+    }
+
+    private synchronized PerThread claim() {
+        PerThread st = state;
+        if (st == null || st.owner != Thread.currentThread()) {
+            st = new PerThread();
+            state = st;
         }
-        int algorithm = byte0 & 0x0f;
-        if (algorithm == 3) {
-            throw error("MalformedCellError", "a blind-index cell (HMAC_SHA256_128) is one-way, not decryptable, at "
-                    + cfg.at());
-        }
-        if (algorithm != 1) {
-            String what = algorithm == 2 ? "an AES_256_SIV cell, which the JVM fast path does not decrypt"
-                    : "unknown algorithm id 0x" + Integer.toHexString(algorithm);
-            throw error(algorithm == 2 ? "DecryptionError" : "MalformedCellError",
-                    "cell names " + what + " at " + cfg.at() + (algorithm == 2 ? ": read with fast_path=False" : ""));
-        }
-        if (cell.length < GCM_OVERHEAD) {
-            throw error("MalformedCellError", "AES_256_GCM_IV12_TAG16 cell of " + cell.length + " bytes is shorter "
-                    + "than the 37-byte minimum at " + cfg.at());
-        }
-        String dekId = hex(cell, 1, 8);
-        DekCipher cipher = cipherFor(dekId, cfg);
-        byte[] out = new byte[cell.length - GCM_OVERHEAD];
-        for (byte[] tail : cfg.tails) {
-            if (cipher.decrypt(cell, tail, out) == 1) {
-                return out;
+        return st;
+    }
+
+    /** One thread's decryptors, by config literal (the same array object row after row: checked first). */
+    private static final class PerThread {
+        final Thread owner = Thread.currentThread();
+        private final Map<ByteBuffer, CellDecryptor> byConfig = new HashMap<>();
+        private byte[] lastRef;
+        private CellDecryptor last;
+
+        CellDecryptor decryptorFor(byte[] configBytes) {
+            if (configBytes == lastRef) {
+                return last;
             }
-        }
-        throw error("DecryptionError", "authentication failed for DEK " + dekId + " at " + cfg.at() + ": the key "
-                + "table's column spec does not match the cells, or the cell was tampered, moved from another "
-                + "column or row, or is under another key");
-    }
-
-    private Config configOf(byte[] configBytes) {
-        Config cfg = configRef != null && Arrays.equals(configRef, configBytes) ? config : Config.parse(configBytes);
-        configRef = configBytes;
-        config = cfg;
-        return cfg;
-    }
-
-    private DekCipher cipherFor(String dekId, Config cfg) {
-        if (ciphers == null) {
-            ciphers = new HashMap<>();
-        }
-        DekCipher cipher = ciphers.get(dekId);
-        if (cipher == null) {
-            byte[] key = ExecutorKeys.keysFor(cfg.handle, cfg.column).get(dekId);
-            if (key == null) {
-                throw error("UnknownDataKeyError", "unknown DEK " + dekId + " (not in the key table) at " + cfg.at());
+            if (configBytes == null) {
+                Config.parse(null); // the ConfigurationError
             }
-            cipher = DekCipher.of(key);
-            ciphers.put(dekId, cipher);
-            listen();
+            ByteBuffer key = ByteBuffer.wrap(configBytes);
+            CellDecryptor d = byConfig.get(key);
+            if (d == null) {
+                d = new CellDecryptor(Config.parse(configBytes));
+                byConfig.put(ByteBuffer.wrap(configBytes.clone()), d);
+            }
+            lastRef = configBytes;
+            last = d;
+            return d;
         }
-        return cipher;
-    }
-
-    private void listen() {
-        if (listening) {
-            return;
-        }
-        TaskContext task = TaskContext.get();
-        if (task != null) {
-            task.addTaskCompletionListener((TaskCompletionListener) context -> close());
-            listening = true;
-        }
-    }
-
-    private synchronized void close() {
-        if (ciphers != null) {
-            ciphers.values().forEach(DekCipher::close);
-            ciphers.clear();
-        }
-        listening = false;
-    }
-
-    private static FastPathException error(String errorClass, String message) {
-        return new FastPathException(errorClass, message);
     }
 
     static String hex(byte[] bytes, int offset, int length) {

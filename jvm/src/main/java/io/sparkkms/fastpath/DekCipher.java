@@ -14,6 +14,17 @@ abstract class DekCipher implements AutoCloseable {
     /** 1: authentic, 0: the tag does not verify. {@code out} has the cell's plaintext length. */
     abstract int decrypt(byte[] cell, byte[] tail, byte[] out);
 
+    /**
+     * The cell of {@code length} bytes at {@code in[offset]} into {@code out[outOffset]} (length - 37 bytes):
+     * 1 authentic, 0 the tag does not verify (those bytes zeroed).
+     */
+    abstract int decrypt(byte[] in, int offset, int length, byte[] tail, byte[] out, int outOffset);
+
+    /** The OpenSSL context of this key, or 0 when it is not a native cipher. */
+    long context() {
+        return 0L;
+    }
+
     @Override
     public abstract void close();
 
@@ -49,6 +60,22 @@ abstract class DekCipher implements AutoCloseable {
         }
 
         @Override
+        int decrypt(byte[] in, int offset, int length, byte[] tail, byte[] out, int outOffset) {
+            byte[] status = new byte[1];
+            int rc = NativeGcm.decryptBatch(new long[] {ctx}, new int[] {0}, in, new int[] {offset},
+                    new int[] {length}, 1, tail, out, new int[] {outOffset}, status);
+            if (rc < 0 || status[0] < 0) {
+                throw new IllegalStateException("OpenSSL failed to decrypt a cell");
+            }
+            return status[0];
+        }
+
+        @Override
+        long context() {
+            return ctx;
+        }
+
+        @Override
         public void close() {
             if (ctx != 0) {
                 NativeGcm.freeContext(ctx);
@@ -75,14 +102,19 @@ abstract class DekCipher implements AutoCloseable {
 
         @Override
         int decrypt(byte[] cell, byte[] tail, byte[] out) {
+            return decrypt(cell, 0, cell.length, tail, out, 0);
+        }
+
+        @Override
+        int decrypt(byte[] in, int offset, int length, byte[] tail, byte[] out, int outOffset) {
             try {
-                cipher.init(Cipher.DECRYPT_MODE, spec, new GCMParameterSpec(TAG * 8, cell, HEADER, NONCE));
-                cipher.updateAAD(cell, 0, HEADER);
+                cipher.init(Cipher.DECRYPT_MODE, spec, new GCMParameterSpec(TAG * 8, in, offset + HEADER, NONCE));
+                cipher.updateAAD(in, offset, HEADER);
                 cipher.updateAAD(tail);
-                cipher.doFinal(cell, HEADER + NONCE, cell.length - HEADER - NONCE, out, 0);
+                cipher.doFinal(in, offset + HEADER + NONCE, length - HEADER - NONCE, out, outOffset);
                 return 1;
             } catch (AEADBadTagException e) {
-                java.util.Arrays.fill(out, (byte) 0);
+                java.util.Arrays.fill(out, outOffset, outOffset + length - HEADER - NONCE - TAG, (byte) 0);
                 return 0;
             } catch (java.security.GeneralSecurityException e) {
                 throw new IllegalStateException("JCE failed to decrypt a cell: " + e.getClass().getSimpleName());

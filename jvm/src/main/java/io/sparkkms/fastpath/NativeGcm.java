@@ -59,4 +59,14 @@ final class NativeGcm {
 
     /** 1: authentic (plaintext in out), 0: the tag does not verify, -1: bad lengths or an OpenSSL failure. */
     static native int decrypt(long context, byte[] cell, byte[] tail, byte[] out);
+
+    /**
+     * Decrypts cells {@code [0, n)} of a column batch in one call (sparkkms_gcm.c): cell i is {@code lens[i]}
+     * bytes of {@code in} at {@code offs[i]}, decrypted with {@code contexts[keyIndex[i]]} into {@code out} at
+     * {@code outOffs[i]}, when {@code keyIndex[i] >= 0} and {@code status[i] != 1}; {@code status[i]} becomes 1
+     * (authentic), 0 (tag does not verify) or -1 (bad bounds, OpenSSL failure). Returns the authentic count, or
+     * -1 when the arrays do not fit together.
+     */
+    static native int decryptBatch(long[] contexts, int[] keyIndex, byte[] in, int[] offs, int[] lens, int n,
+            byte[] tail, byte[] out, int[] outOffs, byte[] status);
 }
