@@ -13,6 +13,7 @@ Steps (wall clock, driver side):
   write_plain         df.write.parquet
   write_aes           (--aes) aes_encrypt(col, key, 'GCM') on the PII columns, then df.write.parquet
   write_spark_kms     spark_kms data source (one data key per partition, AES-256-GCM per cell)
+  write_spark_kms_jvm the same through write_encrypted(fast_path=True): cells encrypted in the JVM, Spark's writer
   read_plain          spark.read.parquet + count + checksum of the PII columns
   read_fast           read_encrypted(fast_path=True) (JVM fast path) + count + the same checksum
   read_python         read_encrypted(fast_path=False) (decrypt Arrow UDFs in Python workers) + the same
@@ -191,7 +192,7 @@ def run_one(args: argparse.Namespace, dataset: str, rows: int) -> dict[str, Any]
         # back instead would come in as fewer, larger partitions than --partitions)
         df, pii = frame(spark, dataset, rows, args.partitions, Path(args.workdir))
         out["pii"] = list(pii)
-        paths = {k: workdir / k for k in ("plain", "aes", "spark_kms", "spark_pme")}
+        paths = {k: workdir / k for k in ("plain", "aes", "spark_kms", "spark_kms_jvm", "spark_pme")}
         aes_key = secrets.token_hex(32)
         checksum = F.sum(F.xxhash64(*pii).cast("decimal(38,0)")).cast("string")
         one = pii[1]  # the selective query's decrypted column (email in both datasets)
@@ -214,6 +215,10 @@ def run_one(args: argparse.Namespace, dataset: str, rows: int) -> dict[str, Any]
         def read_kms(fast: bool) -> Callable[[], Any]:
             return lambda: tuple(read_encrypted(spark, str(paths["spark_kms"]), kms_options=opts, fast_path=fast)
                                  .agg(F.count("*"), checksum).first())
+
+        def write_kms_jvm() -> Any:
+            return write_encrypted(df, str(paths["spark_kms_jvm"]), key_uri=KEY_URI, columns=list(pii),
+                                   kms_options=opts, fast_path=True)
 
         def write_spark_pme() -> None:
             assert pme_server is not None
@@ -249,6 +254,10 @@ def run_one(args: argparse.Namespace, dataset: str, rows: int) -> dict[str, Any]
             t["write_aes"], _ = _timed(write_aes, args.repeat)
         rss.step("write_spark_kms")
         t["write_spark_kms"], last_write = _timed(write_kms, args.repeat)
+        if fast_reason is None:
+            rss.step("write_spark_kms_jvm")
+            t["write_spark_kms_jvm"], jvm_write = _timed(write_kms_jvm, args.repeat)
+            out["write_jvm_engine"] = getattr(jvm_write, "engine", "python")
         if pme_server is not None:
             rss.step("write_spark_pme")
             t["write_spark_pme"], _ = _timed(write_spark_pme, args.repeat)
@@ -318,6 +327,8 @@ def report(r: dict[str, Any]) -> list[str]:
         f"  selective query 1 PII / plaintext, Python path          : {_ratio(t, 'sel_python', 'sel_plain')}",
         f"  encrypted write / plaintext write                       : {_ratio(t, 'write_spark_kms', 'write_plain')}"
         "   (target <= 1.3x)",
+        f"  encrypted write, JVM path (fast_path=True) / plaintext  : {_ratio(t, 'write_spark_kms_jvm', 'write_plain')}"
+        f"   (engine {r.get('write_jvm_engine')})",
         f"  format('spark_kms') scan / plaintext read               : {_ratio(t, 'read_ds_scan', 'read_plain')}",
     ]
     if "write_spark_pme" in t:

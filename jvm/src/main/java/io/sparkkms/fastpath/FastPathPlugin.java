@@ -50,6 +50,11 @@ public final class FastPathPlugin implements SparkPlugin {
             if (message instanceof ExecutorKeys.FetchKeys) {
                 return KeyRegistry.copyOf(((ExecutorKeys.FetchKeys) message).handle);
             }
+            if (message instanceof io.sparkkms.fastpath.write.WriteKeyPool.TakeDek) {
+                // JVM write path: one fresh data key of a write's pool per task attempt (null: none left)
+                return io.sparkkms.fastpath.write.WriteKeyPool.takeForReply(
+                        ((io.sparkkms.fastpath.write.WriteKeyPool.TakeDek) message).handle);
+            }
             throw new IllegalArgumentException("unexpected message " + message.getClass().getName());
         }
 
@@ -57,6 +62,7 @@ public final class FastPathPlugin implements SparkPlugin {
         public void shutdown() {
             driverActive = false;
             KeyRegistry.forgetAll();
+            io.sparkkms.fastpath.write.WriteKeyPool.forgetAll();
         }
     }
 
@@ -64,6 +70,7 @@ public final class FastPathPlugin implements SparkPlugin {
         @Override
         public void init(PluginContext ctx, Map<String, String> extraConf) {
             ExecutorKeys.setContext(ctx);
+            io.sparkkms.fastpath.write.WriteKeyPool.setExecutorContext(ctx);
         }
 
         @Override
