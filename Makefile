@@ -74,7 +74,7 @@ demo: install
 # `make test LANES=1` runs everything in one lane, one after the other.
 LANE2_TESTS := tests/packaging tests/airflow/test_deployment.py tests/spark/test_cluster.py \
                tests/spark/test_pkcs11_cluster.py tests/spark/test_fastpath_secrets.py tests/airflow/test_connect.py \
-               tests/cli/test_master_conf.py
+               tests/cli/test_master_conf.py tests/spark/test_fastpath_write.py
 LANES ?= 2
 test: install
 ifeq ($(LANES),1)
