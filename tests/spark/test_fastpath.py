@@ -23,18 +23,6 @@ from tests.spark._helpers import data_files, kms_ops, sorted_rows
 pytestmark = [pytest.mark.spark]
 
 
-@pytest.fixture
-def fast(spark: Any) -> Any:
-    """The shared session with the fast path switched on (the jar must be built: `make jar`)."""
-    assert fastpath.jar_path() is not None, "the fast-path jar is not built: run `make jar`"
-    spark.conf.set(fastpath.CONF_SWITCH, "true")
-    try:
-        assert fastpath.unavailable_reason(spark) is None, fastpath.unavailable_reason(spark)
-        yield spark
-    finally:
-        spark.conf.set(fastpath.CONF_SWITCH, "false")
-
-
 def _both(spark: Any, path: str, kms: Any, **kw: Any) -> tuple[Any, Any]:
     fast = read_encrypted(spark, path, kms_options=kms, fast_path=True, **kw)
     slow = read_encrypted(spark, path, kms_options=kms, fast_path=False, **kw)

@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +31,6 @@ EXEC = "SparkKmsDecryptColumnar"
 SCHEMA = pa.schema([("id", pa.int64()), ("s", pa.string()), ("b", pa.binary()), ("i", pa.int32()),
                     ("f", pa.bool_())])
 ENCRYPTED = ["s", "b", "i", "f"]
-
-
-@pytest.fixture
-def fast(spark: Any) -> Iterator[Any]:
-    """The shared session (started with the plugin and the extension) with the fast path switched on."""
-    assert fastpath.jar_path() is not None, "the fast-path jar is not built: run `make jar`"
-    assert fastpath.extension_active(spark), spark.conf.get("spark.sql.extensions", "")
-    spark.conf.set(fastpath.CONF_SWITCH, "true")
-    try:
-        assert fastpath.unavailable_reason(spark) is None, fastpath.unavailable_reason(spark)
-        yield spark
-    finally:
-        spark.conf.set(fastpath.CONF_SWITCH, "false")
 
 
 class _Conf:

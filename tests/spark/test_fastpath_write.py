@@ -41,18 +41,6 @@ ROWS = [
      for i in range(6, 60)]
 
 
-@pytest.fixture
-def fast(spark: Any) -> Any:
-    """The shared session with the fast path switched on (the jar must be built: `make jar`)."""
-    assert fastpath.jar_path() is not None, "the fast-path jar is not built: run `make jar`"
-    spark.conf.set(fastpath.CONF_SWITCH, "true")
-    try:
-        assert fastpath.unavailable_reason(spark) is None, fastpath.unavailable_reason(spark)
-        yield spark
-    finally:
-        spark.conf.set(fastpath.CONF_SWITCH, "false")
-
-
 def _frame(spark: Any, partitions: int = 3) -> Any:
     return spark.createDataFrame(ROWS, SCHEMA).repartition(partitions)
 
@@ -250,6 +238,8 @@ def test_no_key_in_plan_or_log(fast: Any, local_kms: Any, tmp_path: Path, caplog
         result = write_encrypted(_frame(fast, 2), str(root), key_uri=local_kms.key_uri, columns=ENCRYPTED,
                                  kms_options=local_kms.kms_options, fast_path=True)
     assert _engine(result) == "jvm"
+    # OpenSSL through the read side's library (make install builds it into the jar), not the JCE fallback
+    assert fast.sparkContext._jvm.io.sparkkms.fastpath.write.TaskEncryptor.implementation() == "openssl"
     assert any("on the JVM path" in r.getMessage() for r in caplog.records)
     executions = fast._jsparkSession.sharedState().statusStore().executionsList()
     plans = [executions.apply(i).physicalPlanDescription() for i in range(executions.size())]

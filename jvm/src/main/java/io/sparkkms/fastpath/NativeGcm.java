@@ -12,18 +12,20 @@ import java.nio.file.attribute.PosixFilePermissions;
  * loaded and deleted. When it cannot load (another OS or architecture, no libcrypto), {@link #available()} is
  * false and the fast path uses JCE. The system property {@code sparkkms.fastpath.cipher=jce} forces JCE.
  */
-final class NativeGcm {
+public final class NativeGcm {
     private static final String RESOURCE = "/io/sparkkms/fastpath/native/libsparkkms_gcm.so";
     private static volatile String loadError = ""; // before AVAILABLE: load() sets it
     private static final boolean AVAILABLE = load();
 
     private NativeGcm() {}
 
-    static boolean available() {
+    /** Whether the shared library loaded (the write side's {@code NativeGcmEncrypt} binds to it too). */
+    public static boolean available() {
         return AVAILABLE;
     }
 
-    static String loadError() {
+    /** Why the library did not load ("" when it did). */
+    public static String loadError() {
         return loadError;
     }
 

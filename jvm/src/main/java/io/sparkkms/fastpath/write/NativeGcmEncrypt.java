@@ -1,19 +1,14 @@
 package io.sparkkms.fastpath.write;
 
-import java.io.InputStream;
-import java.nio.file.Files;
-import java.nio.file.Path;
-import java.nio.file.StandardCopyOption;
-import java.nio.file.attribute.PosixFilePermissions;
+import io.sparkkms.fastpath.NativeGcm;
 
 /**
  * AES-256-GCM cell encryption through OpenSSL EVP over JNI (jvm/src/main/c/sparkkms_gcm_enc.c, linked into the
- * fast path's shared library {@code io/sparkkms/fastpath/native/libsparkkms_gcm.so} inside the jar). Loaded like
- * the read side's library: copied to a private temporary file, loaded, deleted. When it cannot load,
+ * fast path's shared library {@code io/sparkkms/fastpath/native/libsparkkms_gcm.so} inside the jar). The library is
+ * the read side's, loaded once by {@link NativeGcm}; this class only binds its encrypt symbols. When it cannot load,
  * {@link #available()} is false and {@link TaskEncryptor} uses JCE; {@code sparkkms.fastpath.cipher=jce} forces JCE.
  */
 final class NativeGcmEncrypt {
-    private static final String RESOURCE = "/io/sparkkms/fastpath/native/libsparkkms_gcm.so";
     private static volatile String loadError = "";
     private static final boolean AVAILABLE = load();
 
@@ -28,23 +23,11 @@ final class NativeGcmEncrypt {
     }
 
     private static boolean load() {
-        if ("jce".equalsIgnoreCase(System.getProperty("sparkkms.fastpath.cipher", ""))) {
-            loadError = "disabled by sparkkms.fastpath.cipher=jce";
+        if (!NativeGcm.available()) { // sparkkms.fastpath.cipher=jce, no library in the jar, no libcrypto...
+            loadError = NativeGcm.loadError();
             return false;
         }
-        try (InputStream in = NativeGcmEncrypt.class.getResourceAsStream(RESOURCE)) {
-            if (in == null) {
-                loadError = "the jar holds no native library";
-                return false;
-            }
-            Path file = Files.createTempFile("sparkkms_gcm_enc", ".so",
-                    PosixFilePermissions.asFileAttribute(PosixFilePermissions.fromString("rwx------")));
-            try {
-                Files.copy(in, file, StandardCopyOption.REPLACE_EXISTING);
-                System.load(file.toAbsolutePath().toString());
-            } finally {
-                Files.deleteIfExists(file);
-            }
+        try {
             // The library may predate the encrypt half: probe a symbol now, not in the middle of a task.
             long ctx = newContext(new byte[32]);
             if (ctx == 0) {
@@ -53,7 +36,7 @@ final class NativeGcmEncrypt {
             }
             freeContext(ctx);
             return true;
-        } catch (Throwable t) { // UnsatisfiedLinkError, IOException, SecurityException
+        } catch (Throwable t) { // UnsatisfiedLinkError
             loadError = t.getClass().getSimpleName() + ": " + t.getMessage();
             return false;
         }
