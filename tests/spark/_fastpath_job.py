@@ -15,23 +15,31 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from spark_kms.kms.local import LocalKms
 from spark_kms.spark import errors_translated, fastpath, read_encrypted, write_encrypted
 from spark_kms.spark.session import spark_session
 
 
-def main(master: str, workdir: Path) -> None:
+def job_session(master: str, workdir: Path, app: str) -> tuple[Any, dict[str, Any]]:
+    """DEBUG logs to stderr, a local KMS key alias/pii under WORKDIR/keystore, and a session of ``app`` (through
+    spark_session(): the fast path's plugin, extension and jar) with its event log in WORKDIR/events; returns the
+    session and the KMS options. Shared with _fastpath_write_job.py."""
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG)
     ks = workdir / "keystore"
     LocalKms(ks).create_key(alias="alias/pii")
-    opts = {"local": {"keystore": str(ks)}}
     (workdir / "events").mkdir()
     conf = {"spark.eventLog.enabled": "true", "spark.eventLog.dir": str(workdir / "events"),
             "spark.eventLog.compress": "false", "spark.eventLog.rolling.enabled": "false",
             "spark.executor.memory": "512m", "spark.cores.max": "2", "spark.executor.cores": "1"}
-    spark = spark_session(master, "spark_kms-fastpath", conf=conf)
+    spark = spark_session(master, app, conf=conf)
     spark.sparkContext.setLogLevel("INFO")
+    return spark, {"local": {"keystore": str(ks)}}
+
+
+def main(master: str, workdir: Path) -> None:
+    spark, opts = job_session(master, workdir, "spark_kms-fastpath")
     df = spark.range(0, 2000, numPartitions=4).selectExpr(
         "id", "concat('user', id, '@example.org') as email", "encode(cast(id * 3 as string), 'utf-8') as blob")
     out = str(workdir / "out")

@@ -10,26 +10,16 @@ over the plugin's RPC on a cluster), reads it back on the Python path and writes
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
-from spark_kms.kms.local import LocalKms
+from _fastpath_job import job_session  # this script's directory is on sys.path when run as a script
+
 from spark_kms.spark import errors_translated, read_encrypted, write_encrypted
-from spark_kms.spark.session import spark_session
 
 
 def main(master: str, workdir: Path) -> None:
-    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG)
-    ks = workdir / "keystore"
-    LocalKms(ks).create_key(alias="alias/pii")
-    opts = {"local": {"keystore": str(ks)}}
-    (workdir / "events").mkdir()
-    conf = {"spark.eventLog.enabled": "true", "spark.eventLog.dir": str(workdir / "events"),
-            "spark.eventLog.compress": "false", "spark.eventLog.rolling.enabled": "false",
-            "spark.executor.memory": "512m", "spark.cores.max": "2", "spark.executor.cores": "1"}
-    spark = spark_session(master, "spark_kms-fastpath-write", conf=conf)
-    spark.sparkContext.setLogLevel("INFO")
+    spark, opts = job_session(master, workdir, "spark_kms-fastpath-write")
     df = spark.range(0, 2000, numPartitions=4).selectExpr(
         "id", "concat('user', id, '@example.org') as email", "encode(cast(id * 3 as string), 'utf-8') as blob",
         "cast(id % 7 as int) as n", "id % 2 = 0 as flag")

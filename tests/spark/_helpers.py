@@ -29,3 +29,15 @@ def data_files(root: Path | str) -> list[str]:
 
 def sorted_rows(df: Any) -> list[tuple[Any, ...]]:
     return sorted((tuple(r) for r in df.collect()), key=repr)
+
+
+def allowed_and_denied(keystore: Path | str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A local KMS at ``keystore`` with key alias/pii whose policy lets principal ``etl`` encrypt and decrypt and
+    principal ``intruder`` do nothing: the KMS options of each, (allowed, denied)."""
+    from spark_kms.kms.local import LocalKms
+
+    admin = LocalKms(keystore, principal="admin")
+    key_id = admin.create_key(alias="alias/pii")
+    admin.put_key_policy(key_id, {"admin": ["admin"], "etl": ["encrypt", "decrypt"], "intruder": []})
+    return ({"local": {"keystore": str(keystore), "principal": "etl"}},
+            {"local": {"keystore": str(keystore), "principal": "intruder"}})

@@ -14,11 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spark_kms.errors import AccessDeniedError, ConfigurationError, DecryptionError, UnknownDataKeyError
-from spark_kms.kms.local import LocalKms
 from spark_kms.parquet import EncryptedParquetWriter, EncryptionSpec
 from spark_kms.spark import errors_translated, fastpath
 from spark_kms.spark.io import read_encrypted, write_encrypted
-from tests.spark._helpers import data_files, kms_ops, sorted_rows
+from tests.spark._helpers import allowed_and_denied, data_files, kms_ops, sorted_rows
 
 pytestmark = [pytest.mark.spark]
 
@@ -136,12 +135,7 @@ def test_unknown_dek_fails_the_same_way(fast: Any, local_kms: Any, tmp_path: Pat
 
 
 def test_denied_principal_fails_the_same_way(fast: Any, tmp_path: Path) -> None:
-    keystore = tmp_path / "ks"
-    admin = LocalKms(keystore, principal="admin")
-    key_id = admin.create_key(alias="alias/pii")
-    admin.put_key_policy(key_id, {"admin": ["admin"], "etl": ["encrypt", "decrypt"], "intruder": []})
-    allowed = {"local": {"keystore": str(keystore), "principal": "etl"}}
-    denied = {"local": {"keystore": str(keystore), "principal": "intruder"}}
+    allowed, denied = allowed_and_denied(tmp_path / "ks")
     out = str(tmp_path / "ds")
     write_encrypted(fast.createDataFrame([(1, "a@b.c")], "id long, email string"), out,
                     key_uri="local://alias/pii", columns=["email"], kms_options=allowed)

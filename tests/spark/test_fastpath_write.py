@@ -17,13 +17,12 @@ import pytest
 from spark_kms.crypto import KEY_TABLE_METADATA_KEY, CellDecryptor, KeyTable, column_binding
 from spark_kms.errors import AccessDeniedError, ConfigurationError, JobError
 from spark_kms.kms import kms_call_counts
-from spark_kms.kms.local import LocalKms
 from spark_kms.parquet._types import encode_values
 from spark_kms.parquet.keys import DekResolver
 from spark_kms.parquet.reader import read_decrypted_table
 from spark_kms.spark import errors_translated, fastpath, fastpath_write
 from spark_kms.spark.io import read_encrypted, write_encrypted
-from tests.spark._helpers import data_files, files_under, sorted_rows
+from tests.spark._helpers import allowed_and_denied, data_files, files_under, sorted_rows
 from tests.spark.test_cluster import cluster  # noqa: F401 - the module-scoped standalone cluster fixture
 
 pytestmark = [pytest.mark.spark]
@@ -194,12 +193,7 @@ def test_append_overwrite_and_partition_by(fast: Any, local_kms: Any, tmp_path: 
 def test_failing_write_leaves_previous_data(fast: Any, tmp_path: Path) -> None:
     """A denied principal fails on the driver (GenerateDataKey of the pool), a failing task fails the job: either
     way the previous dataset is intact and no staging is left."""
-    keystore = tmp_path / "ks"
-    admin = LocalKms(keystore, principal="admin")
-    key_id = admin.create_key(alias="alias/pii")
-    admin.put_key_policy(key_id, {"admin": ["admin"], "etl": ["encrypt", "decrypt"], "intruder": []})
-    allowed = {"local": {"keystore": str(keystore), "principal": "etl"}}
-    denied = {"local": {"keystore": str(keystore), "principal": "intruder"}}
+    allowed, denied = allowed_and_denied(tmp_path / "ks")
     root = tmp_path / "ds"
     df = _frame(fast, 2)
     write_encrypted(df, str(root), key_uri="local://alias/pii", columns=ENCRYPTED, kms_options=allowed,
