@@ -150,8 +150,10 @@ def _task_count(df: Any) -> int:
 
 def _make_pool(writer: SparkKmsWriter, specs: Mapping[str, ColumnSpec], size: int) -> tuple[list[str], bytearray,
                                                                                               list[str]]:
-    """``size`` fresh data keys (GenerateDataKey each): hex ids, plaintext keys concatenated, footer tables."""
+    """``size`` fresh data keys (GenerateDataKey each, up to DEFAULT_KMS_CONCURRENCY in flight, as the rotation
+    jobs do): hex ids, plaintext keys concatenated, footer tables."""
     from spark_kms.crypto.cell import new_dek_id
+    from spark_kms.kms.concurrent import DEFAULT_KMS_CONCURRENCY, bounded_map
     from spark_kms.parquet.keys import entry_for
 
     provider = writer.kms.provider(writer.key_uri) if writer.key_uri else None
@@ -160,17 +162,21 @@ def _make_pool(writer: SparkKmsWriter, specs: Mapping[str, ColumnSpec], size: in
     ids: list[str] = []
     keys = bytearray()
     tables: list[str] = []
+
+    def add(_i: int, data_key: Any) -> None:  # in the calling thread, as each call returns
+        try:
+            entry = entry_for(data_key, new_dek_id(), provider, writer.encryption_context, AES_256_GCM)
+            keys.extend(data_key.plaintext)
+        finally:
+            data_key.wipe()
+        ids.append(entry.dek_id)
+        table = KeyTable(deks={entry.dek_id: entry}, columns=dict(specs), format_version=FORMAT_VERSION)
+        tables.append(table.to_json().decode("utf-8"))
+
     try:
-        for _ in range(size):
-            data_key = provider.generate_data_key(writer.encryption_context)
-            try:
-                entry = entry_for(data_key, new_dek_id(), provider, writer.encryption_context, AES_256_GCM)
-                keys += data_key.plaintext
-            finally:
-                data_key.wipe()
-            ids.append(entry.dek_id)
-            table = KeyTable(deks={entry.dek_id: entry}, columns=dict(specs), format_version=FORMAT_VERSION)
-            tables.append(table.to_json().decode("utf-8"))
+        bounded_map(lambda _n: provider.generate_data_key(writer.encryption_context), range(size),
+                    concurrency=max(1, min(DEFAULT_KMS_CONCURRENCY, size)), on_result=add,
+                    name="spark-kms-write-pool")
     except BaseException:
         keys[:] = bytes(len(keys))
         raise
