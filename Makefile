@@ -6,15 +6,15 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: install demo test lint format bench clean java sanitize hsm dist jar postgres
+.PHONY: install demo test lint format bench clean java sanitize hsm dist jar postgres sodium
 
-$(STAMP): pyproject.toml setup.py spark_kms/crypto/_fastgcm.c
+$(STAMP): pyproject.toml setup.py spark_kms/crypto/_fastgcm.c spark_kms/crypto/_gcm_backend.h
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip 'setuptools>=77' wheel  # >=77: pyproject's SPDX license
 	$(BIN)/python -m pip install -q -e '.[all,test]'
 	@touch $(STAMP)
 
-install: java hsm postgres $(STAMP) jar
+install: java hsm postgres sodium $(STAMP) jar
 
 # `make jar`: the JVM fast path (issue 16; docs/ARCHITECTURE.md "JVM fast path"): the Scala and Java sources of
 # jvm/ compiled against the jars inside the installed pyspark (Scala with the scala-compiler jar pyspark ships:
@@ -24,13 +24,14 @@ FASTPATH_JAR   := spark_kms/jvm/spark-kms-fastpath.jar
 FASTPATH_JAVA  := $(shell find jvm/src/main/java -name '*.java' 2>/dev/null)
 FASTPATH_SCALA := $(shell find jvm/src/main/scala -name '*.scala' 2>/dev/null)
 FASTPATH_C     := $(wildcard jvm/src/main/c/*.c)
+GCM_BACKEND_H  := spark_kms/crypto/_gcm_backend.h
 FASTPATH_OUT   := build/jvm/classes
 JDK_HOME        = $(shell dirname "$$(dirname "$$(readlink -f "$$(command -v javac)")")")
 SPARK_JARS      = $$($(BIN)/python -c 'import pyspark,os;print(os.path.dirname(pyspark.__file__))')/jars
 
 jar: $(FASTPATH_JAR)
 
-$(FASTPATH_JAR): $(FASTPATH_JAVA) $(FASTPATH_SCALA) $(FASTPATH_C) | $(STAMP)
+$(FASTPATH_JAR): $(FASTPATH_JAVA) $(FASTPATH_SCALA) $(FASTPATH_C) $(GCM_BACKEND_H) | $(STAMP)
 	@command -v javac >/dev/null 2>&1 || { echo "the fast path needs a JDK 17 (javac): apt-get install openjdk-17-jdk-headless"; exit 1; }
 	rm -rf $(FASTPATH_OUT) && mkdir -p $(FASTPATH_OUT)/io/sparkkms/fastpath/native spark_kms/jvm
 	@jars="$(SPARK_JARS)"; cp="$$(ls "$$jars"/*.jar | tr '\n' ':')"; \
@@ -42,7 +43,8 @@ $(FASTPATH_JAR): $(FASTPATH_JAVA) $(FASTPATH_SCALA) $(FASTPATH_C) | $(STAMP)
 	fi; \
 	echo "javac $(FASTPATH_JAVA)"; \
 	javac --release 17 -Xlint:all,-serial,-path -cp "$(FASTPATH_OUT):$$cp" -d $(FASTPATH_OUT) $(FASTPATH_JAVA)
-	gcc -O2 -shared -fPIC -Wall -Wextra -I"$(JDK_HOME)/include" -I"$(JDK_HOME)/include/linux" $(FASTPATH_C) -lcrypto \
+	gcc -O2 -shared -fPIC -pthread -Wall -Wextra -I"$(JDK_HOME)/include" -I"$(JDK_HOME)/include/linux" \
+	  -I$(dir $(GCM_BACKEND_H)) $(FASTPATH_C) -lcrypto -ldl \
 	  -o $(FASTPATH_OUT)/io/sparkkms/fastpath/native/libsparkkms_gcm.so \
 	  || echo "warning: the fast path's OpenSSL library did not build (gcc, libssl-dev?): it will use JCE"
 	jar cf $@ -C $(FASTPATH_OUT) .
@@ -52,6 +54,11 @@ $(FASTPATH_JAR): $(FASTPATH_JAVA) $(FASTPATH_SCALA) $(FASTPATH_C) | $(STAMP)
 postgres:
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 	  || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql)
+
+# libsodium: the native AES-GCM loops (spark_kms/crypto/_gcm_backend.h) load it with dlopen when present and
+# use OpenSSL's EVP otherwise; it is about twice as fast per cell (docs/BENCHMARKS.md). Runtime library only.
+sodium:
+	@ldconfig -p | grep -q 'libsodium\.so\.2[36] ' || (apt-get update && apt-get install -y libsodium23)
 
 # SoftHSM2: the PKCS#11 token the pkcs11:// provider's tests run against (tests/providers, tests/spark).
 hsm:
@@ -110,12 +117,12 @@ SAN_ENV     = LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS=dete
               UBSAN_OPTIONS=print_stacktrace=1 PYTHONMALLOC=malloc PYTHONPATH=tests/sanitize \
               SPARK_KMS_FASTGCM_SO=$(abspath $(SAN_EXT))
 
-$(SAN_EXT): spark_kms/crypto/_fastgcm.c $(STAMP)
+$(SAN_EXT): spark_kms/crypto/_fastgcm.c spark_kms/crypto/_gcm_backend.h $(STAMP)
 	@command -v gcc >/dev/null 2>&1 && test -f "$$(gcc -print-file-name=libasan.so)" \
 	  && test -f /usr/include/openssl/evp.h && test -f "$(PY_INCLUDE)/Python.h" \
 	  || { apt-get update && apt-get install -y gcc libssl-dev python3-dev; }
 	@mkdir -p $(SAN_DIR)
-	gcc -shared -fPIC $(SAN_CFLAGS) -I"$(PY_INCLUDE)" spark_kms/crypto/_fastgcm.c -lcrypto -o $@
+	gcc -shared -fPIC $(SAN_CFLAGS) -I"$(PY_INCLUDE)" spark_kms/crypto/_fastgcm.c -lcrypto -ldl -o $@
 
 sanitize: $(SAN_EXT)
 	$(SAN_ENV) $(BIN)/python -c 'from spark_kms.crypto import _fastgcm as m; assert m.__file__ == "$(abspath $(SAN_EXT))", m'

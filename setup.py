@@ -15,7 +15,8 @@ setup(
         Extension(
             "spark_kms.crypto._fastgcm",
             sources=["spark_kms/crypto/_fastgcm.c"],
-            libraries=["crypto"],
+            depends=["spark_kms/crypto/_gcm_backend.h"],
+            libraries=["crypto", "dl"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,
         )

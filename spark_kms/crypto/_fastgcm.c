@@ -26,7 +26,8 @@
  * re-checked wherever a buffer is read, never carried over from an earlier pass; the output validity is
  * written by the loop from the very bits it acted on; a call fails unless its loop wrote every output byte
  * the first pass sized; and dek_ids reads every cell before it creates a Python object.
- * Key copies are wiped with OPENSSL_cleanse. No global state.
+ * Key copies are wiped with OPENSSL_cleanse. The only global state is which AES-GCM implementation
+ * _gcm_backend.h loaded (libsodium or OpenSSL's EVP), chosen once per process.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -37,6 +38,8 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+
+#include "_gcm_backend.h"
 
 #define KEY_BYTES 32
 #define DEK_ID_BYTES 8
@@ -59,7 +62,7 @@ enum {
     ST_AUTH_FAILED = 5,    /* decrypt: tag mismatch */
     ST_TOO_LARGE = 6,      /* a value or the output does not fit the offsets width / format */
     ST_COUNT_MISMATCH = 7, /* encrypt: non-null count differs from the counters reserved */
-    ST_CRYPTO_FAILED = 8,  /* OpenSSL refused an operation */
+    ST_CRYPTO_FAILED = 8,  /* the AES-GCM library (libsodium or OpenSSL) refused an operation */
     ST_TOO_MANY_DEKS = 9,  /* decrypt: more distinct DEKs than MAX_DEKS */
 };
 
@@ -321,8 +324,8 @@ fastgcm_encrypt(PyObject *self, PyObject *args)
     int64_t fail_at = -1;
 
     Py_BEGIN_ALLOW_THREADS
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    if (ctx == NULL || EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key_copy, NULL) != 1) {
+    skg_ctx *ctx = skg_new(key_copy, 1);
+    if (ctx == NULL) {
         status = ST_CRYPTO_FAILED;
         fail_at = 0;
     }
@@ -347,17 +350,13 @@ fastgcm_encrypt(PyObject *self, PyObject *args)
             }
             int64_t n = e - s;
             uint8_t *cell = od + pos;
-            int outl = 0, finl = 0;
             memcpy(cell, pre, PREFIX_BYTES);
             for (int b = 0; b < 8; b++)
                 cell[PREFIX_BYTES + b] = (uint8_t)(counter >> (56 - 8 * b));
             counter++;
-            /* A NULL cipher keeps the key schedule: only the IV (bytes 9..20 of the cell) is reset. */
-            if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, cell + HEADER_BYTES) != 1
-                || EVP_EncryptUpdate(ctx, NULL, &outl, aad_buf, aad_len) != 1
-                || (n > 0 && EVP_EncryptUpdate(ctx, cell + 21, &outl, v.data + s, (int)n) != 1)
-                || EVP_EncryptFinal_ex(ctx, cell + 21 + n, &finl) != 1
-                || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_BYTES, cell + 21 + n) != 1) {
+            /* The key schedule is kept: each cell only brings its nonce (bytes 9..20 of the cell). */
+            if (skg_seal(ctx, cell + HEADER_BYTES, aad_buf, (size_t)aad_len, v.data + s, (size_t)n, cell + 21,
+                         cell + 21 + n) != 1) {
                 status = ST_CRYPTO_FAILED;
                 fail_at = i;
                 break;
@@ -368,7 +367,7 @@ fastgcm_encrypt(PyObject *self, PyObject *args)
         }
         store_offset(oo, out_width, i + 1, pos);
     }
-    EVP_CIPHER_CTX_free(ctx); /* frees and wipes the key schedule */
+    skg_free(ctx); /* frees and wipes the key schedule */
     /* Inputs changed since pass 1 (values shorter, bits cleared) leave output bytes unwritten: fail. */
     if (status == ST_OK && counter - counter_start != (uint64_t)expected) {
         status = ST_COUNT_MISMATCH;
@@ -514,7 +513,7 @@ fastgcm_dek_ids(PyObject *self, PyObject *args)
 typedef struct {
     uint8_t id[DEK_ID_BYTES];
     uint8_t key[KEY_BYTES];
-    EVP_CIPHER_CTX *ctx;
+    skg_ctx *ctx;
 } dek_slot;
 
 PyDoc_STRVAR(decrypt_doc,
@@ -652,27 +651,18 @@ fastgcm_decrypt(PyObject *self, PyObject *args)
                     break;
                 }
                 if (slots[last].ctx == NULL) { /* key schedule built once per DEK, on first use */
-                    slots[last].ctx = EVP_CIPHER_CTX_new();
-                    if (slots[last].ctx == NULL
-                        || EVP_DecryptInit_ex(slots[last].ctx, EVP_aes_256_gcm(), NULL, slots[last].key, NULL) != 1) {
+                    slots[last].ctx = skg_new(slots[last].key, 0);
+                    if (slots[last].ctx == NULL) {
                         status = ST_CRYPTO_FAILED;
                         fail_at = i;
                         break;
                     }
                 }
             }
-            EVP_CIPHER_CTX *ctx = slots[last].ctx;
-            int outl = 0, finl = 0;
-            if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, cell + HEADER_BYTES) != 1
-                || EVP_DecryptUpdate(ctx, NULL, &outl, aad, (int)aad_len) != 1
-                || (n > 0 && EVP_DecryptUpdate(ctx, od + pos, &outl, cell + 21, (int)n) != 1)
-                || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_BYTES, (void *)(cell + 21 + n)) != 1) {
-                status = ST_CRYPTO_FAILED;
-                fail_at = i;
-                break;
-            }
-            if (EVP_DecryptFinal_ex(ctx, od + pos + n, &finl) != 1) {
-                status = ST_AUTH_FAILED;
+            int rc = skg_open(slots[last].ctx, cell + HEADER_BYTES, aad, aad_len, cell + 21, (size_t)n,
+                              cell + 21 + n, od + pos);
+            if (rc != 1) {
+                status = rc == 0 ? ST_AUTH_FAILED : ST_CRYPTO_FAILED;
                 fail_at = i;
                 break;
             }
@@ -700,7 +690,7 @@ fastgcm_decrypt(PyObject *self, PyObject *args)
 done:
     if (slots != NULL) {
         for (Py_ssize_t k = 0; k < n_keys; k++)
-            EVP_CIPHER_CTX_free(slots[k].ctx);
+            skg_free(slots[k].ctx);
         OPENSSL_cleanse(slots, sizeof(dek_slot) * (size_t)(n_keys ? n_keys : 1));
         PyMem_Free(slots);
     }
@@ -739,7 +729,9 @@ fastgcm_exec(PyObject *m)
         || PyModule_AddIntConstant(m, "ST_TOO_MANY_DEKS", ST_TOO_MANY_DEKS) < 0
         || PyModule_AddIntConstant(m, "MAX_DEKS", MAX_DEKS) < 0)
         return -1;
-    return PyModule_AddStringConstant(m, "OPENSSL_VERSION", OpenSSL_version(OPENSSL_VERSION));
+    if (PyModule_AddStringConstant(m, "OPENSSL_VERSION", OpenSSL_version(OPENSSL_VERSION)) < 0)
+        return -1;
+    return PyModule_AddStringConstant(m, "GCM_BACKEND", skg_backend());
 }
 
 static PyModuleDef_Slot fastgcm_slots[] = {

@@ -18,6 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F  # noqa: N812 - pyspark's convention
 
+from spark_kms.crypto import _fastgcm as fastgcm
+from spark_kms.crypto import _native
 from spark_kms.errors import DecryptionError, UnknownDataKeyError
 from spark_kms.parquet import EncryptedParquetWriter, EncryptionSpec
 from spark_kms.parquet.dataset import Dataset
@@ -277,7 +279,7 @@ def test_cell_moved_to_another_column(fast: Any, local_kms: Any, tmp_path: Path)
     _same(_failures(fast, path, local_kms.kms_options), DecryptionError)
 
 
-# -- other sessions: the plugin without the extension (Java UDFs), JCE instead of OpenSSL ----------------------
+# -- other sessions: the plugin without the extension (Java UDFs), JCE or OpenSSL instead of libsodium ------------
 
 _JOB = """
 import json, sys
@@ -287,7 +289,7 @@ root, keystore, mode = sys.argv[1:4]
 conf = fastpath.spark_conf()
 if mode == "plugin-only":
     del conf["spark.sql.extensions"]
-else:
+elif mode == "jce":
     conf["spark.driver.extraJavaOptions"] = "-Dsparkkms.fastpath.cipher=jce"
 spark = local_session("local[1]", mode, conf=conf)
 opts = {"local": {"keystore": keystore}}
@@ -304,14 +306,18 @@ print(json.dumps({"extension": fastpath.extension_active(spark), "equal": rows =
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["plugin-only", "jce"])
-def test_plugin_only_and_jce_sessions(local_kms: Any, dataset: tuple, mode: str) -> None:
+@pytest.mark.parametrize("mode", ["plugin-only", "jce", "openssl"])
+def test_plugin_only_jce_and_openssl_sessions(local_kms: Any, dataset: tuple, mode: str) -> None:
     """A session with the plugin but not the extension decrypts through the Java UDFs, row by row; one whose
-    JVM cannot use OpenSSL (sparkkms.fastpath.cipher=jce) decrypts the batches through JCE. Both equal the Python
-    path."""
+    JVM may not use the native library (sparkkms.fastpath.cipher=jce) decrypts the batches through JCE; one
+    kept off libsodium (SPARK_KMS_GCM_BACKEND=openssl) decrypts them through OpenSSL's EVP. All equal the Python
+    path, over cells this process wrote with libsodium."""
     root, rows = dataset
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
     env.pop(fastpath.ENV_SWITCH, None)
+    env.pop(_native.GCM_BACKEND_ENV, None)
+    if mode == "openssl":
+        env[_native.GCM_BACKEND_ENV] = "openssl"
     proc = subprocess.run([sys.executable, "-c", _JOB, str(root), str(local_kms.keystore_dir), mode],
                           capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parents[2])
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -319,7 +325,9 @@ def test_plugin_only_and_jce_sessions(local_kms: Any, dataset: tuple, mode: str)
     assert report["equal"] is True and report["count"] == len(rows), report
     if mode == "plugin-only":
         assert (report["extension"], report["udf"], report["columnar"]) == (False, True, False), report
-        assert report["cipher"] == "openssl"
+        assert report["cipher"] == fastgcm.GCM_BACKEND and report["cipher"].startswith("libsodium "), report
+    elif mode == "openssl":
+        assert (report["extension"], report["columnar"], report["cipher"]) == (True, True, "openssl"), report
     else:
         assert (report["extension"], report["columnar"]) == (True, True), report
         assert report["cipher"].startswith("jce (disabled by sparkkms.fastpath.cipher=jce"), report

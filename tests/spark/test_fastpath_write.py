@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from spark_kms.crypto import KEY_TABLE_METADATA_KEY, CellDecryptor, KeyTable, column_binding
+from spark_kms.crypto import _fastgcm as fastgcm
 from spark_kms.errors import AccessDeniedError, ConfigurationError, JobError
 from spark_kms.kms import kms_call_counts
 from spark_kms.parquet._types import encode_values
@@ -232,8 +233,10 @@ def test_no_key_in_plan_or_log(fast: Any, local_kms: Any, tmp_path: Path, caplog
         result = write_encrypted(_frame(fast, 2), str(root), key_uri=local_kms.key_uri, columns=ENCRYPTED,
                                  kms_options=local_kms.kms_options, fast_path=True)
     assert _engine(result) == "jvm"
-    # OpenSSL through the read side's library (make install builds it into the jar), not the JCE fallback
-    assert fast.sparkContext._jvm.io.sparkkms.fastpath.write.TaskEncryptor.implementation() == "openssl"
+    # the read side's native library (make install builds it into the jar; libsodium where installed, as in
+    # this process's extension), not the JCE fallback
+    implementation = fast.sparkContext._jvm.io.sparkkms.fastpath.write.TaskEncryptor.implementation()
+    assert implementation == fastgcm.GCM_BACKEND, implementation
     assert any("on the JVM path" in r.getMessage() for r in caplog.records)
     executions = fast._jsparkSession.sharedState().statusStore().executionsList()
     plans = [executions.apply(i).physicalPlanDescription() for i in range(executions.size())]

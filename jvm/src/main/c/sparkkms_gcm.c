@@ -1,16 +1,18 @@
 /*
- * JNI half of the spark_kms JVM fast path: AES-256-GCM cell decryption through OpenSSL EVP
- * (docs/FORMAT.md section 2.1; the same EVP calls as spark_kms/crypto/_fastgcm.c).
+ * JNI half of the spark_kms JVM fast path: AES-256-GCM cell decryption (docs/FORMAT.md section 2.1) through
+ * spark_kms/crypto/_gcm_backend.h -- libsodium when the machine has it, else OpenSSL EVP -- the same calls as
+ * spark_kms/crypto/_fastgcm.c.
  *
- * One EVP_CIPHER_CTX per data key and per task (io.sparkkms.fastpath.NativeGcm): the key schedule is set
- * once, each cell only sets its nonce. Not thread-safe per context; the Java side never shares one.
- * EVP_CIPHER_CTX_free wipes the key schedule.
+ * One context per data key and per task (io.sparkkms.fastpath.NativeGcm): the key schedule is set once, each
+ * cell only brings its nonce. Not thread-safe per context; the Java side never shares one. freeContext wipes
+ * the key schedule.
  */
 #include <jni.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <openssl/evp.h>
+
+#include "_gcm_backend.h"
 
 #define HEADER_BYTES 9
 #define NONCE_BYTES 12
@@ -22,11 +24,7 @@ JNIEXPORT jlong JNICALL Java_io_sparkkms_fastpath_NativeGcm_newContext(JNIEnv *e
     if ((*env)->GetArrayLength(env, key) != 32) return 0;
     unsigned char k[32];
     (*env)->GetByteArrayRegion(env, key, 0, 32, (jbyte *)k);
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    if (ctx == NULL || EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, k, NULL) != 1) {
-        if (ctx != NULL) EVP_CIPHER_CTX_free(ctx);
-        ctx = NULL;
-    }
+    skg_ctx *ctx = skg_new(k, 0);
     volatile unsigned char *p = k;
     for (int i = 0; i < 32; i++) p[i] = 0;
     return (jlong)(intptr_t)ctx;
@@ -34,53 +32,51 @@ JNIEXPORT jlong JNICALL Java_io_sparkkms_fastpath_NativeGcm_newContext(JNIEnv *e
 
 JNIEXPORT void JNICALL Java_io_sparkkms_fastpath_NativeGcm_freeContext(JNIEnv *env, jclass cls, jlong handle) {
     (void)env; (void)cls;
-    if (handle != 0) EVP_CIPHER_CTX_free((EVP_CIPHER_CTX *)(intptr_t)handle);
+    if (handle != 0) skg_free((skg_ctx *)(intptr_t)handle);
+}
+
+/* Which AES-GCM implementation the contexts use: "libsodium <version>" or "openssl". */
+JNIEXPORT jstring JNICALL Java_io_sparkkms_fastpath_NativeGcm_backend(JNIEnv *env, jclass cls) {
+    (void)cls;
+    return (*env)->NewStringUTF(env, skg_backend());
 }
 
 /*
  * Decrypts one GCM cell into out (cell length - 37 bytes). The AAD is the cell's 9-byte header followed by
  * tail (u16 len(column) || column || context). Returns 1 when the tag verifies, 0 when it does not (out is
- * then zeroed), -1 on a length mismatch or an OpenSSL failure.
+ * then zeroed), -1 on a length mismatch or a failure of the library.
  */
 JNIEXPORT jint JNICALL Java_io_sparkkms_fastpath_NativeGcm_decrypt(JNIEnv *env, jclass cls, jlong handle,
                                                                     jbyteArray cellArr, jbyteArray tailArr,
                                                                     jbyteArray outArr) {
     (void)cls;
-    EVP_CIPHER_CTX *ctx = (EVP_CIPHER_CTX *)(intptr_t)handle;
+    skg_ctx *ctx = (skg_ctx *)(intptr_t)handle;
     jsize cell_len = (*env)->GetArrayLength(env, cellArr);
     jsize tail_len = (*env)->GetArrayLength(env, tailArr);
     jsize out_len = (*env)->GetArrayLength(env, outArr);
     if (ctx == NULL || cell_len < GCM_OVERHEAD || out_len != cell_len - GCM_OVERHEAD) return -1;
     int n = (int)out_len;
+    /* The AAD in one buffer: the cell's header, then the tail (copied before the critical section). */
+    unsigned char *aad = malloc((size_t)HEADER_BYTES + (size_t)tail_len);
+    if (aad == NULL) return -1;
+    (*env)->GetByteArrayRegion(env, tailArr, 0, tail_len, (jbyte *)(aad + HEADER_BYTES));
     unsigned char *cell = (*env)->GetPrimitiveArrayCritical(env, cellArr, NULL);
-    if (cell == NULL) return -1;
-    unsigned char *tail = (*env)->GetPrimitiveArrayCritical(env, tailArr, NULL);
-    if (tail == NULL) {
-        (*env)->ReleasePrimitiveArrayCritical(env, cellArr, cell, JNI_ABORT);
+    if (cell == NULL) {
+        free(aad);
         return -1;
     }
     unsigned char *out = (*env)->GetPrimitiveArrayCritical(env, outArr, NULL);
     if (out == NULL) {
-        (*env)->ReleasePrimitiveArrayCritical(env, tailArr, tail, JNI_ABORT);
         (*env)->ReleasePrimitiveArrayCritical(env, cellArr, cell, JNI_ABORT);
+        free(aad);
         return -1;
     }
-    int outl = 0, finl = 0, rc;
-    unsigned char tag[TAG_BYTES];
-    memcpy(tag, cell + HEADER_BYTES + NONCE_BYTES + n, TAG_BYTES);
-    if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, cell + HEADER_BYTES) != 1
-        || EVP_DecryptUpdate(ctx, NULL, &outl, cell, HEADER_BYTES) != 1
-        || (tail_len > 0 && EVP_DecryptUpdate(ctx, NULL, &outl, tail, (int)tail_len) != 1)
-        || (n > 0 && EVP_DecryptUpdate(ctx, out, &outl, cell + HEADER_BYTES + NONCE_BYTES, n) != 1)
-        || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_BYTES, tag) != 1) {
-        rc = -1;
-    } else {
-        rc = EVP_DecryptFinal_ex(ctx, out + n, &finl) == 1 ? 1 : 0;
-    }
-    if (rc != 1 && n > 0) memset(out, 0, (size_t)n);
+    memcpy(aad, cell, HEADER_BYTES);
+    int rc = skg_open(ctx, cell + HEADER_BYTES, aad, (size_t)HEADER_BYTES + (size_t)tail_len,
+                      cell + HEADER_BYTES + NONCE_BYTES, (size_t)n, cell + HEADER_BYTES + NONCE_BYTES + n, out);
     (*env)->ReleasePrimitiveArrayCritical(env, outArr, out, 0);
-    (*env)->ReleasePrimitiveArrayCritical(env, tailArr, tail, JNI_ABORT);
     (*env)->ReleasePrimitiveArrayCritical(env, cellArr, cell, JNI_ABORT);
+    free(aad);
     return rc;
 }
 
@@ -89,8 +85,8 @@ JNIEXPORT jint JNICALL Java_io_sparkkms_fastpath_NativeGcm_decrypt(JNIEnv *env, 
  * the cells, cell i at offs[i] with lens[i] bytes; its plaintext goes to out at out_offs[i] (lens[i] - 37
  * bytes). Cell i is decrypted with contexts[key_index[i]] when key_index[i] >= 0 and status[i] != 1 (so a
  * second call with another tail retries only the cells whose tag did not verify); status[i] is set to 1
- * (authentic), 0 (the tag does not verify: its plaintext bytes are zeroed) or -1 (bad bounds or an OpenSSL
- * failure). The AAD of every cell is its 9-byte header followed by tail. Returns how many cells were
+ * (authentic), 0 (the tag does not verify: its plaintext bytes are zeroed) or -1 (bad bounds or a failure
+ * of the library). The AAD of every cell is its 9-byte header followed by tail. Returns how many cells were
  * authentic in this call, or -1 when the arrays do not fit together.
  */
 JNIEXPORT jint JNICALL Java_io_sparkkms_fastpath_NativeGcm_decryptBatch(
@@ -105,7 +101,7 @@ JNIEXPORT jint JNICALL Java_io_sparkkms_fastpath_NativeGcm_decryptBatch(
     if ((*env)->GetArrayLength(env, keyArr) < n || (*env)->GetArrayLength(env, offArr) < n
         || (*env)->GetArrayLength(env, lenArr) < n || (*env)->GetArrayLength(env, outOffArr) < n
         || (*env)->GetArrayLength(env, statusArr) < n) return -1;
-    /* The AAD of a cell: its header, then the tail; one buffer, so one EVP call per cell for it. */
+    /* The AAD of a cell: its header, then the tail, in one buffer. */
     unsigned char *aad = malloc((size_t)HEADER_BYTES + (size_t)tail_len);
     if (aad == NULL) return -1;
     (*env)->GetByteArrayRegion(env, tailArr, 0, tail_len, (jbyte *)(aad + HEADER_BYTES));
@@ -141,26 +137,14 @@ JNIEXPORT jint JNICALL Java_io_sparkkms_fastpath_NativeGcm_decryptBatch(
                 st[i] = -1;
                 continue;
             }
-            EVP_CIPHER_CTX *ctx = (EVP_CIPHER_CTX *)(intptr_t)ctxs[k];
             const unsigned char *cell = src + co;
-            unsigned char *plain = dst + oo;
-            int m = cl - GCM_OVERHEAD, outl = 0, finl = 0;
-            unsigned char tag[TAG_BYTES];
-            memcpy(tag, cell + HEADER_BYTES + NONCE_BYTES + m, TAG_BYTES);
+            int m = cl - GCM_OVERHEAD;
             memcpy(aad, cell, HEADER_BYTES);
-            if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, cell + HEADER_BYTES) != 1
-                || EVP_DecryptUpdate(ctx, NULL, &outl, aad, aad_len) != 1
-                || (m > 0 && EVP_DecryptUpdate(ctx, plain, &outl, cell + HEADER_BYTES + NONCE_BYTES, m) != 1)
-                || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_BYTES, tag) != 1) {
-                st[i] = -1;
-            } else if (EVP_DecryptFinal_ex(ctx, plain + m, &finl) == 1) {
-                st[i] = 1;
-                ok++;
-                continue;
-            } else {
-                st[i] = 0;
-            }
-            if (m > 0) memset(plain, 0, (size_t)m);
+            int rc = skg_open((skg_ctx *)(intptr_t)ctxs[k], cell + HEADER_BYTES, aad, (size_t)aad_len,
+                              cell + HEADER_BYTES + NONCE_BYTES, (size_t)m, cell + HEADER_BYTES + NONCE_BYTES + m,
+                              dst + oo); /* plaintext zeroed unless authentic */
+            st[i] = (jbyte)rc;
+            if (rc == 1) ok++;
         }
     }
     if (out != NULL) (*env)->ReleasePrimitiveArrayCritical(env, outArr, out, 0);

@@ -1,15 +1,18 @@
 /*
- * JNI half of the spark_kms JVM write path: AES-256-GCM cell encryption through OpenSSL EVP
- * (docs/FORMAT.md sections 2.1 and 3; the same EVP calls as spark_kms/crypto/_fastgcm.c).
+ * JNI half of the spark_kms JVM write path: AES-256-GCM cell encryption (docs/FORMAT.md sections 2.1 and 3)
+ * through spark_kms/crypto/_gcm_backend.h -- libsodium when the machine has it, else OpenSSL EVP -- the same
+ * calls as spark_kms/crypto/_fastgcm.c.
  *
- * One EVP_CIPHER_CTX per task (io.sparkkms.fastpath.write.NativeGcmEncrypt): the key schedule is set once,
- * each cell only sets its nonce. Not thread-safe per context; the Java side never shares one between tasks.
- * EVP_CIPHER_CTX_free wipes the key schedule.
+ * One context per task (io.sparkkms.fastpath.write.NativeGcmEncrypt): the key schedule is set once, each cell
+ * only brings its nonce. Not thread-safe per context; the Java side never shares one between tasks.
+ * freeContext wipes the key schedule.
  */
 #include <jni.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
-#include <openssl/evp.h>
+
+#include "_gcm_backend.h"
 
 #define HEADER_BYTES 9
 #define NONCE_BYTES 12
@@ -22,11 +25,7 @@ JNIEXPORT jlong JNICALL Java_io_sparkkms_fastpath_write_NativeGcmEncrypt_newCont
     if ((*env)->GetArrayLength(env, key) != 32) return 0;
     unsigned char k[32];
     (*env)->GetByteArrayRegion(env, key, 0, 32, (jbyte *)k);
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    if (ctx == NULL || EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, k, NULL) != 1) {
-        if (ctx != NULL) EVP_CIPHER_CTX_free(ctx);
-        ctx = NULL;
-    }
+    skg_ctx *ctx = skg_new(k, 1);
     volatile unsigned char *p = k;
     for (int i = 0; i < 32; i++) p[i] = 0;
     return (jlong)(intptr_t)ctx;
@@ -35,14 +34,14 @@ JNIEXPORT jlong JNICALL Java_io_sparkkms_fastpath_write_NativeGcmEncrypt_newCont
 JNIEXPORT void JNICALL Java_io_sparkkms_fastpath_write_NativeGcmEncrypt_freeContext(JNIEnv *env, jclass cls,
                                                                                     jlong handle) {
     (void)env; (void)cls;
-    if (handle != 0) EVP_CIPHER_CTX_free((EVP_CIPHER_CTX *)(intptr_t)handle);
+    if (handle != 0) skg_free((skg_ctx *)(intptr_t)handle);
 }
 
 /*
  * Encrypts in[off, off + len) into out (len + 37 bytes) whose first 21 bytes the caller filled: the 9-byte
  * header and the 12-byte nonce. The AAD is that header followed by tail (u16 len(column) || column || context).
- * Writes the ciphertext at out[21] and the tag after it. Returns 1, or -1 on bad lengths or an OpenSSL failure
- * (out's ciphertext is then zeroed).
+ * Writes the ciphertext at out[21] and the tag after it. Returns 1, or -1 on bad lengths or a failure of the
+ * library (out's ciphertext is then zeroed).
  */
 JNIEXPORT jint JNICALL Java_io_sparkkms_fastpath_write_NativeGcmEncrypt_encrypt(JNIEnv *env, jclass cls,
                                                                                 jlong handle, jbyteArray inArr,
@@ -50,37 +49,32 @@ JNIEXPORT jint JNICALL Java_io_sparkkms_fastpath_write_NativeGcmEncrypt_encrypt(
                                                                                 jbyteArray tailArr,
                                                                                 jbyteArray outArr) {
     (void)cls;
-    EVP_CIPHER_CTX *ctx = (EVP_CIPHER_CTX *)(intptr_t)handle;
+    skg_ctx *ctx = (skg_ctx *)(intptr_t)handle;
     jsize in_len = (*env)->GetArrayLength(env, inArr);
     jsize tail_len = (*env)->GetArrayLength(env, tailArr);
     jsize out_len = (*env)->GetArrayLength(env, outArr);
     if (ctx == NULL || off < 0 || len < 0 || off > in_len - len || out_len != len + GCM_OVERHEAD) return -1;
+    /* The AAD in one buffer: the header the caller wrote, then the tail (copied before the critical section). */
+    unsigned char *aad = malloc((size_t)HEADER_BYTES + (size_t)tail_len);
+    if (aad == NULL) return -1;
+    (*env)->GetByteArrayRegion(env, outArr, 0, HEADER_BYTES, (jbyte *)aad);
+    (*env)->GetByteArrayRegion(env, tailArr, 0, tail_len, (jbyte *)(aad + HEADER_BYTES));
     unsigned char *in = (*env)->GetPrimitiveArrayCritical(env, inArr, NULL);
-    if (in == NULL) return -1;
-    unsigned char *tail = (*env)->GetPrimitiveArrayCritical(env, tailArr, NULL);
-    if (tail == NULL) {
-        (*env)->ReleasePrimitiveArrayCritical(env, inArr, in, JNI_ABORT);
+    if (in == NULL) {
+        free(aad);
         return -1;
     }
     unsigned char *out = (*env)->GetPrimitiveArrayCritical(env, outArr, NULL);
     if (out == NULL) {
-        (*env)->ReleasePrimitiveArrayCritical(env, tailArr, tail, JNI_ABORT);
         (*env)->ReleasePrimitiveArrayCritical(env, inArr, in, JNI_ABORT);
+        free(aad);
         return -1;
     }
-    int outl = 0, finl = 0, rc = 1;
     unsigned char *ct = out + HEADER_BYTES + NONCE_BYTES;
-    if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, out + HEADER_BYTES) != 1
-        || EVP_EncryptUpdate(ctx, NULL, &outl, out, HEADER_BYTES) != 1
-        || (tail_len > 0 && EVP_EncryptUpdate(ctx, NULL, &outl, tail, (int)tail_len) != 1)
-        || (len > 0 && EVP_EncryptUpdate(ctx, ct, &outl, in + off, (int)len) != 1)
-        || EVP_EncryptFinal_ex(ctx, ct + len, &finl) != 1
-        || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_BYTES, ct + len) != 1) {
-        rc = -1;
-        if (len > 0) memset(ct, 0, (size_t)len);
-    }
+    int rc = skg_seal(ctx, out + HEADER_BYTES, aad, (size_t)HEADER_BYTES + (size_t)tail_len, in + off,
+                      (size_t)len, ct, ct + len);
     (*env)->ReleasePrimitiveArrayCritical(env, outArr, out, 0);
-    (*env)->ReleasePrimitiveArrayCritical(env, tailArr, tail, JNI_ABORT);
     (*env)->ReleasePrimitiveArrayCritical(env, inArr, in, JNI_ABORT);
+    free(aad);
     return rc;
 }

@@ -20,7 +20,7 @@ abstract class DekCipher implements AutoCloseable {
      */
     abstract int decrypt(byte[] in, int offset, int length, byte[] tail, byte[] out, int outOffset);
 
-    /** The OpenSSL context of this key, or 0 when it is not a native cipher. */
+    /** The native context of this key, or 0 when it is not a native cipher. */
     long context() {
         return 0L;
     }
@@ -38,9 +38,9 @@ abstract class DekCipher implements AutoCloseable {
         return new Jce(key);
     }
 
-    /** Which implementation {@link #of} picks in this JVM: "openssl" or "jce (reason)". */
+    /** Which implementation {@link #of} picks in this JVM: "libsodium <version>", "openssl" or "jce (reason)". */
     static String implementation() {
-        return NativeGcm.available() ? "openssl" : "jce (" + NativeGcm.loadError() + ")";
+        return NativeGcm.available() ? NativeGcm.backend() : "jce (" + NativeGcm.loadError() + ")";
     }
 
     static final class Native extends DekCipher {

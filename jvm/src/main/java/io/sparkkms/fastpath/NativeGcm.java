@@ -7,7 +7,8 @@ import java.nio.file.StandardCopyOption;
 import java.nio.file.attribute.PosixFilePermissions;
 
 /**
- * AES-256-GCM through OpenSSL EVP over JNI (jvm/src/main/c/sparkkms_gcm.c). The shared library travels inside
+ * AES-256-GCM over JNI (jvm/src/main/c/sparkkms_gcm.c: libsodium's AES-GCM when the machine has it, else
+ * OpenSSL EVP; spark_kms/crypto/_gcm_backend.h). The shared library travels inside
  * the jar ({@code io/sparkkms/fastpath/native/libsparkkms_gcm.so}); it is copied to a private temporary file,
  * loaded and deleted. When it cannot load (another OS or architecture, no libcrypto), {@link #available()} is
  * false and the fast path uses JCE. The system property {@code sparkkms.fastpath.cipher=jce} forces JCE.
@@ -54,19 +55,22 @@ public final class NativeGcm {
         }
     }
 
-    /** An EVP context keyed with {@code key} (32 bytes), or 0 when OpenSSL refuses. */
+    /** Which AES-GCM implementation the native contexts use: "libsodium <version>" or "openssl". */
+    public static native String backend();
+
+    /** A context keyed with {@code key} (32 bytes), or 0 when the library refuses. */
     static native long newContext(byte[] key);
 
     static native void freeContext(long context);
 
-    /** 1: authentic (plaintext in out), 0: the tag does not verify, -1: bad lengths or an OpenSSL failure. */
+    /** 1: authentic (plaintext in out), 0: the tag does not verify, -1: bad lengths or a failure of the library. */
     static native int decrypt(long context, byte[] cell, byte[] tail, byte[] out);
 
     /**
      * Decrypts cells {@code [0, n)} of a column batch in one call (sparkkms_gcm.c): cell i is {@code lens[i]}
      * bytes of {@code in} at {@code offs[i]}, decrypted with {@code contexts[keyIndex[i]]} into {@code out} at
      * {@code outOffs[i]}, when {@code keyIndex[i] >= 0} and {@code status[i] != 1}; {@code status[i]} becomes 1
-     * (authentic), 0 (tag does not verify) or -1 (bad bounds, OpenSSL failure). Returns the authentic count, or
+     * (authentic), 0 (tag does not verify) or -1 (bad bounds, a failure of the library). Returns the authentic count, or
      * -1 when the arrays do not fit together.
      */
     static native int decryptBatch(long[] contexts, int[] keyIndex, byte[] in, int[] offs, int[] lens, int n,

@@ -31,7 +31,7 @@ final class NativeGcmEncrypt {
             // The library may predate the encrypt half: probe a symbol now, not in the middle of a task.
             long ctx = newContext(new byte[32]);
             if (ctx == 0) {
-                loadError = "OpenSSL refused an AES-256-GCM context";
+                loadError = "the native library refused an AES-256-GCM context";
                 return false;
             }
             freeContext(ctx);

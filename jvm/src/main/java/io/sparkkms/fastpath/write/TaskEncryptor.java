@@ -1,5 +1,7 @@
 package io.sparkkms.fastpath.write;
 
+import io.sparkkms.fastpath.NativeGcm;
+
 import java.security.SecureRandom;
 import java.util.Arrays;
 import java.util.concurrent.ConcurrentHashMap;
@@ -64,9 +66,9 @@ public final class TaskEncryptor implements AutoCloseable {
         dek.wipe();
     }
 
-    /** Which implementation this JVM encrypts with: "openssl" or "jce (reason)". */
+    /** Which implementation this JVM encrypts with: "libsodium <version>", "openssl" or "jce (reason)". */
     public static String implementation() {
-        return NativeGcmEncrypt.available() ? "openssl" : "jce (" + NativeGcmEncrypt.loadError() + ")";
+        return NativeGcmEncrypt.available() ? NativeGcm.backend() : "jce (" + NativeGcmEncrypt.loadError() + ")";
     }
 
     /** The encryptor of the running task attempt for the write {@code handle}, made (one key taken) on first use. */

@@ -1,0 +1,207 @@
+/*
+ * One AES-256-GCM call per cell, for the native loops of spark_kms: the Python extension
+ * (spark_kms/crypto/_fastgcm.c) and the JVM fast path's JNI library (the C files of jvm/src/main/c).
+ *
+ * Two implementations of the same standard AES-256-GCM (NIST SP 800-38D, 96-bit nonce, 128-bit tag):
+ *
+ *   libsodium  crypto_aead_aes256gcm_*_afternm over a state that holds the expanded key and the GHASH key
+ *              powers, one call per cell. Loaded with dlopen (libsodium.so.26 or .23) when present and when
+ *              crypto_aead_aes256gcm_is_available() says the CPU has AES-NI and PCLMUL; no build-time
+ *              dependency. About half the cost per small cell of EVP (bench/bench_crypto.py, docs/BENCHMARKS.md).
+ *   openssl    EVP: one EVP_CIPHER_CTX per key, each cell sets its nonce, the AAD, the update and the tag.
+ *
+ * Both produce and accept the same bytes (tests/crypto/test_gcm_backends.py checks them against each other
+ * and against `cryptography`). SPARK_KMS_GCM_BACKEND=openssl in a process's environment, read once when the
+ * first context is made, keeps that process on OpenSSL. No key byte is logged; key schedules are wiped
+ * (OPENSSL_cleanse) before they are freed.
+ *
+ * Everything here is static: each shared library that includes this header gets its own copy.
+ */
+#ifndef SPARK_KMS_GCM_BACKEND_H
+#define SPARK_KMS_GCM_BACKEND_H
+
+#include <dlfcn.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#define SKG_KEY_BYTES 32
+#define SKG_NONCE_BYTES 12
+#define SKG_TAG_BYTES 16
+
+/* crypto_aead_aes256gcm_state: 512 opaque bytes aligned to 16 (sodium/crypto_aead_aes256gcm.h). */
+typedef struct {
+    unsigned char opaque[512];
+} __attribute__((aligned(16))) skg_sodium_state;
+
+typedef int (*skg_beforenm_fn)(skg_sodium_state *, const unsigned char *);
+typedef int (*skg_open_fn)(unsigned char *m, unsigned char *nsec, const unsigned char *c, unsigned long long clen,
+                           const unsigned char *mac, const unsigned char *ad, unsigned long long adlen,
+                           const unsigned char *npub, const skg_sodium_state *st);
+typedef int (*skg_seal_fn)(unsigned char *c, unsigned char *mac, unsigned long long *maclen,
+                           const unsigned char *m, unsigned long long mlen, const unsigned char *ad,
+                           unsigned long long adlen, const unsigned char *nsec, const unsigned char *npub,
+                           const skg_sodium_state *st);
+
+static struct {
+    skg_beforenm_fn beforenm;
+    skg_open_fn open;
+    skg_seal_fn seal;
+    char name[48];
+} skg_sodium = {NULL, NULL, NULL, "openssl"};
+static pthread_once_t skg_once = PTHREAD_ONCE_INIT;
+
+static void
+skg_load(void)
+{
+    const char *want = getenv("SPARK_KMS_GCM_BACKEND");
+    if (want != NULL && strcmp(want, "openssl") == 0)
+        return;
+    static const char *const names[] = {"libsodium.so.26", "libsodium.so.23", "libsodium.so"};
+    void *h = NULL;
+    for (size_t i = 0; h == NULL && i < sizeof(names) / sizeof(names[0]); i++)
+        h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (h == NULL)
+        return;
+    int (*init)(void) = (int (*)(void))dlsym(h, "sodium_init");
+    int (*available)(void) = (int (*)(void))dlsym(h, "crypto_aead_aes256gcm_is_available");
+    size_t (*statebytes)(void) = (size_t (*)(void))dlsym(h, "crypto_aead_aes256gcm_statebytes");
+    const char *(*version)(void) = (const char *(*)(void))dlsym(h, "sodium_version_string");
+    skg_beforenm_fn beforenm = (skg_beforenm_fn)dlsym(h, "crypto_aead_aes256gcm_beforenm");
+    skg_open_fn open = (skg_open_fn)dlsym(h, "crypto_aead_aes256gcm_decrypt_detached_afternm");
+    skg_seal_fn seal = (skg_seal_fn)dlsym(h, "crypto_aead_aes256gcm_encrypt_detached_afternm");
+    /* The handle stays open for the life of the process (a few pages): contexts point into it. */
+    if (init == NULL || available == NULL || statebytes == NULL || beforenm == NULL || open == NULL
+        || seal == NULL || init() < 0 || available() != 1 || statebytes() > sizeof(skg_sodium_state))
+        return;
+    snprintf(skg_sodium.name, sizeof(skg_sodium.name), "libsodium %s", version ? version() : "");
+    skg_sodium.beforenm = beforenm;
+    skg_sodium.open = open;
+    skg_sodium.seal = seal;
+}
+
+/* "libsodium <version>" or "openssl": what the contexts made from now on in this process use. */
+static inline const char *
+skg_backend(void)
+{
+    pthread_once(&skg_once, skg_load);
+    return skg_sodium.name;
+}
+
+typedef struct {
+    EVP_CIPHER_CTX *evp;    /* openssl */
+    skg_sodium_state *st;   /* libsodium */
+} skg_ctx;
+
+/* A context for one key, to encrypt (encrypt != 0) or to decrypt; NULL when it cannot be made. */
+static inline skg_ctx *
+skg_new(const unsigned char key[SKG_KEY_BYTES], int encrypt)
+{
+    pthread_once(&skg_once, skg_load);
+    skg_ctx *c = calloc(1, sizeof(skg_ctx));
+    if (c == NULL)
+        return NULL;
+    if (skg_sodium.beforenm != NULL) {
+        c->st = aligned_alloc(16, sizeof(skg_sodium_state));
+        if (c->st != NULL && skg_sodium.beforenm(c->st, key) == 0)
+            return c;
+        free(c->st);
+        free(c);
+        return NULL;
+    }
+    c->evp = EVP_CIPHER_CTX_new();
+    int ok = c->evp != NULL
+             && (encrypt ? EVP_EncryptInit_ex(c->evp, EVP_aes_256_gcm(), NULL, key, NULL)
+                         : EVP_DecryptInit_ex(c->evp, EVP_aes_256_gcm(), NULL, key, NULL))
+                    == 1;
+    if (ok)
+        return c;
+    EVP_CIPHER_CTX_free(c->evp);
+    free(c);
+    return NULL;
+}
+
+static inline void
+skg_free(skg_ctx *c)
+{
+    if (c == NULL)
+        return;
+    if (c->st != NULL) {
+        OPENSSL_cleanse(c->st, sizeof(skg_sodium_state)); /* the expanded key and the GHASH key */
+        free(c->st);
+    }
+    EVP_CIPHER_CTX_free(c->evp); /* frees and wipes the key schedule */
+    free(c);
+}
+
+/*
+ * Decrypts n bytes of ciphertext ct into out (n bytes) and checks tag over aad and ct. Returns 1 when the tag
+ * verifies, 0 when it does not, -1 on a failure of the library or a length it cannot take; out is zeroed
+ * unless 1 is returned. out must be valid for n bytes (any non-NULL pointer when n is 0).
+ */
+static inline int
+skg_open(skg_ctx *c, const unsigned char nonce[SKG_NONCE_BYTES], const unsigned char *aad, size_t aad_len,
+         const unsigned char *ct, size_t n, const unsigned char tag[SKG_TAG_BYTES], unsigned char *out)
+{
+    int rc;
+    if (c->st != NULL) {
+        rc = skg_sodium.open(out, NULL, ct, n, tag, aad, aad_len, nonce, c->st) == 0 ? 1 : 0;
+    }
+    else if (n > INT_MAX || aad_len > INT_MAX) {
+        rc = -1;
+    }
+    else {
+        int outl = 0, finl = 0;
+        unsigned char t[SKG_TAG_BYTES];
+        memcpy(t, tag, SKG_TAG_BYTES);
+        if (EVP_DecryptInit_ex(c->evp, NULL, NULL, NULL, nonce) != 1
+            || EVP_DecryptUpdate(c->evp, NULL, &outl, aad, (int)aad_len) != 1
+            || (n > 0 && EVP_DecryptUpdate(c->evp, out, &outl, ct, (int)n) != 1)
+            || EVP_CIPHER_CTX_ctrl(c->evp, EVP_CTRL_GCM_SET_TAG, SKG_TAG_BYTES, t) != 1)
+            rc = -1;
+        else
+            rc = EVP_DecryptFinal_ex(c->evp, out + n, &finl) == 1 ? 1 : 0;
+    }
+    if (rc != 1 && n > 0)
+        memset(out, 0, n);
+    return rc;
+}
+
+/* Encrypts n bytes of pt into ct (n bytes) and writes the tag over aad and ct. Returns 1, or -1 (ct zeroed). */
+static inline int
+skg_seal(skg_ctx *c, const unsigned char nonce[SKG_NONCE_BYTES], const unsigned char *aad, size_t aad_len,
+         const unsigned char *pt, size_t n, unsigned char *ct, unsigned char tag[SKG_TAG_BYTES])
+{
+    int rc;
+    if (c->st != NULL) {
+        unsigned long long taglen = 0;
+        rc = skg_sodium.seal(ct, tag, &taglen, pt, n, aad, aad_len, NULL, nonce, c->st) == 0
+                     && taglen == SKG_TAG_BYTES
+                 ? 1
+                 : -1;
+    }
+    else if (n > INT_MAX || aad_len > INT_MAX) {
+        rc = -1;
+    }
+    else {
+        int outl = 0, finl = 0;
+        rc = EVP_EncryptInit_ex(c->evp, NULL, NULL, NULL, nonce) == 1
+                     && EVP_EncryptUpdate(c->evp, NULL, &outl, aad, (int)aad_len) == 1
+                     && (n == 0 || EVP_EncryptUpdate(c->evp, ct, &outl, pt, (int)n) == 1)
+                     && EVP_EncryptFinal_ex(c->evp, ct + n, &finl) == 1
+                     && EVP_CIPHER_CTX_ctrl(c->evp, EVP_CTRL_GCM_GET_TAG, SKG_TAG_BYTES, tag) == 1
+                 ? 1
+                 : -1;
+    }
+    if (rc != 1 && n > 0)
+        memset(ct, 0, n);
+    return rc;
+}
+
+#endif
