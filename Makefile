@@ -141,9 +141,12 @@ bench: install
 
 # `make dist`: the sdist (sources, docs, DAGs, notebooks, tests, bench: MANIFEST.in) and the wheel into dist/.
 # Install the wheel with `pip install 'dist/spark_kms-0.1.0-<tags>.whl[spark]'` (tests/packaging/test_dist.py does).
+# The wheel is built from the checkout, not from the sdist, so that it carries the fast-path jar `make jar` built
+# (the sdist holds the jar's sources, not the jar: `make install` from it builds one).
 dist: install
-	rm -rf dist
-	$(BIN)/python -m build --outdir dist .
+	rm -rf dist build/lib.* build/bdist.*  # no module removed since an earlier build may linger in the wheel
+	$(BIN)/python -m build --sdist --outdir dist .
+	$(BIN)/python -m build --wheel --outdir dist .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .demo build dist *.egg-info $(FASTPATH_JAR)

@@ -6,11 +6,13 @@ One module-scoped build (``python -m build``, what ``make dist`` runs, into a te
   and vectors, bench/, .ci/, jvm/ when present, the Makefile, setup.py, MANIFEST.in, LICENSE, NOTICE) and no
   build junk (compiled extensions, bytecode, caches, virtualenvs);
 * the wheel's metadata: ``License-Expression: Apache-2.0``, LICENSE and NOTICE as license files, the native
-  extension when this checkout has one;
+  extension when this checkout has one, the JVM fast path's jar (``make install`` builds it; the wheel is built
+  from the checkout, like ``make dist``, so it carries it);
 * a fresh virtualenv (no ``--system-site-packages``: a real install) gets the wheel with its ``spark`` extra
   from pip's cache and local wheel directories (pyspark is in pip's cache after ``make install``), then runs
   the README's PySpark example with that venv's Python, from a temp dir, so the checkout is not on
-  ``sys.path``.
+  ``sys.path``; then reads an encrypted dataset through the wheel's fast-path jar (batch by batch, with its JNI
+  library).
 
 Time: about 6 minutes on a busy 2-core machine (build ~25 s, venv + install ~2 min, the README example on a
 cold JVM ~1-2.5 min); marked ``slow``.
@@ -19,6 +21,7 @@ cold JVM ~1-2.5 min); marked ``slow``.
 from __future__ import annotations
 
 import email.parser
+import json
 import os
 import re
 import subprocess
@@ -41,9 +44,10 @@ _JUNK = re.compile(r"(\.so|\.pyc|\.pyo|\.o|\.class)$|(^|/)(__pycache__|\.venv|\.
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("dist")
-    done = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)], capture_output=True,
-                          text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for kind in ("--sdist", "--wheel"):  # as `make dist`: the wheel from the checkout, with the fast-path jar
+        done = subprocess.run([sys.executable, "-m", "build", kind, "--outdir", str(out), str(ROOT)],
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     sdists, wheels = sorted(out.glob("spark_kms-*.tar.gz")), sorted(out.glob("spark_kms-*.whl"))
     assert len(sdists) == 1 and len(wheels) == 1, sorted(p.name for p in out.iterdir())
     return sdists[0], wheels[0]
@@ -100,6 +104,27 @@ def test_wheel_metadata_names_the_license(built: tuple[Path, Path]) -> None:
 
     if native_available():  # this checkout has a compiler and OpenSSL headers: so does the wheel build
         assert any(re.match(r"spark_kms/crypto/_fastgcm\..*\.so$", n) for n in names), "wheel without _fastgcm"
+    assert "spark_kms/jvm/spark-kms-fastpath.jar" in names, "wheel without the fast-path jar"
+
+
+#: Run with the fresh venv's Python: the fast path from the wheel's jar, its plugin, SQL extension and JNI library.
+_FAST_PATH = """
+import json, tempfile
+from spark_kms.kms.local import LocalKms
+from spark_kms.spark import fastpath, read_encrypted, write_encrypted
+from spark_kms.spark.session import local_session
+work = tempfile.mkdtemp()
+LocalKms(f"{work}/keystore").create_key(alias="alias/pii")
+kms = {"local": {"keystore": f"{work}/keystore"}}
+spark = local_session("local[1]", "wheel", conf=fastpath.spark_conf())
+df = spark.createDataFrame([(1, "078-05-1120"), (2, None)], "id long, ssn string")
+write_encrypted(df, f"{work}/customers", key_uri="local://alias/pii", columns=["ssn"], kms_options=kms)
+customers = read_encrypted(spark, f"{work}/customers", kms_options=kms, fast_path=True)
+plan = customers._jdf.queryExecution().executedPlan().toString()
+print(json.dumps({"jar": str(fastpath.jar_path()), "rows": sorted(tuple(r) for r in customers.collect()),
+                  "columnar": "SparkKmsDecryptColumnar" in plan,
+                  "cipher": spark.sparkContext._jvm.io.sparkkms.fastpath.FastPathPlugin.cipherImplementation()}))
+"""
 
 
 def _readme_example() -> str:
@@ -136,3 +161,11 @@ def test_the_wheel_in_a_fresh_venv_runs_the_readme_example(built: tuple[Path, Pa
     run = subprocess.run([python, "example.py"], cwd=work, capture_output=True, text=True, timeout=1200, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     assert "078-05-1120" in run.stdout and "ada@example.org" in run.stdout  # decrypted values shown by .show()
+
+    fast = subprocess.run([python, "-c", _FAST_PATH], cwd=work, capture_output=True, text=True, timeout=1200,
+                          env=env)
+    assert fast.returncode == 0, fast.stdout[-3000:] + fast.stderr[-5000:]
+    report = json.loads(fast.stdout.strip().splitlines()[-1])
+    assert report["jar"].startswith(str(venv)), report  # the wheel's jar, not the checkout's
+    assert report["rows"] == [[1, "078-05-1120"], [2, None]] and report["columnar"] is True, report
+    assert report["cipher"].startswith(("libsodium ", "openssl")), report  # its JNI library, not JCE
