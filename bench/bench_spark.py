@@ -1,7 +1,8 @@
 """Spark write/read benchmark: plaintext vs spark_kms (and Parquet Modular Encryption), side by side in one run.
 
 Each (dataset, rows) combination runs in its own child process (so each has its own peak memory),
-``--repeat`` repetitions of each step, medians reported::
+``--repeat`` repetitions of each step, medians reported. The writes, then the reads, are timed round-robin (each
+round runs every step once), so JVM warm-up and the machine's drift fall on all of them alike::
 
     .venv/bin/python bench/bench_spark.py --rows 1000000,4000000 --dataset both --repeat 3
 
@@ -130,13 +131,22 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    times, last = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        last = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), last
+def _rounds(steps: list[tuple[str, Callable[[], Any]]], repeat: int,
+            around: Callable[[str, int], Any] | None = None) -> dict[str, tuple[float, Any]]:
+    """Median seconds and last result of each step, timed round-robin: every round runs each step once, so the
+    JVM's warm-up and the machine's noise over time fall on all steps alike rather than on whichever runs first.
+    ``around(name, round)`` runs before each timed call and, if it returns a callable, that runs after it."""
+    times: dict[str, list[float]] = {name: [] for name, _ in steps}
+    last: dict[str, Any] = {}
+    for r in range(repeat):
+        for name, fn in steps:
+            after = around(name, r) if around else None
+            t0 = time.perf_counter()
+            last[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+            if callable(after):
+                after()
+    return {name: (statistics.median(times[name]), last[name]) for name, _ in steps}
 
 
 def _fast_path_conf() -> tuple[dict[str, str], str | None]:
@@ -247,20 +257,19 @@ def run_one(args: argparse.Namespace, dataset: str, rows: int) -> dict[str, Any]
             return q
 
         t = out["times"]
-        rss.step("write_plain")
-        t["write_plain"], _ = _timed(write_plain, args.repeat)
+        writes: list[tuple[str, Callable[[], Any]]] = [("write_plain", write_plain)]
         if args.aes:
-            rss.step("write_aes")
-            t["write_aes"], _ = _timed(write_aes, args.repeat)
-        rss.step("write_spark_kms")
-        t["write_spark_kms"], last_write = _timed(write_kms, args.repeat)
+            writes.append(("write_aes", write_aes))
+        writes.append(("write_spark_kms", write_kms))
         if fast_reason is None:
-            rss.step("write_spark_kms_jvm")
-            t["write_spark_kms_jvm"], jvm_write = _timed(write_kms_jvm, args.repeat)
-            out["write_jvm_engine"] = getattr(jvm_write, "engine", "python")
+            writes.append(("write_spark_kms_jvm", write_kms_jvm))
         if pme_server is not None:
-            rss.step("write_spark_pme")
-            t["write_spark_pme"], _ = _timed(write_spark_pme, args.repeat)
+            writes.append(("write_spark_pme", write_spark_pme))
+        written = _rounds(writes, args.repeat, lambda name, _r: rss.step(name))
+        t |= {name: secs for name, (secs, _) in written.items()}
+        last_write = written["write_spark_kms"][1]
+        if "write_spark_kms_jvm" in written:
+            out["write_jvm_engine"] = getattr(written["write_spark_kms_jvm"][1], "engine", "python")
         out["write_kms_calls"] = last_write.kms_calls
         out["files"] = len(last_write.files)
         out["deks"] = len(last_write.deks)
@@ -273,13 +282,19 @@ def run_one(args: argparse.Namespace, dataset: str, rows: int) -> dict[str, Any]
             reads += [("read_fast", read_kms(True)), ("sel_fast", sel_kms(True))]
         if pme_server is not None:
             reads.append(("read_spark_pme", read_spark_pme))
-        for name, fn in reads:
-            if name.endswith("_fast"):
-                process_dek_cache().clear()  # the fast path unwraps in this driver process: start cold
-            before = decrypts()
+
+        def around(name: str, r: int) -> Callable[[], None]:
+            if name.endswith("_fast") and r == 0:
+                process_dek_cache().clear()  # the fast path unwraps in this driver process: its first run is cold
             rss.step(name)
-            t[name], results[name] = _timed(fn, args.repeat)
-            out["kms_decrypt"][name] = decrypts() - before
+            before = decrypts()
+
+            def count() -> None:
+                out["kms_decrypt"][name] = out["kms_decrypt"].get(name, 0) + decrypts() - before
+            return count
+
+        for name, (secs, result) in _rounds(reads, args.repeat, around).items():
+            t[name], results[name] = secs, result
         spark.stop()
         if pme_server is not None:
             pme_server.close()
