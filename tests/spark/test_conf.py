@@ -232,3 +232,18 @@ def test_ml_transformers_take_key_uri_and_kms_from_the_conf(spark: Any, conf: An
     encrypted = spark.read.parquet(str(tmp_path / "ml"))
     assert dict(encrypted.dtypes)["ssn"] == "binary"
     assert _rows(ColumnDecryptor(inputCols=["ssn"]).transform(encrypted)) == sorted(ROWS)
+
+
+def test_a_classic_session_conf_is_read_in_one_piece_and_equals_getall(spark: Any, conf: Any) -> None:
+    """SparkKmsConf.of reads a classic session's conf as one JSON string (not one py4j call per entry): the
+    same entries, values with quotes, backslashes, newlines and non-ASCII intact."""
+    from spark_kms.spark import conf as conf_module
+
+    odd = 'a "quoted" \\ value\nover two lines, café 東京'
+    conf("kms.local.keystore", odd)
+    conf("keyUri", "local://alias/x")
+    whole = conf_module._classic_all(spark)
+    assert whole is not None and whole == dict(spark.conf.getAll)
+    entries = SparkKmsConf.of(spark).entries
+    assert entries["kms.local.keystore"] == odd and entries["keyUri"] == "local://alias/x"
+    assert dict(entries) == {k[len(PREFIX):]: v for k, v in spark.conf.getAll.items() if k.startswith(PREFIX)}
