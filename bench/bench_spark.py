@@ -132,10 +132,12 @@ def _size(path: Path) -> int:
 
 
 def _rounds(steps: list[tuple[str, Callable[[], Any]]], repeat: int,
-            around: Callable[[str, int], Any] | None = None) -> dict[str, tuple[float, Any]]:
+            around: Callable[[str, int], Any] | None = None,
+            runs: dict[str, list[float]] | None = None) -> dict[str, tuple[float, Any]]:
     """Median seconds and last result of each step, timed round-robin: every round runs each step once, so the
     JVM's warm-up and the machine's noise over time fall on all steps alike rather than on whichever runs first.
-    ``around(name, round)`` runs before each timed call and, if it returns a callable, that runs after it."""
+    ``around(name, round)`` runs before each timed call and, if it returns a callable, that runs after it; every
+    run's seconds go into ``runs``."""
     times: dict[str, list[float]] = {name: [] for name, _ in steps}
     last: dict[str, Any] = {}
     for r in range(repeat):
@@ -146,6 +148,8 @@ def _rounds(steps: list[tuple[str, Callable[[], Any]]], repeat: int,
             times[name].append(time.perf_counter() - t0)
             if callable(after):
                 after()
+    if runs is not None:
+        runs.update(times)
     return {name: (statistics.median(times[name]), last[name]) for name, _ in steps}
 
 
@@ -181,7 +185,7 @@ def run_one(args: argparse.Namespace, dataset: str, rows: int) -> dict[str, Any]
     fast_conf, fast_reason = _fast_path_conf()
     out: dict[str, Any] = {"dataset": dataset, "rows": rows, "repeat": args.repeat, "master": args.master,
                            "partitions": args.partitions, "native": native_available(), "times": {},
-                           "kms_decrypt": {}, "sizes": {}}
+                           "kms_decrypt": {}, "sizes": {}, "runs": {}}
 
     def decrypts() -> int:
         return sum(1 for e in kms.audit_events() if e.get("operation") == "Decrypt")
@@ -193,6 +197,11 @@ def run_one(args: argparse.Namespace, dataset: str, rows: int) -> dict[str, Any]
             conf = _spark_pme.session_conf(conf, _spark_pme.build_client_jar(workdir))
             pme_server = _spark_pme.LocalKmsHttp(str(ks))
         spark = local_session(args.master, "spark_kms-bench", conf=conf)
+        from spark_kms.crypto import _native
+
+        out["gcm"] = getattr(_native.backend(), "GCM_BACKEND", "pure")  # the Python side's AES-GCM
+        if fast_reason is None:
+            out["gcm_jvm"] = str(spark.sparkContext._jvm.io.sparkkms.fastpath.FastPathPlugin.cipherImplementation())
         if fast_conf and fast_reason is None:
             from spark_kms.spark import fastpath
 
@@ -265,7 +274,7 @@ def run_one(args: argparse.Namespace, dataset: str, rows: int) -> dict[str, Any]
             writes.append(("write_spark_kms_jvm", write_kms_jvm))
         if pme_server is not None:
             writes.append(("write_spark_pme", write_spark_pme))
-        written = _rounds(writes, args.repeat, lambda name, _r: rss.step(name))
+        written = _rounds(writes, args.repeat, lambda name, _r: rss.step(name), out["runs"])
         t |= {name: secs for name, (secs, _) in written.items()}
         last_write = written["write_spark_kms"][1]
         if "write_spark_kms_jvm" in written:
@@ -293,7 +302,7 @@ def run_one(args: argparse.Namespace, dataset: str, rows: int) -> dict[str, Any]
                 out["kms_decrypt"][name] = out["kms_decrypt"].get(name, 0) + decrypts() - before
             return count
 
-        for name, (secs, result) in _rounds(reads, args.repeat, around).items():
+        for name, (secs, result) in _rounds(reads, args.repeat, around, out["runs"]).items():
             t[name], results[name] = secs, result
         spark.stop()
         if pme_server is not None:
@@ -328,9 +337,11 @@ def _ratio(t: dict[str, float], a: str, b: str) -> str:
 def report(r: dict[str, Any]) -> list[str]:
     t = r["times"]
     lines = [f"== dataset={r['dataset']} rows={r['rows']:,} partitions={r['partitions']} repeat={r['repeat']} "
-             f"master={r['master']} PII={','.join(r['pii'])} native={r['native']}"]
+             f"master={r['master']} PII={','.join(r['pii'])} native={r['native']}",
+             f"  AES-GCM: Python side {r.get('gcm', '?')}, JVM fast path {r.get('gcm_jvm', '-')}"]
     for k, v in t.items():
-        lines.append(f"  {k:<16} {v:8.2f} s (median)")
+        runs = ", ".join(f"{x:.2f}" for x in r.get("runs", {}).get(k, []))
+        lines.append(f"  {k:<16} {v:8.2f} s (median; runs {runs})")
     fast_note = "" if not r.get("fast_path_skipped") else f"  (fast path skipped: {r['fast_path_skipped']})"
     lines += [
         "  -- issue #16 targets --",
