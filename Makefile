@@ -124,7 +124,7 @@ $(SAN_EXT): spark_kms/crypto/_fastgcm.c spark_kms/crypto/_gcm_backend.h $(STAMP)
 	@mkdir -p $(SAN_DIR)
 	gcc -shared -fPIC $(SAN_CFLAGS) -I"$(PY_INCLUDE)" spark_kms/crypto/_fastgcm.c -lcrypto -ldl -o $@
 
-sanitize: $(SAN_EXT)
+sanitize: sodium $(SAN_EXT)
 	$(SAN_ENV) $(BIN)/python -c 'from spark_kms.crypto import _fastgcm as m; assert m.__file__ == "$(abspath $(SAN_EXT))", m'
 	$(SAN_ENV) $(BIN)/python -m pytest $(SAN_PYTEST) tests/crypto
 	$(SAN_ENV) SPARK_KMS_FUZZ_CASES=$(FUZZ_CASES) $(BIN)/python -m pytest $(SAN_PYTEST) -s \
