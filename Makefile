@@ -46,7 +46,7 @@ $(FASTPATH_JAR): $(FASTPATH_JAVA) $(FASTPATH_SCALA) $(FASTPATH_C) $(GCM_BACKEND_
 	gcc -O2 -shared -fPIC -pthread -Wall -Wextra -I"$(JDK_HOME)/include" -I"$(JDK_HOME)/include/linux" \
 	  -I$(dir $(GCM_BACKEND_H)) $(FASTPATH_C) -lcrypto -ldl \
 	  -o $(FASTPATH_OUT)/io/sparkkms/fastpath/native/libsparkkms_gcm.so \
-	  || echo "warning: the fast path's OpenSSL library did not build (gcc, libssl-dev?): it will use JCE"
+	  || echo "warning: the fast path's native library did not build (gcc, libssl-dev?): it will use JCE"
 	jar cf $@ -C $(FASTPATH_OUT) .
 
 # PostgreSQL: the Airflow deployment test (tests/airflow/test_deployment.py) starts a throw-away server with

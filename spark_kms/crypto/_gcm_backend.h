@@ -94,6 +94,23 @@ skg_backend(void)
     return skg_sodium.name;
 }
 
+/* An AAD of n bytes in one buffer (libsodium takes it whole): the caller's SKG_AAD_STACK-byte stack array when n
+ * fits, else heap; release it with skg_aad_release. Keeps a per-cell call free of malloc for ordinary AADs. */
+#define SKG_AAD_STACK 256
+
+static inline unsigned char *
+skg_aad_buffer(unsigned char stack[SKG_AAD_STACK], size_t n)
+{
+    return n <= SKG_AAD_STACK ? stack : malloc(n);
+}
+
+static inline void
+skg_aad_release(unsigned char *aad, const unsigned char stack[SKG_AAD_STACK])
+{
+    if (aad != stack)
+        free(aad);
+}
+
 typedef struct {
     EVP_CIPHER_CTX *evp;    /* openssl */
     skg_sodium_state *st;   /* libsodium */

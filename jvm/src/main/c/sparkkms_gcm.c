@@ -57,18 +57,19 @@ JNIEXPORT jint JNICALL Java_io_sparkkms_fastpath_NativeGcm_decrypt(JNIEnv *env, 
     if (ctx == NULL || cell_len < GCM_OVERHEAD || out_len != cell_len - GCM_OVERHEAD) return -1;
     int n = (int)out_len;
     /* The AAD in one buffer: the cell's header, then the tail (copied before the critical section). */
-    unsigned char *aad = malloc((size_t)HEADER_BYTES + (size_t)tail_len);
+    unsigned char stack_aad[SKG_AAD_STACK];
+    unsigned char *aad = skg_aad_buffer(stack_aad, (size_t)HEADER_BYTES + (size_t)tail_len);
     if (aad == NULL) return -1;
     (*env)->GetByteArrayRegion(env, tailArr, 0, tail_len, (jbyte *)(aad + HEADER_BYTES));
     unsigned char *cell = (*env)->GetPrimitiveArrayCritical(env, cellArr, NULL);
     if (cell == NULL) {
-        free(aad);
+        skg_aad_release(aad, stack_aad);
         return -1;
     }
     unsigned char *out = (*env)->GetPrimitiveArrayCritical(env, outArr, NULL);
     if (out == NULL) {
         (*env)->ReleasePrimitiveArrayCritical(env, cellArr, cell, JNI_ABORT);
-        free(aad);
+        skg_aad_release(aad, stack_aad);
         return -1;
     }
     memcpy(aad, cell, HEADER_BYTES);
@@ -76,7 +77,7 @@ JNIEXPORT jint JNICALL Java_io_sparkkms_fastpath_NativeGcm_decrypt(JNIEnv *env, 
                       cell + HEADER_BYTES + NONCE_BYTES, (size_t)n, cell + HEADER_BYTES + NONCE_BYTES + n, out);
     (*env)->ReleasePrimitiveArrayCritical(env, outArr, out, 0);
     (*env)->ReleasePrimitiveArrayCritical(env, cellArr, cell, JNI_ABORT);
-    free(aad);
+    skg_aad_release(aad, stack_aad);
     return rc;
 }
 

@@ -55,19 +55,20 @@ JNIEXPORT jint JNICALL Java_io_sparkkms_fastpath_write_NativeGcmEncrypt_encrypt(
     jsize out_len = (*env)->GetArrayLength(env, outArr);
     if (ctx == NULL || off < 0 || len < 0 || off > in_len - len || out_len != len + GCM_OVERHEAD) return -1;
     /* The AAD in one buffer: the header the caller wrote, then the tail (copied before the critical section). */
-    unsigned char *aad = malloc((size_t)HEADER_BYTES + (size_t)tail_len);
+    unsigned char stack_aad[SKG_AAD_STACK];
+    unsigned char *aad = skg_aad_buffer(stack_aad, (size_t)HEADER_BYTES + (size_t)tail_len);
     if (aad == NULL) return -1;
     (*env)->GetByteArrayRegion(env, outArr, 0, HEADER_BYTES, (jbyte *)aad);
     (*env)->GetByteArrayRegion(env, tailArr, 0, tail_len, (jbyte *)(aad + HEADER_BYTES));
     unsigned char *in = (*env)->GetPrimitiveArrayCritical(env, inArr, NULL);
     if (in == NULL) {
-        free(aad);
+        skg_aad_release(aad, stack_aad);
         return -1;
     }
     unsigned char *out = (*env)->GetPrimitiveArrayCritical(env, outArr, NULL);
     if (out == NULL) {
         (*env)->ReleasePrimitiveArrayCritical(env, inArr, in, JNI_ABORT);
-        free(aad);
+        skg_aad_release(aad, stack_aad);
         return -1;
     }
     unsigned char *ct = out + HEADER_BYTES + NONCE_BYTES;
@@ -75,6 +76,6 @@ JNIEXPORT jint JNICALL Java_io_sparkkms_fastpath_write_NativeGcmEncrypt_encrypt(
                       (size_t)len, ct, ct + len);
     (*env)->ReleasePrimitiveArrayCritical(env, outArr, out, 0);
     (*env)->ReleasePrimitiveArrayCritical(env, inArr, in, JNI_ABORT);
-    free(aad);
+    skg_aad_release(aad, stack_aad);
     return rc;
 }

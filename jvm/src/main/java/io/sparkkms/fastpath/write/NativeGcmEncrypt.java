@@ -3,7 +3,7 @@ package io.sparkkms.fastpath.write;
 import io.sparkkms.fastpath.NativeGcm;
 
 /**
- * AES-256-GCM cell encryption through OpenSSL EVP over JNI (jvm/src/main/c/sparkkms_gcm_enc.c, linked into the
+ * AES-256-GCM cell encryption over JNI (jvm/src/main/c/sparkkms_gcm_enc.c: libsodium, else OpenSSL EVP; linked into the
  * fast path's shared library {@code io/sparkkms/fastpath/native/libsparkkms_gcm.so} inside the jar). The library is
  * the read side's, loaded once by {@link NativeGcm}; this class only binds its encrypt symbols. When it cannot load,
  * {@link #available()} is false and {@link TaskEncryptor} uses JCE; {@code sparkkms.fastpath.cipher=jce} forces JCE.
