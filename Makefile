@@ -8,7 +8,20 @@ export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 
 .PHONY: install demo test lint format bench clean java sanitize hsm dist jar postgres sodium
 
-$(STAMP): pyproject.toml setup.py spark_kms/crypto/_fastgcm.c spark_kms/crypto/_gcm_backend.h
+# The bundled libsodium (spark_kms/crypto/_gcm_backend.h): libsodium 1.0.20, whose AES-GCM costs 0.6-0.75x
+# 1.0.18's (Debian 12's) per small cell, built from source as a static, position-independent archive and linked
+# into the Python extension and the JNI library with its symbols hidden. The source is the copy PyNaCl's sdist
+# carries (src/libsodium), fetched by pip from the package index and checked against this pinned hash. When it
+# cannot be built (no compiler), the native loops load the system's libsodium, else OpenSSL: the same bytes.
+SODIUM_PIN     := pynacl==1.6.2 --hash=sha256:018494d6d696ae03c7e656e5e74cdfd8ea1326962cc401bcf018f1ed8436811c
+SODIUM_DIR     := build/libsodium
+SODIUM_A       := $(SODIUM_DIR)/lib/libsodium.a
+# a new pin, a new stamp: built again
+SODIUM_STAMP   := $(SODIUM_DIR)/.attempted-$(word 1,$(SODIUM_PIN))
+SODIUM_CFLAGS   = $$(test -f $(SODIUM_A) && echo -DSKG_SODIUM_BUNDLED)
+SODIUM_LIBS     = $$(test -f $(SODIUM_A) && echo $(SODIUM_A) -Wl,--exclude-libs,ALL)
+
+$(STAMP): pyproject.toml setup.py spark_kms/crypto/_fastgcm.c spark_kms/crypto/_gcm_backend.h $(SODIUM_STAMP)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip 'setuptools>=77' wheel  # >=77: pyproject's SPDX license
 	$(BIN)/python -m pip install -q -e '.[all,test]'
@@ -31,7 +44,7 @@ SPARK_JARS      = $$($(BIN)/python -c 'import pyspark,os;print(os.path.dirname(p
 
 jar: $(FASTPATH_JAR)
 
-$(FASTPATH_JAR): $(FASTPATH_JAVA) $(FASTPATH_SCALA) $(FASTPATH_C) $(GCM_BACKEND_H) | $(STAMP)
+$(FASTPATH_JAR): $(FASTPATH_JAVA) $(FASTPATH_SCALA) $(FASTPATH_C) $(GCM_BACKEND_H) $(SODIUM_STAMP) | $(STAMP)
 	@command -v javac >/dev/null 2>&1 || { echo "the fast path needs a JDK 17 (javac): apt-get install openjdk-17-jdk-headless"; exit 1; }
 	rm -rf $(FASTPATH_OUT) && mkdir -p $(FASTPATH_OUT)/io/sparkkms/fastpath/native spark_kms/jvm
 	@jars="$(SPARK_JARS)"; cp="$$(ls "$$jars"/*.jar | tr '\n' ':')"; \
@@ -44,9 +57,10 @@ $(FASTPATH_JAR): $(FASTPATH_JAVA) $(FASTPATH_SCALA) $(FASTPATH_C) $(GCM_BACKEND_
 	echo "javac $(FASTPATH_JAVA)"; \
 	javac --release 17 -Xlint:all,-serial,-path -cp "$(FASTPATH_OUT):$$cp" -d $(FASTPATH_OUT) $(FASTPATH_JAVA)
 	gcc -O2 -shared -fPIC -pthread -Wall -Wextra -I"$(JDK_HOME)/include" -I"$(JDK_HOME)/include/linux" \
-	  -I$(dir $(GCM_BACKEND_H)) $(FASTPATH_C) -lcrypto -ldl \
+	  -I$(dir $(GCM_BACKEND_H)) $(SODIUM_CFLAGS) $(FASTPATH_C) $(SODIUM_LIBS) -lcrypto -ldl \
 	  -o $(FASTPATH_OUT)/io/sparkkms/fastpath/native/libsparkkms_gcm.so \
 	  || echo "warning: the fast path's native library did not build (gcc, libssl-dev?): it will use JCE"
+	mkdir -p $(FASTPATH_OUT)/META-INF && cp LICENSE NOTICE $(FASTPATH_OUT)/META-INF/  # libsodium's ISC notice
 	jar cf $@ -C $(FASTPATH_OUT) .
 
 # PostgreSQL: the Airflow deployment test (tests/airflow/test_deployment.py) starts a throw-away server with
@@ -55,10 +69,25 @@ postgres:
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 	  || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql)
 
-# libsodium: the native AES-GCM loops (spark_kms/crypto/_gcm_backend.h) load it with dlopen when present and
-# use OpenSSL's EVP otherwise; it is about twice as fast per cell (docs/BENCHMARKS.md). Runtime library only.
-sodium:
+# libsodium: the bundled one above, and the system's (Debian: libsodium23, 1.0.18), which the native AES-GCM loops
+# load with dlopen when the bundled one is missing or SPARK_KMS_GCM_BACKEND=system (tests/crypto checks all three).
+sodium: $(SODIUM_STAMP)
 	@ldconfig -p | grep -q 'libsodium\.so\.2[36] ' || (apt-get update && apt-get install -y libsodium23)
+
+$(SODIUM_STAMP):
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	rm -rf $(SODIUM_DIR) build/libsodium-src && mkdir -p $(SODIUM_DIR) build/libsodium-src
+	echo '$(SODIUM_PIN)' > build/libsodium-src/pin.txt
+	( $(BIN)/python -m pip download -q --no-deps --no-binary :all: --require-hashes \
+	    -r build/libsodium-src/pin.txt -d build/libsodium-src \
+	  && tar xzf build/libsodium-src/pynacl-*.tar.gz -C build/libsodium-src \
+	  && cd build/libsodium-src/pynacl-*/src/libsodium \
+	  && ./configure -q --prefix=$(abspath $(SODIUM_DIR)) --disable-shared --enable-static --with-pic \
+	       --disable-dependency-tracking > /dev/null \
+	  && $(MAKE) -s -j2 > /dev/null 2>&1 && $(MAKE) -s install > /dev/null ) \
+	  || echo "warning: the bundled libsodium did not build: the native loops use the system's, else OpenSSL"
+	rm -rf build/libsodium-src
+	@touch $@
 
 # SoftHSM2: the PKCS#11 token the pkcs11:// provider's tests run against (tests/providers, tests/spark).
 hsm:
@@ -117,12 +146,13 @@ SAN_ENV     = LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS=dete
               UBSAN_OPTIONS=print_stacktrace=1 PYTHONMALLOC=malloc PYTHONPATH=tests/sanitize \
               SPARK_KMS_FASTGCM_SO=$(abspath $(SAN_EXT))
 
-$(SAN_EXT): spark_kms/crypto/_fastgcm.c spark_kms/crypto/_gcm_backend.h $(STAMP)
+$(SAN_EXT): spark_kms/crypto/_fastgcm.c spark_kms/crypto/_gcm_backend.h $(STAMP) $(SODIUM_STAMP)
 	@command -v gcc >/dev/null 2>&1 && test -f "$$(gcc -print-file-name=libasan.so)" \
 	  && test -f /usr/include/openssl/evp.h && test -f "$(PY_INCLUDE)/Python.h" \
 	  || { apt-get update && apt-get install -y gcc libssl-dev python3-dev; }
 	@mkdir -p $(SAN_DIR)
-	gcc -shared -fPIC $(SAN_CFLAGS) -I"$(PY_INCLUDE)" spark_kms/crypto/_fastgcm.c -lcrypto -ldl -o $@
+	gcc -shared -fPIC $(SAN_CFLAGS) -I"$(PY_INCLUDE)" $(SODIUM_CFLAGS) spark_kms/crypto/_fastgcm.c $(SODIUM_LIBS) \
+	  -lcrypto -ldl -o $@
 
 sanitize: sodium $(SAN_EXT)
 	$(SAN_ENV) $(BIN)/python -c 'from spark_kms.crypto import _fastgcm as m; assert m.__file__ == "$(abspath $(SAN_EXT))", m'

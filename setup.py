@@ -8,7 +8,14 @@ build warns and installs the pure-Python package, which then runs the ``cryptogr
 (``spark_kms.crypto.native_available()`` is False).
 """
 
+from pathlib import Path
+
 from setuptools import Extension, setup
+
+#: The bundled libsodium `make install` builds (Makefile "SODIUM_PIN"; spark_kms/crypto/_gcm_backend.h): linked
+#: in, its symbols hidden, when present. Without it the extension loads the system's libsodium, else OpenSSL.
+SODIUM_A = Path(__file__).parent / "build" / "libsodium" / "lib" / "libsodium.a"
+bundled = SODIUM_A.is_file()
 
 setup(
     ext_modules=[
@@ -17,6 +24,9 @@ setup(
             sources=["spark_kms/crypto/_fastgcm.c"],
             depends=["spark_kms/crypto/_gcm_backend.h"],
             libraries=["crypto", "dl"],
+            define_macros=[("SKG_SODIUM_BUNDLED", "1")] if bundled else [],
+            extra_objects=[str(SODIUM_A)] if bundled else [],
+            extra_link_args=["-Wl,--exclude-libs,ALL"] if bundled else [],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,
         )

@@ -6,9 +6,9 @@ Prints the median ns/cell of each path and its ratio to the bare ``AESGCM.encryp
 (the floor for per-cell calls through ``cryptography``). The ``*_buffers`` rows are the batched path over
 Arrow buffers: "native" when the C extension is built, "pure" the same contract through ``cryptography``
 (``SPARK_KMS_PURE_PYTHON=1`` makes every path pure; the pure rows are always measured). The native rows name
-the AES-GCM implementation under the C loop (libsodium where installed, else OpenSSL's EVP); when it is
-libsodium, the same two rows are measured on OpenSSL too, in a subprocess with ``SPARK_KMS_GCM_BACKEND=openssl``
-(each process picks one implementation).
+the AES-GCM implementation under the C loop (the bundled libsodium, the system's, else OpenSSL's EVP); the same
+two rows are measured on the others too, each in a subprocess with ``SPARK_KMS_GCM_BACKEND=system`` or
+``openssl`` (each process picks one implementation).
 """
 
 from __future__ import annotations
@@ -86,14 +86,18 @@ def main() -> None:
         print(json.dumps({"encrypt": median_ns(enc_buffers, n, args.repeat),
                           "decrypt": median_ns(dec_buffers, n, args.repeat), "gcm": gcm}))
         return
-    on_openssl: list[tuple[str, Callable[[], object] | float]] = []
-    if gcm.startswith("libsodium"):
-        env = {**os.environ, _native.GCM_BACKEND_ENV: "openssl"}
+    on_others: list[tuple[str, Callable[[], object] | float]] = []
+    others = ["system", "openssl"] if gcm.endswith("(bundled)") else ["openssl"] if gcm.startswith("lib") else []
+    seen = {gcm}
+    for choice in others:
+        env = {**os.environ, _native.GCM_BACKEND_ENV: choice}
         done = subprocess.run([sys.executable, __file__, "--buffers-only", "--cells", str(n), "--repeat",
                                str(args.repeat)], capture_output=True, text=True, env=env, check=True)
         other = json.loads(done.stdout.strip().splitlines()[-1])
-        on_openssl = [(f"CellEncryptor.encrypt_buffers (native, {other['gcm']})", other["encrypt"]),
-                      (f"CellDecryptor.decrypt_buffers (native, {other['gcm']})", other["decrypt"])]
+        if other["gcm"] not in seen:  # "system" falls back to OpenSSL where no libsodium is installed
+            seen.add(other["gcm"])
+            on_others += [(f"CellEncryptor.encrypt_buffers (native, {other['gcm']})", other["encrypt"]),
+                          (f"CellDecryptor.decrypt_buffers (native, {other['gcm']})", other["decrypt"])]
 
     rows: list[tuple[str, Callable[[], object] | float]] = [
         ("bare AESGCM.encrypt loop (baseline)", lambda: [bare.encrypt(nonce, v, b"aad") for v in values]),
@@ -102,7 +106,7 @@ def main() -> None:
         ("CellDecryptor.decrypt_many (GCM)", lambda: decryptor.decrypt_many(cells, "email")),
         (f"CellEncryptor.encrypt_buffers ({native})", enc_buffers),
         (f"CellDecryptor.decrypt_buffers ({native})", dec_buffers),
-        *on_openssl,
+        *on_others,
         ("CellEncryptor.encrypt_buffers (pure)", with_backend(_native._PureBackend, enc_buffers)),
         ("CellDecryptor.decrypt_buffers (pure)", with_backend(_native._PureBackend, dec_buffers)),
         ("DeterministicEncryptor.encrypt_many", lambda: siv.encrypt_many(values, "email")),
@@ -110,11 +114,11 @@ def main() -> None:
         ("BlindIndexer.index_many", lambda: BlindIndexer(dek, dek_id).index_many(values, "email")),
     ]
     baseline = None
-    print(f"{'path':58s} {'median ns/cell':>15s} {'x baseline':>11s}")
+    print(f"{'path':66s} {'median ns/cell':>15s} {'x baseline':>11s}")
     for name, fn in rows:
         ns = fn if isinstance(fn, float) else median_ns(fn, n, args.repeat)
         baseline = baseline or ns
-        print(f"{name:58s} {ns:15.0f} {ns / baseline:11.2f}")
+        print(f"{name:66s} {ns:15.0f} {ns / baseline:11.2f}")
 
 
 if __name__ == "__main__":

@@ -5,14 +5,18 @@
  * Two implementations of the same standard AES-256-GCM (NIST SP 800-38D, 96-bit nonce, 128-bit tag):
  *
  *   libsodium  crypto_aead_aes256gcm_*_afternm over a state that holds the expanded key and the GHASH key
- *              powers, one call per cell. Loaded with dlopen (libsodium.so.26 or .23) when present and when
- *              crypto_aead_aes256gcm_is_available() says the CPU has AES-NI and PCLMUL; no build-time
- *              dependency. About half the cost per small cell of EVP (bench/bench_crypto.py, docs/BENCHMARKS.md).
+ *              powers, one call per cell, used when crypto_aead_aes256gcm_is_available() says the CPU has
+ *              AES-NI and PCLMUL. Two sources, in this order:
+ *                bundled  built with -DSKG_SODIUM_BUNDLED and linked with build/libsodium/lib/libsodium.a (the
+ *                         pinned libsodium 1.0.20 that `make install` builds from source, its symbols hidden):
+ *                         its AES-GCM was rewritten in 1.0.19: 0.6-0.75x 1.0.18's cost per small cell;
+ *                system   loaded with dlopen (libsodium.so.26, then .23): no build-time dependency.
+ *              Either costs well under half of EVP per small cell (bench/bench_crypto.py, docs/BENCHMARKS.md).
  *   openssl    EVP: one EVP_CIPHER_CTX per key, each cell sets its nonce, the AAD, the update and the tag.
  *
- * Both produce and accept the same bytes (tests/crypto/test_gcm_backends.py checks them against each other
- * and against `cryptography`). SPARK_KMS_GCM_BACKEND=openssl in a process's environment, read once when the
- * first context is made, keeps that process on OpenSSL. No key byte is logged; key schedules are wiped
+ * All produce and accept the same bytes (tests/crypto/test_gcm_backends.py checks them against each other
+ * and against `cryptography`). SPARK_KMS_GCM_BACKEND in a process's environment, read once when the first
+ * context is made: "openssl" keeps that process on OpenSSL, "system" skips the bundled libsodium. No key byte is logged; key schedules are wiped
  * (OPENSSL_cleanse) before they are freed.
  *
  * Everything here is static: each shared library that includes this header gets its own copy.
@@ -57,36 +61,70 @@ static struct {
 } skg_sodium = {NULL, NULL, NULL, "openssl"};
 static pthread_once_t skg_once = PTHREAD_ONCE_INIT;
 
+/* Takes one libsodium's functions when they are all there and its AES-GCM runs on this CPU; 1 when taken. */
+static int
+skg_take(int (*init)(void), int (*available)(void), size_t (*statebytes)(void), const char *(*version)(void),
+         skg_beforenm_fn beforenm, skg_open_fn open, skg_seal_fn seal, const char *suffix)
+{
+    if (init == NULL || available == NULL || statebytes == NULL || beforenm == NULL || open == NULL
+        || seal == NULL || init() < 0 || available() != 1 || statebytes() > sizeof(skg_sodium_state))
+        return 0;
+    snprintf(skg_sodium.name, sizeof(skg_sodium.name), "libsodium %s%s", version ? version() : "", suffix);
+    skg_sodium.beforenm = beforenm;
+    skg_sodium.open = open;
+    skg_sodium.seal = seal;
+    return 1;
+}
+
+#ifdef SKG_SODIUM_BUNDLED
+/* The pinned libsodium linked into this library (its symbols hidden with -Wl,--exclude-libs,ALL). Declared here
+ * rather than through <sodium.h> so that the state is skg_sodium_state: the same 512 aligned bytes. */
+int sodium_init(void);
+const char *sodium_version_string(void);
+int crypto_aead_aes256gcm_is_available(void);
+size_t crypto_aead_aes256gcm_statebytes(void);
+int crypto_aead_aes256gcm_beforenm(skg_sodium_state *, const unsigned char *);
+int crypto_aead_aes256gcm_decrypt_detached_afternm(unsigned char *, unsigned char *, const unsigned char *,
+                                                   unsigned long long, const unsigned char *,
+                                                   const unsigned char *, unsigned long long,
+                                                   const unsigned char *, const skg_sodium_state *);
+int crypto_aead_aes256gcm_encrypt_detached_afternm(unsigned char *, unsigned char *, unsigned long long *,
+                                                   const unsigned char *, unsigned long long,
+                                                   const unsigned char *, unsigned long long,
+                                                   const unsigned char *, const unsigned char *,
+                                                   const skg_sodium_state *);
+#endif
+
 static void
 skg_load(void)
 {
     const char *want = getenv("SPARK_KMS_GCM_BACKEND");
     if (want != NULL && strcmp(want, "openssl") == 0)
         return;
+#ifdef SKG_SODIUM_BUNDLED
+    if ((want == NULL || strcmp(want, "system") != 0)
+        && skg_take(sodium_init, crypto_aead_aes256gcm_is_available, crypto_aead_aes256gcm_statebytes,
+                    sodium_version_string, crypto_aead_aes256gcm_beforenm,
+                    crypto_aead_aes256gcm_decrypt_detached_afternm, crypto_aead_aes256gcm_encrypt_detached_afternm,
+                    " (bundled)"))
+        return;
+#endif
     static const char *const names[] = {"libsodium.so.26", "libsodium.so.23", "libsodium.so"};
     void *h = NULL;
     for (size_t i = 0; h == NULL && i < sizeof(names) / sizeof(names[0]); i++)
         h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
     if (h == NULL)
         return;
-    int (*init)(void) = (int (*)(void))dlsym(h, "sodium_init");
-    int (*available)(void) = (int (*)(void))dlsym(h, "crypto_aead_aes256gcm_is_available");
-    size_t (*statebytes)(void) = (size_t (*)(void))dlsym(h, "crypto_aead_aes256gcm_statebytes");
-    const char *(*version)(void) = (const char *(*)(void))dlsym(h, "sodium_version_string");
-    skg_beforenm_fn beforenm = (skg_beforenm_fn)dlsym(h, "crypto_aead_aes256gcm_beforenm");
-    skg_open_fn open = (skg_open_fn)dlsym(h, "crypto_aead_aes256gcm_decrypt_detached_afternm");
-    skg_seal_fn seal = (skg_seal_fn)dlsym(h, "crypto_aead_aes256gcm_encrypt_detached_afternm");
     /* The handle stays open for the life of the process (a few pages): contexts point into it. */
-    if (init == NULL || available == NULL || statebytes == NULL || beforenm == NULL || open == NULL
-        || seal == NULL || init() < 0 || available() != 1 || statebytes() > sizeof(skg_sodium_state))
-        return;
-    snprintf(skg_sodium.name, sizeof(skg_sodium.name), "libsodium %s", version ? version() : "");
-    skg_sodium.beforenm = beforenm;
-    skg_sodium.open = open;
-    skg_sodium.seal = seal;
+    skg_take((int (*)(void))dlsym(h, "sodium_init"), (int (*)(void))dlsym(h, "crypto_aead_aes256gcm_is_available"),
+             (size_t (*)(void))dlsym(h, "crypto_aead_aes256gcm_statebytes"),
+             (const char *(*)(void))dlsym(h, "sodium_version_string"),
+             (skg_beforenm_fn)dlsym(h, "crypto_aead_aes256gcm_beforenm"),
+             (skg_open_fn)dlsym(h, "crypto_aead_aes256gcm_decrypt_detached_afternm"),
+             (skg_seal_fn)dlsym(h, "crypto_aead_aes256gcm_encrypt_detached_afternm"), "");
 }
 
-/* "libsodium <version>" or "openssl": what the contexts made from now on in this process use. */
+/* "libsodium <version>[ (bundled)]" or "openssl": what the contexts made from now on in this process use. */
 static inline const char *
 skg_backend(void)
 {

@@ -1,6 +1,7 @@
-"""The two AES-GCM implementations under the native loops (spark_kms/crypto/_gcm_backend.h): libsodium, used
-where it is installed, and OpenSSL's EVP (``SPARK_KMS_GCM_BACKEND=openssl``, or no libsodium). Each process
-picks one when it makes its first context, so the OpenSSL side runs in subprocesses."""
+"""The AES-GCM implementations under the native loops (spark_kms/crypto/_gcm_backend.h): the libsodium bundled by
+``make install`` (1.0.20, linked in), the system's libsodium (Debian 12: 1.0.18, loaded with dlopen;
+``SPARK_KMS_GCM_BACKEND=system``, or no bundled one) and OpenSSL's EVP (``SPARK_KMS_GCM_BACKEND=openssl``, or no
+libsodium). Each process picks one when it makes its first context, so the others run in subprocesses."""
 
 from __future__ import annotations
 
@@ -85,30 +86,42 @@ def _run(backend: str | None) -> dict:
     return json.loads(done.stdout)
 
 
-def test_libsodium_is_used_where_it_is_installed() -> None:
-    """make install puts libsodium on the machine (Debian: libsodium23); this process then uses it."""
+def test_the_bundled_libsodium_is_used_and_the_system_one_is_there_too() -> None:
+    """make install builds the pinned libsodium into the extension and installs the system's (Debian:
+    libsodium23); this process uses the bundled one, with its symbols kept inside the extension."""
     assert ctypes.util.find_library("sodium"), "libsodium is missing: make install installs it"
-    if os.environ.get(_native.GCM_BACKEND_ENV) == "openssl":
+    want = os.environ.get(_native.GCM_BACKEND_ENV)
+    if want == "openssl":
         assert fastgcm.GCM_BACKEND == "openssl"
+    elif want == "system":
+        assert fastgcm.GCM_BACKEND.startswith("libsodium ") and "bundled" not in fastgcm.GCM_BACKEND
     else:
-        assert fastgcm.GCM_BACKEND.startswith("libsodium "), fastgcm.GCM_BACKEND
+        assert fastgcm.GCM_BACKEND == "libsodium 1.0.20 (bundled)", fastgcm.GCM_BACKEND
     assert fastgcm.GCM_BACKEND in _native.native_status()
+    exported = subprocess.run(["nm", "-D", "--defined-only", fastgcm.__file__], capture_output=True, text=True,
+                              check=True).stdout
+    assert "PyInit__fastgcm" in exported and "crypto_aead" not in exported and "sodium_" not in exported
 
 
-def test_libsodium_openssl_and_cryptography_write_the_same_cells_and_reject_the_same_tampering() -> None:
-    sodium, openssl = _run(None), _run("openssl")
-    assert sodium["backend"].startswith("libsodium ") and openssl["backend"] == "openssl"
+def test_bundled_and_system_libsodium_openssl_and_cryptography_write_the_same_cells_and_reject_the_same_tampering(
+) -> None:
+    bundled, system, openssl = _run(None), _run("system"), _run("openssl")
+    assert bundled["backend"] == "libsodium 1.0.20 (bundled)"
+    assert system["backend"].startswith("libsodium ") and "bundled" not in system["backend"]
+    assert openssl["backend"] == "openssl"
     values = _values()
     b = binary_buffers(pa.array(values, pa.binary()))
     n = sum(v is not None for v in values)
     st, _, _, offsets, data = _native._PureBackend.encrypt(KEY, PREFIX, PREFIX[:9] + TAIL, COUNTER, n, b.offsets, b.data,
                                                            b.validity, b.length, b.offset, b.width, 4)
     assert st == 0
-    assert sodium["cells"] == openssl["cells"] == hashlib.sha256(bytes(offsets) + bytes(data)).hexdigest()
-    assert sodium["roundtrip"] is openssl["roundtrip"] is True
-    # a bit flipped in the nonce, the ciphertext or the tag of any cell: the tag does not verify
-    assert sodium["rejected"] == openssl["rejected"] == [fastgcm.ST_AUTH_FAILED] * n
-    assert sodium["moved"] == openssl["moved"] == [fastgcm.ST_AUTH_FAILED, 0]  # the first cell, in both
+    expected = hashlib.sha256(bytes(offsets) + bytes(data)).hexdigest()
+    for run in (bundled, system, openssl):
+        assert run["cells"] == expected, run["backend"]
+        assert run["roundtrip"] is True, run["backend"]
+        # a bit flipped in the nonce, the ciphertext or the tag of any cell: the tag does not verify
+        assert run["rejected"] == [fastgcm.ST_AUTH_FAILED] * n, run["backend"]
+        assert run["moved"] == [fastgcm.ST_AUTH_FAILED, 0], run["backend"]  # the first cell, in each
 
 
 def test_the_native_crypto_tests_pass_on_openssl_too() -> None:

@@ -5,8 +5,9 @@ One module-scoped build (``python -m build``, what ``make dist`` runs, into a te
 * the sdist holds every file git tracks (sources, docs/, dags/, notebooks/, every tests/ subfolder with its data
   and vectors, bench/, .ci/, jvm/ when present, the Makefile, setup.py, MANIFEST.in, LICENSE, NOTICE) and no
   build junk (compiled extensions, bytecode, caches, virtualenvs);
-* the wheel's metadata: ``License-Expression: Apache-2.0``, LICENSE and NOTICE as license files, the native
-  extension when this checkout has one, the JVM fast path's jar (``make install`` builds it; the wheel is built
+* the wheel's metadata: ``License-Expression: Apache-2.0 AND ISC`` (the bundled libsodium), LICENSE and NOTICE
+  (with libsodium's ISC notice) as license files, also inside the jar, the native extension when this checkout
+  has one, the JVM fast path's jar (``make install`` builds it; the wheel is built
   from the checkout, like ``make dist``, so it carries it);
 * a fresh virtualenv (no ``--system-site-packages``: a real install) gets the wheel with its ``spark`` extra
   from pip's cache and local wheel directories (pyspark is in pip's cache after ``make install``), then runs
@@ -21,6 +22,7 @@ cold JVM ~1-2.5 min); marked ``slow``.
 from __future__ import annotations
 
 import email.parser
+import io
 import json
 import os
 import re
@@ -34,6 +36,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+BUNDLED_SODIUM = ROOT / "build" / "libsodium" / "lib" / "libsodium.a"  # make install builds it (Makefile)
 
 pytestmark = pytest.mark.slow
 
@@ -92,12 +95,13 @@ def test_wheel_metadata_names_the_license(built: tuple[Path, Path]) -> None:
         metadata = email.parser.Parser().parsestr(whl.read(f"{info}/METADATA").decode())
         license_text = whl.read(f"{info}/licenses/LICENSE").decode()
         notice = whl.read(f"{info}/licenses/NOTICE").decode()
-    assert metadata["License-Expression"] == "Apache-2.0"
+    assert metadata["License-Expression"] == "Apache-2.0 AND ISC"
     assert sorted(metadata.get_all("License-File")) == ["LICENSE", "NOTICE"]
     assert metadata["License"] is None  # the deprecated free-text field is gone
     assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
     assert "END OF TERMS AND CONDITIONS" in license_text and len(license_text.splitlines()) > 150  # the full text
     assert "Apache License, Version 2.0" in notice
+    assert "libsodium 1.0.20" in notice and "ISC License" in notice and "Frank Denis" in notice
     assert "spark_kms/__main__.py" in names and "spark_kms/notebook.py" in names
     assert not any(n.startswith("tests/") for n in names)
     from spark_kms.crypto import native_available
@@ -105,6 +109,8 @@ def test_wheel_metadata_names_the_license(built: tuple[Path, Path]) -> None:
     if native_available():  # this checkout has a compiler and OpenSSL headers: so does the wheel build
         assert any(re.match(r"spark_kms/crypto/_fastgcm\..*\.so$", n) for n in names), "wheel without _fastgcm"
     assert "spark_kms/jvm/spark-kms-fastpath.jar" in names, "wheel without the fast-path jar"
+    with zipfile.ZipFile(wheel) as whl, zipfile.ZipFile(io.BytesIO(whl.read("spark_kms/jvm/spark-kms-fastpath.jar"))) as jar:
+        assert jar.read("META-INF/NOTICE").decode() == notice  # the JNI library inside links libsodium in too
 
 
 #: Run with the fresh venv's Python: the fast path from the wheel's jar, its plugin, SQL extension and JNI library.
@@ -169,3 +175,5 @@ def test_the_wheel_in_a_fresh_venv_runs_the_readme_example(built: tuple[Path, Pa
     assert report["jar"].startswith(str(venv)), report  # the wheel's jar, not the checkout's
     assert report["rows"] == [[1, "078-05-1120"], [2, None]] and report["columnar"] is True, report
     assert report["cipher"].startswith(("libsodium ", "openssl")), report  # its JNI library, not JCE
+    if BUNDLED_SODIUM.is_file():  # make install built it: the wheel's JNI library carries it (built from the checkout)
+        assert report["cipher"] == "libsodium 1.0.20 (bundled)", report

@@ -1,6 +1,6 @@
 /*
  * JNI half of the spark_kms JVM fast path: AES-256-GCM cell decryption (docs/FORMAT.md section 2.1) through
- * spark_kms/crypto/_gcm_backend.h -- libsodium when the machine has it, else OpenSSL EVP -- the same calls as
+ * spark_kms/crypto/_gcm_backend.h -- libsodium (bundled, else the system's), else OpenSSL EVP -- the same calls as
  * spark_kms/crypto/_fastgcm.c.
  *
  * One context per data key and per task (io.sparkkms.fastpath.NativeGcm): the key schedule is set once, each
@@ -35,7 +35,7 @@ JNIEXPORT void JNICALL Java_io_sparkkms_fastpath_NativeGcm_freeContext(JNIEnv *e
     if (handle != 0) skg_free((skg_ctx *)(intptr_t)handle);
 }
 
-/* Which AES-GCM implementation the contexts use: "libsodium <version>" or "openssl". */
+/* Which AES-GCM implementation the contexts use: "libsodium <version>[ (bundled)]" or "openssl". */
 JNIEXPORT jstring JNICALL Java_io_sparkkms_fastpath_NativeGcm_backend(JNIEnv *env, jclass cls) {
     (void)cls;
     return (*env)->NewStringUTF(env, skg_backend());

@@ -1,6 +1,6 @@
 /*
  * JNI half of the spark_kms JVM write path: AES-256-GCM cell encryption (docs/FORMAT.md sections 2.1 and 3)
- * through spark_kms/crypto/_gcm_backend.h -- libsodium when the machine has it, else OpenSSL EVP -- the same
+ * through spark_kms/crypto/_gcm_backend.h -- libsodium (bundled, else the system's), else OpenSSL EVP -- the same
  * calls as spark_kms/crypto/_fastgcm.c.
  *
  * One context per task (io.sparkkms.fastpath.write.NativeGcmEncrypt): the key schedule is set once, each cell

@@ -23,7 +23,7 @@ public final class FastPathPlugin implements SparkPlugin {
         return driverActive;
     }
 
-    /** Which AES-GCM implementation this JVM uses: "libsodium <version>", "openssl" or "jce (why)". */
+    /** Which AES-GCM implementation this JVM uses: "libsodium <version>[ (bundled)]", "openssl" or "jce (why)". */
     public static String cipherImplementation() {
         return DekCipher.implementation();
     }

@@ -55,7 +55,7 @@ public final class NativeGcm {
         }
     }
 
-    /** Which AES-GCM implementation the native contexts use: "libsodium <version>" or "openssl". */
+    /** Which AES-GCM implementation the native contexts use: "libsodium <version>[ (bundled)]" or "openssl". */
     public static native String backend();
 
     /** A context keyed with {@code key} (32 bytes), or 0 when the library refuses. */

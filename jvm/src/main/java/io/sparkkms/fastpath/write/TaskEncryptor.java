@@ -66,7 +66,7 @@ public final class TaskEncryptor implements AutoCloseable {
         dek.wipe();
     }
 
-    /** Which implementation this JVM encrypts with: "libsodium <version>", "openssl" or "jce (reason)". */
+    /** Which implementation this JVM encrypts with: "libsodium <version>[ (bundled)]", "openssl" or "jce (reason)". */
     public static String implementation() {
         return NativeGcmEncrypt.available() ? NativeGcm.backend() : "jce (" + NativeGcmEncrypt.loadError() + ")";
     }
