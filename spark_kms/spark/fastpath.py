@@ -311,9 +311,10 @@ def decrypt_columns(
 
 def forget(spark: Any, handle: str | None = None) -> int:
     """Drop (and zero) the data keys the driver JVM holds for the fast path: those of ``handle``, or all. A
-    DataFrame whose keys were dropped fails its next action with a ConfigurationError (read it again); executors
-    keep the keys they fetched until their cache drops them (at most 256 reads) or they exit, except in local mode,
-    where the same JVM's cache is dropped too. Returns how many handles were dropped."""
+    DataFrame whose keys were dropped fails its next action with a ConfigurationError (read it again), in local
+    mode and on a cluster: executors hold a read's keys only while a task of it runs (fetched from the driver once
+    per task, zeroed when it ends), so no task started after this call can decrypt with them. Returns how many
+    handles were dropped."""
     if is_connect(spark):
         return 0
     try:

@@ -4,7 +4,8 @@
 
 Starts its session with spark_session() (which adds the fast path's plugin and jar) and an event log in
 WORKDIR/events, logs spark_kms and py4j at DEBUG to stderr, writes a dataset, reads it with the fast path
-(checking it was used and equals the Python path) and writes WORKDIR/report.json and WORKDIR/explain.txt.
+(checking it was used and equals the Python path), forgets its keys (the same DataFrame must then fail, a new
+read work) and writes WORKDIR/report.json and WORKDIR/explain.txt.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from spark_kms.errors import ConfigurationError
 from spark_kms.kms.local import LocalKms
 from spark_kms.spark import errors_translated, fastpath, read_encrypted, write_encrypted
 from spark_kms.spark.session import spark_session
@@ -54,6 +56,18 @@ def main(master: str, workdir: Path) -> None:
         fast_rows = sorted(tuple(r) for r in fast.collect())
         slow_rows = sorted(tuple(r) for r in slow.collect())
         sample = fast.filter("id = 42").first().asDict()
+    plugin = spark.sparkContext._jvm.io.sparkkms.fastpath.FastPathPlugin
+    held_after = plugin.executorKeySetsHeld()  # this JVM's (local mode: the executor's) keys, once the tasks ended
+    forgotten = fastpath.forget(spark)
+    try:  # the same DataFrame, once the driver dropped its keys: no executor may decrypt it any more
+        with errors_translated():
+            fast.collect()
+        after_forget = "no error"
+    except ConfigurationError as exc:
+        after_forget = str(exc)
+    again = read_encrypted(spark, out, kms_options=opts, fast_path=True)
+    with errors_translated():
+        again_rows = sorted(tuple(r) for r in again.collect())
     executors = spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1
     report = {
         "fast_used": fastpath.UDF_STRING in text.getvalue() and fastpath.UDF_BINARY in text.getvalue(),
@@ -64,6 +78,10 @@ def main(master: str, workdir: Path) -> None:
         "sample": {"id": sample["id"], "email": sample["email"]},
         "executor_hosts": executors,
         "app_id": spark.sparkContext.applicationId,
+        "held_after": held_after,
+        "forgotten": forgotten,
+        "after_forget": after_forget,
+        "again_equal": again_rows == slow_rows,
     }
     spark.stop()
     (workdir / "report.json").write_text(json.dumps(report))

@@ -61,6 +61,11 @@ def _check(report: dict) -> None:
     assert report["columnar_used"] is True, "the columns decrypt batch by batch (the SQL extension's columnar rule)"
     assert report["equal"] is True and report["count"] == 2000
     assert report["sample"] == {"id": 42, "email": "user42@example.org"}
+    # executors hold a read's keys only while its tasks run; once forget() dropped them on the driver, the same
+    # DataFrame fails (the executors' copies are gone too), and a new read works
+    assert report["forgotten"] >= 1
+    assert "no longer holds the fast path's data keys" in report["after_forget"], report["after_forget"]
+    assert report["again_equal"] is True
 
 
 def test_no_key_in_explain_event_log_or_logs_local(tmp_path: Path) -> None:
@@ -68,6 +73,7 @@ def test_no_key_in_explain_event_log_or_logs_local(tmp_path: Path) -> None:
     env.pop("SPARK_KMS_FAST_PATH", None)
     report, output = _run("local[2]", tmp_path, env)
     _check(report)
+    assert report["held_after"] == 0  # local mode: the executor is this JVM; its tasks' keys went with them
     events = _files(tmp_path / "events")
     assert events and any(b"SparkListenerSQLExecutionStart" in b for b in events.values())
     assert any(fastpath.UDF_STRING.encode() in b for b in events.values())  # the plan is in the event log

@@ -38,6 +38,11 @@ public final class FastPathPlugin implements SparkPlugin {
         return new Executor();
     }
 
+    /** How many key sets (task attempt, handle) this JVM's running tasks hold: 0 once they ended (tests). */
+    public static int executorKeySetsHeld() {
+        return ExecutorKeys.held();
+    }
+
     static final class Driver implements DriverPlugin {
         @Override
         public Map<String, String> init(SparkContext sc, PluginContext ctx) {

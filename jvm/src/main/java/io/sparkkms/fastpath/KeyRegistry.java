@@ -14,7 +14,7 @@ import java.util.Map;
  */
 public final class KeyRegistry {
     static final int KEY_BYTES = 32;
-    private static final int MAX_HANDLES = Integer.getInteger("sparkkms.fastpath.maxHandles", 256);
+    static final int MAX_HANDLES = Integer.getInteger("sparkkms.fastpath.maxHandles", 256);
 
     private static final LinkedHashMap<String, Map<String, byte[]>> HANDLES =
             new LinkedHashMap<String, Map<String, byte[]>>(16, 0.75f, true) {
@@ -77,7 +77,6 @@ public final class KeyRegistry {
             if (map != null) {
                 wipe(map);
             }
-            ExecutorKeys.drop(handle); // local mode: this JVM's executor cache too
             return map != null;
         }
     }
@@ -88,7 +87,6 @@ public final class KeyRegistry {
             int n = HANDLES.size();
             HANDLES.values().forEach(KeyRegistry::wipe);
             HANDLES.clear();
-            ExecutorKeys.clear();
             return n;
         }
     }
