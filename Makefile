@@ -85,7 +85,8 @@ $(SODIUM_STAMP):
 	  && ./configure -q --prefix=$(abspath $(SODIUM_DIR)) --disable-shared --enable-static --with-pic \
 	       --disable-dependency-tracking > /dev/null \
 	  && $(MAKE) -s -j2 > /dev/null 2>&1 && $(MAKE) -s install > /dev/null ) \
-	  || echo "warning: the bundled libsodium did not build: the native loops use the system's, else OpenSSL"
+	  || echo "warning: the bundled libsodium did not build: the native loops use the system's, else OpenSSL" \
+	          "(rm -r $(SODIUM_DIR) and make install to try again)"
 	rm -rf build/libsodium-src
 	@touch $@
 

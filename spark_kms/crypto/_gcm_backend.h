@@ -16,8 +16,8 @@
  *
  * All produce and accept the same bytes (tests/crypto/test_gcm_backends.py checks them against each other
  * and against `cryptography`). SPARK_KMS_GCM_BACKEND in a process's environment, read once when the first
- * context is made: "openssl" keeps that process on OpenSSL, "system" skips the bundled libsodium. No key byte is logged; key schedules are wiped
- * (OPENSSL_cleanse) before they are freed.
+ * context is made: "openssl" keeps that process on OpenSSL, "system" skips the bundled libsodium. No key byte
+ * is logged; key schedules are wiped (OPENSSL_cleanse) before they are freed.
  *
  * Everything here is static: each shared library that includes this header gets its own copy.
  */

@@ -109,7 +109,9 @@ def test_wheel_metadata_names_the_license(built: tuple[Path, Path]) -> None:
     if native_available():  # this checkout has a compiler and OpenSSL headers: so does the wheel build
         assert any(re.match(r"spark_kms/crypto/_fastgcm\..*\.so$", n) for n in names), "wheel without _fastgcm"
     assert "spark_kms/jvm/spark-kms-fastpath.jar" in names, "wheel without the fast-path jar"
-    with zipfile.ZipFile(wheel) as whl, zipfile.ZipFile(io.BytesIO(whl.read("spark_kms/jvm/spark-kms-fastpath.jar"))) as jar:
+    with zipfile.ZipFile(wheel) as whl:
+        jar_bytes = whl.read("spark_kms/jvm/spark-kms-fastpath.jar")
+    with zipfile.ZipFile(io.BytesIO(jar_bytes)) as jar:
         assert jar.read("META-INF/NOTICE").decode() == notice  # the JNI library inside links libsodium in too
 
 

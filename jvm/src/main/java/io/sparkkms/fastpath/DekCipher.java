@@ -38,7 +38,10 @@ abstract class DekCipher implements AutoCloseable {
         return new Jce(key);
     }
 
-    /** Which implementation {@link #of} picks in this JVM: "libsodium <version>[ (bundled)]", "openssl" or "jce (reason)". */
+    /**
+     * Which implementation {@link #of} picks in this JVM: "libsodium <version>[ (bundled)]", "openssl" or
+     * "jce (reason)".
+     */
     static String implementation() {
         return NativeGcm.available() ? NativeGcm.backend() : "jce (" + NativeGcm.loadError() + ")";
     }
