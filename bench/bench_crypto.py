@@ -87,14 +87,13 @@ def main() -> None:
                           "decrypt": median_ns(dec_buffers, n, args.repeat), "gcm": gcm}))
         return
     on_others: list[tuple[str, Callable[[], object] | float]] = []
-    others = ["system", "openssl"] if gcm.endswith("(bundled)") else ["openssl"] if gcm.startswith("lib") else []
-    seen = {gcm}
-    for choice in others:
+    seen = {gcm}  # each implementation once: "system" is OpenSSL where no libsodium is installed, and so on
+    for choice in ["system", "openssl"] if native_available() else []:
         env = {**os.environ, _native.GCM_BACKEND_ENV: choice}
         done = subprocess.run([sys.executable, __file__, "--buffers-only", "--cells", str(n), "--repeat",
                                str(args.repeat)], capture_output=True, text=True, env=env, check=True)
         other = json.loads(done.stdout.strip().splitlines()[-1])
-        if other["gcm"] not in seen:  # "system" falls back to OpenSSL where no libsodium is installed
+        if other["gcm"] not in seen:
             seen.add(other["gcm"])
             on_others += [(f"CellEncryptor.encrypt_buffers (native, {other['gcm']})", other["encrypt"]),
                           (f"CellDecryptor.decrypt_buffers (native, {other['gcm']})", other["decrypt"])]

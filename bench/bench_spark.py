@@ -169,7 +169,7 @@ def run_one(args: argparse.Namespace, dataset: str, rows: int) -> dict[str, Any]
     """Every step for one dataset and row count, in this process; returns the figures (JSON-able)."""
     from pyspark.sql import functions as F
 
-    from spark_kms.crypto import native_available
+    from spark_kms.crypto import _native, native_available
     from spark_kms.kms import process_dek_cache
     from spark_kms.kms.local import LocalKms
     from spark_kms.spark import read_encrypted, write_encrypted
@@ -197,8 +197,6 @@ def run_one(args: argparse.Namespace, dataset: str, rows: int) -> dict[str, Any]
             conf = _spark_pme.session_conf(conf, _spark_pme.build_client_jar(workdir))
             pme_server = _spark_pme.LocalKmsHttp(str(ks))
         spark = local_session(args.master, "spark_kms-bench", conf=conf)
-        from spark_kms.crypto import _native
-
         out["gcm"] = getattr(_native.backend(), "GCM_BACKEND", "pure")  # the Python side's AES-GCM
         if fast_reason is None:
             out["gcm_jvm"] = str(spark.sparkContext._jvm.io.sparkkms.fastpath.FastPathPlugin.cipherImplementation())

@@ -27,10 +27,6 @@ final class ExecutorKeys {
         context = ctx;
     }
 
-    static boolean hasContext() {
-        return context != null;
-    }
-
     /** Drops (and zeroes) every key the running tasks hold: the executor is shutting down. */
     static void clear() {
         synchronized (HELD) {
